@@ -1,0 +1,68 @@
+"""The accountant against dp_accounting and TF Privacy, pinned values, and calibration."""
+
+import math
+
+import dp_accounting
+import pytest
+
+from tfdp.privacy import accounting
+
+
+def _direct(sigma, q, steps, delta, accountant):
+  fresh = {"rdp": dp_accounting.rdp.RdpAccountant,
+           "pld": lambda: dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)}
+  acc = fresh[accountant]()
+  acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+  return acc.get_epsilon(delta)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+@pytest.mark.parametrize("sigma,q,steps", [(1.1, 256 / 60000, 14063), (0.8, 0.01, 500),
+                                           (3.0, 0.1, 50)])
+def test_epsilon_equals_direct_dp_accounting_composition(accountant, sigma, q, steps):
+  ours = accounting.epsilon(sigma, q, steps, 1e-5, accountant)
+  assert ours == pytest.approx(_direct(sigma, q, steps, 1e-5, accountant), rel=1e-9)
+
+
+def test_mnist_setting_agrees_with_tf_privacy_and_is_pinned():
+  from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib
+  tf_privacy_eps, _ = compute_dp_sgd_privacy_lib.compute_dp_sgd_privacy(
+      n=60000, batch_size=256, noise_multiplier=1.1, epochs=60, delta=1e-5)
+  steps = math.ceil(60 * 60000 / 256)
+  ours = accounting.epsilon(1.1, 256 / 60000, steps, 1e-5)
+  assert ours == pytest.approx(tf_privacy_eps, rel=2e-3)  # Their order grid is coarser.
+  assert ours == pytest.approx(2.597, abs=2e-3)  # Pinned: dp_accounting 0.4.3.
+  assert accounting.epsilon(1.1, 256 / 60000, steps, 1e-5, "pld") == pytest.approx(2.39, abs=0.01)
+
+
+def test_pld_is_tighter_than_rdp():
+  assert (accounting.epsilon(1.0, 0.01, 1000, 1e-5, "pld")
+          < accounting.epsilon(1.0, 0.01, 1000, 1e-5, "rdp"))
+
+
+@pytest.mark.parametrize("target,q,steps", [(3.0, 64 / 1437, 23 * 20), (1.0, 0.004, 10000),
+                                            (8.0, 0.1, 100)])
+def test_calibration_lands_within_one_percent_below_target(target, q, steps):
+  sigma = accounting.calibrate_noise_multiplier(target, 1e-5, q, steps)
+  eps = accounting.epsilon(sigma, q, steps, 1e-5)
+  assert 0.99 * target <= eps <= target
+
+
+def test_max_steps_is_the_last_step_within_budget():
+  sigma, q, delta, target = 1.0, 0.02, 1e-5, 2.0
+  n = accounting.max_steps(sigma, q, delta, target)
+  assert accounting.epsilon(sigma, q, n, delta) <= target
+  assert accounting.epsilon(sigma, q, n + 1, delta) > target
+
+
+def test_edge_cases_and_errors():
+  assert accounting.epsilon(1.0, 0.1, 0, 1e-5) == 0.0
+  assert accounting.epsilon(0.0, 0.1, 1, 1e-5) == math.inf
+  with pytest.raises(ValueError, match="delta"):
+    accounting.epsilon(1.0, 0.1, 10, 1.5)
+  with pytest.raises(ValueError, match="sampling_probability"):
+    accounting.epsilon(1.0, 1.5, 10, 1e-5)
+  with pytest.raises(ValueError, match="accountant"):
+    accounting.epsilon(1.0, 0.1, 10, 1e-5, "moments")
+  with pytest.raises(ValueError, match="epsilon"):
+    accounting.calibrate_noise_multiplier(0.0, 1e-5, 0.1, 10)
