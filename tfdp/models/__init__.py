@@ -1,0 +1,20 @@
+"""BatchNorm-free image classifiers, found by name.
+
+    from tfdp import models
+    model = models.build_model("resnet20", num_classes=10, input_shape=(32, 32, 3))
+    sorted(models.MODELS)  # ['cnn', 'linear', 'resnet20']
+"""
+
+from tfdp.models import layers
+from tfdp.models import registry
+
+# Imported for their @register side effect, which fills MODELS.
+from tfdp.models import resnet  # noqa: F401  pylint: disable=unused-import
+from tfdp.models import small  # noqa: F401  pylint: disable=unused-import
+
+MODELS = registry.MODELS
+build_model = registry.build_model
+assert_no_batchnorm = registry.assert_no_batchnorm
+count_params = registry.count_params
+
+__all__ = ["MODELS", "assert_no_batchnorm", "build_model", "count_params", "layers"]
