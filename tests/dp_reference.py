@@ -1,0 +1,51 @@
+"""Brute-force references for the private step: one example at a time, clipped, summed."""
+
+import numpy as np
+import tensorflow as tf
+
+from tfdp.dp import clipping
+
+
+def per_example_gradient(model, image, label):
+  """The gradient of one example's loss, computed alone: list of var-shaped arrays."""
+  with tf.GradientTape() as tape:
+    loss = clipping.per_example_loss(label[None], model(image[None], training=True))[0]
+  grads = tape.gradient(loss, model.trainable_variables,
+                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return [g.numpy() for g in grads]
+
+
+def clipped_sum(model, images, labels, mask, l2_norm_clip):
+  """sum over real rows of clip(g_i, C), each g_i computed alone and clipped by global norm."""
+  total = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
+  for i in range(len(images)):
+    if mask[i] == 0:
+      continue
+    grads = per_example_gradient(model, tf.constant(images[i]), tf.constant(labels[i]))
+    clipped, _ = tf.clip_by_global_norm(grads, l2_norm_clip)
+    total = [t + c.numpy() for t, c in zip(total, clipped)]
+  return total
+
+
+def global_norm(arrays):
+  return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
+
+
+def small_conv_model(num_classes=3, input_shape=(6, 6, 2), seed=0):
+  """A tiny conv + GroupNorm + dense model (no BatchNorm), deterministic weights."""
+  tf.keras.utils.set_random_seed(seed)
+  inputs = tf.keras.Input(input_shape)
+  x = tf.keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)
+  x = tf.keras.layers.GroupNormalization(groups=2)(x)
+  x = tf.keras.layers.Activation("tanh")(x)
+  x = tf.keras.layers.Flatten()(x)
+  outputs = tf.keras.layers.Dense(num_classes)(x)
+  return tf.keras.Model(inputs, outputs)
+
+
+def batch(size=6, input_shape=(6, 6, 2), num_classes=3, seed=1, scale=3.0):
+  """Random float images (scaled so many gradients exceed small clip norms) and labels."""
+  rng = np.random.default_rng(seed)
+  images = (scale * rng.normal(size=(size, *input_shape))).astype(np.float32)
+  labels = rng.integers(0, num_classes, size=size).astype(np.int64)
+  return images, labels

@@ -1,0 +1,107 @@
+"""Per-example gradients, clipping and the masked clipped sum.
+
+The private step is a chain: per-example gradients -> per-example norms -> clip factors -> masked
+clipped sum. Noise is added afterwards, once per logical step, by the DP optimizer
+(`tfdp.optimizers.dp_keras.PrivateGradientMixin.noised_mean`).
+
+`vectorized` is TF Privacy's method: the Jacobian of the per-example loss vector with respect to every
+trainable variable, vectorized over the batch by `pfor`. It is exact and slow on conv nets.
+"""
+
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import tensorflow as tf
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (labels [B], logits [B, K]) -> losses [B]
+
+
+def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+  """Softmax cross-entropy per example: labels [B] int, logits [B, K] -> [B] float32."""
+  return tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
+def vectorized_per_example_gradients(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor,
+                                     labels: tf.Tensor) -> Tuple[List[tf.Tensor], tf.Tensor,
+                                                                 tf.Tensor]:
+  """Per-example gradients by the vectorized Jacobian (TF Privacy's method).
+
+  Args:
+    model: maps images [B, ...] to logits [B, K]; must not mix examples (no BatchNorm).
+    loss_fn: per-example loss.
+    images: float32 [B, H, W, C], preprocessed.
+    labels: int [B].
+
+  Returns:
+    (gradients, losses, logits): gradients is one tensor [B, *var.shape] per trainable variable,
+    losses [B], logits [B, K]. All private.
+  """
+  variables = model.trainable_variables
+  with tf.GradientTape() as tape:
+    logits = model(images, training=True)
+    losses = loss_fn(labels, logits)
+  gradients = tape.jacobian(losses, variables,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return gradients, losses, logits
+
+
+def per_example_norms(gradients: Sequence[tf.Tensor]) -> tf.Tensor:
+  """L2 norm of each example's gradient over all variables jointly: [B]."""
+  squares = [tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1)
+             for g in gradients]
+  return tf.sqrt(tf.add_n(squares))
+
+
+def clip_factors(norms: tf.Tensor, l2_norm_clip: float) -> tf.Tensor:
+  """min(1, C / norm) per example, as tf.clip_by_global_norm computes it: [B]."""
+  clip = tf.cast(l2_norm_clip, norms.dtype)
+  return clip / tf.maximum(norms, clip)
+
+
+def weighted_sum(gradients: Sequence[tf.Tensor], weights: tf.Tensor) -> List[tf.Tensor]:
+  """sum_i weights[i] * gradients[i] per variable: [B] x [B, *shape] -> [*shape]."""
+  return [tf.tensordot(weights, g, axes=1) for g in gradients]
+
+
+def vectorized_clipped_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor,
+                           labels: tf.Tensor, mask: tf.Tensor,
+                           l2_norm_clip: float) -> Tuple[List[tf.Tensor], tf.Tensor, tf.Tensor]:
+  """Sum over the real rows of per-example gradients, each clipped to L2 norm `l2_norm_clip`.
+
+  Sensitivity: adding or removing one example changes the returned sum by at most `l2_norm_clip`
+  in L2 norm. Rows with mask 0 (padding) contribute exactly nothing.
+
+  Args:
+    model, loss_fn, images, labels: as for `vectorized_per_example_gradients`.
+    mask: float32 [B], 1 for real examples and 0 for padding.
+    l2_norm_clip: C > 0.
+
+  Returns:
+    (clipped_sum, losses, logits): one tensor per trainable variable (private, sensitivity C),
+    and the per-example losses [B] and logits [B, K] for monitoring.
+  """
+  gradients, losses, logits = vectorized_per_example_gradients(model, loss_fn, images, labels)
+  weights = clip_factors(per_example_norms(gradients), l2_norm_clip) * mask
+  return weighted_sum(gradients, weights), losses, logits
+
+
+def plain_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor, labels: tf.Tensor,
+              mask: tf.Tensor) -> Tuple[List[tf.Tensor], tf.Tensor, tf.Tensor]:
+  """Non-private: the gradient of the masked loss sum (no clipping), same return shape."""
+  with tf.GradientTape() as tape:
+    logits = model(images, training=True)
+    losses = loss_fn(labels, logits)
+    total = tf.reduce_sum(losses * mask)
+  gradients = tape.gradient(total, model.trainable_variables,
+                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
+  return gradients, losses, logits
+
+
+CLIPPING_ENGINES: Dict[str, Callable] = {
+    "vectorized": vectorized_clipped_sum,
+}
+
+
+def clipped_sum_fn(engine: str) -> Callable:
+  if engine not in CLIPPING_ENGINES:
+    raise ValueError(f"unknown clipping engine {engine!r}; valid: {sorted(CLIPPING_ENGINES)}")
+  return CLIPPING_ENGINES[engine]

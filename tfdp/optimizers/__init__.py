@@ -1,0 +1,3 @@
+"""Optimizers by flag name: non-private Keras baselines and TF Privacy's DP Keras optimizers."""
+
+from tfdp.optimizers.registry import OPTIMIZERS, build_optimizer, is_private

@@ -1,0 +1,103 @@
+"""The compiled pieces of one training step and of evaluation.
+
+A logical step takes the Poisson-drawn batch in fixed-shape physical chunks (so tf.function and XLA see
+one shape, and a draw larger than a chunk is never truncated). Each chunk contributes its masked,
+clipped gradient sum; once all chunks are in, the DP optimizer adds noise once and applies the update.
+"""
+
+from typing import Callable, Iterable, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tfdp.dp import clipping
+
+
+class TrainStep:
+  """Runs logical steps: chunks -> clipped sums -> one noised update.
+
+  Args:
+    model: Keras model mapping preprocessed images to logits.
+    optimizer: a DP optimizer from tfdp.optimizers (private) or a Keras baseline.
+    preprocess: uint8 images [P, H, W, C] -> float32, with training augmentation.
+    private: whether to clip and noise.
+    l2_norm_clip: C, per-example clip norm (private only).
+    expected_batch_size: q * N, the public divisor of the noised sum (private only).
+    engine: per-example clipping engine name (tfdp.dp.clipping.CLIPPING_ENGINES).
+    jit_compile: compile the chunk computation with XLA.
+  """
+
+  def __init__(self, model: tf.keras.Model, optimizer, preprocess: Callable, *, private: bool,
+               l2_norm_clip: float = 1.0, expected_batch_size: float = 1.0,
+               engine: str = "vectorized", jit_compile: bool = False):
+    self._model = model
+    self._optimizer = optimizer
+    self._preprocess = preprocess
+    self._private = private
+    self._l2_norm_clip = l2_norm_clip
+    self._expected_batch_size = float(expected_batch_size)
+    self._clipped_sum = clipping.clipped_sum_fn(engine)
+    self._chunk = tf.function(self._chunk_sum, jit_compile=jit_compile)
+    self._apply = tf.function(self._apply_update)
+
+  def _chunk_sum(self, images, labels, mask):
+    inputs = self._preprocess(images)
+    if self._private:
+      sums, losses, logits = self._clipped_sum(self._model, clipping.per_example_loss, inputs,
+                                               labels, mask, self._l2_norm_clip)
+    else:
+      sums, losses, logits = clipping.plain_sum(self._model, clipping.per_example_loss, inputs,
+                                                labels, mask)
+    correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64)), tf.float32)
+    return sums, tf.reduce_sum(losses * mask), tf.reduce_sum(correct * mask)
+
+  def _apply_update(self, sums, count):
+    if self._private:
+      gradients = self._optimizer.noised_mean(sums, self._expected_batch_size)
+    else:
+      gradients = [s / tf.maximum(count, 1.0) for s in sums]
+    self._optimizer.apply_gradients(zip(gradients, self._model.trainable_variables))
+
+  def clipped_sum(self, chunks: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """Sum over chunks of (clipped gradient sums, loss sum, correct count, example count)."""
+    total, loss_sum, correct, count = None, 0.0, 0.0, 0.0
+    for images, labels, mask in chunks:
+      sums, chunk_loss, chunk_correct = self._chunk(images, labels, mask)
+      total = sums if total is None else [a + b for a, b in zip(total, sums)]
+      loss_sum += float(chunk_loss)
+      correct += float(chunk_correct)
+      count += float(np.sum(mask))
+    return total, loss_sum, correct, count
+
+  def __call__(self, chunks) -> Tuple[float, float, float]:
+    """One logical step over `chunks` of (uint8 images [P,...], labels [P], mask [P]).
+
+    Returns:
+      (loss sum, correct predictions, real examples) over the step, for monitoring only: these
+      are computed from private data without noise and never feed back into training.
+    """
+    total, loss_sum, correct, count = self.clipped_sum(chunks)
+    self._apply(total, tf.constant(count, tf.float32))
+    return loss_sum, correct, count
+
+
+def make_evaluate(model: tf.keras.Model, preprocess: Callable, batch_size: int = 500):
+  """Returns evaluate(images uint8 [M,...], labels [M]) -> (mean loss, accuracy)."""
+
+  @tf.function
+  def batch_stats(images, labels):
+    logits = model(preprocess(images), training=False)
+    losses = clipping.per_example_loss(labels, logits)
+    correct = tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64))
+    return tf.reduce_sum(losses), tf.reduce_sum(tf.cast(correct, tf.float32))
+
+  def evaluate(images: np.ndarray, labels: np.ndarray) -> Tuple[float, float]:
+    loss_sum, correct = 0.0, 0.0
+    for start in range(0, len(images), batch_size):
+      batch_loss, batch_correct = batch_stats(images[start:start + batch_size],
+                                              labels[start:start + batch_size])
+      loss_sum += float(batch_loss)
+      correct += float(batch_correct)
+    return loss_sum / len(images), correct / len(images)
+
+  return evaluate
