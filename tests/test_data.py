@@ -1,0 +1,284 @@
+"""Tests for tfdp.data.datasets: the loaders, their errors, and training subsets."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdp import data
+
+SHAPE = (6, 6, 3)  # Tiny images keep the folder tests fast.
+
+
+def _write_image(path, image):
+    """Writes a [H, W, C] uint8 array as PNG or JPEG, chosen by the extension of path."""
+    encode = tf.io.encode_png if path.endswith('.png') else tf.io.encode_jpeg
+    tf.io.write_file(path, encode(tf.constant(image, tf.uint8)))
+
+
+def _make_folder(root, classes=('dog', 'cat', 'eel'), train_per_class=4, test_per_class=2,
+                 shape=SHAPE):
+    """Writes root/{train,test}/<class>/NN.png; every pixel of image i of class c is 50 * c + i.
+
+    Class index c is the position in sorted(classes), so the loader's labels can be checked
+    against the pixel values.
+    """
+    for split, count in (('train', train_per_class), ('test', test_per_class)):
+        for label, name in enumerate(sorted(classes)):
+            os.makedirs(os.path.join(root, split, name))
+            for i in range(count):
+                _write_image(os.path.join(root, split, name, f'{i:02d}.png'),
+                             np.full(shape, 50 * label + i, np.uint8))
+    return str(root)
+
+
+def _indexed_dataset(n=200):
+    """A Dataset whose train image i has every pixel equal to i (n <= 256), to track indices."""
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 2, 2, 1))
+    return data.Dataset(name='indexed', train_images=images.copy(),
+                        train_labels=np.arange(n, dtype=np.int64) % 2,
+                        test_images=np.zeros((3, 2, 2, 1), np.uint8),
+                        test_labels=np.zeros(3, np.int64), class_names=('a', 'b'),
+                        mean=(0.5,), std=(0.5,), augment='none')
+
+
+# Registry.
+
+def test_registry_holds_the_loaders():
+    assert sorted(data.DATASETS) == ['cifar10', 'digits', 'folder', 'synthetic']
+
+
+def test_unknown_dataset_lists_valid_names():
+    valid = r"\['cifar10', 'digits', 'folder', 'synthetic'\]"
+    with pytest.raises(ValueError, match=r"'mnistt'.*" + valid):
+        data.load_dataset('mnistt')
+
+
+def test_dataset_rejects_inconsistent_arrays():
+    good = _indexed_dataset()
+    with pytest.raises(data.DataError, match='uint8'):
+        dataclasses.replace(good, train_images=good.train_images.astype(np.float32))
+    with pytest.raises(data.DataError, match=r'labels span \[0, 2\]'):
+        dataclasses.replace(good, train_labels=good.train_labels * 2)
+    with pytest.raises(data.DataError, match="augment='flip'"):
+        dataclasses.replace(good, augment='flip')
+
+
+# digits.
+
+def test_digits_shapes_and_scaling():
+    dataset = data.load_dataset('digits', data_dir='/ignored')
+    assert dataset.train_images.shape == (1437, 8, 8, 1)
+    assert dataset.test_images.shape == (360, 8, 8, 1)
+    assert dataset.train_images.dtype == np.uint8 and dataset.train_labels.dtype == np.int64
+    assert dataset.num_classes == 10 and dataset.class_names == tuple('0123456789')
+    assert dataset.input_shape == (8, 8, 1) and dataset.num_train == 1437
+    assert (dataset.mean, dataset.std, dataset.augment) == ((0.5,), (0.5,), 'none')
+    # 0..16 maps onto round(k * 255 / 16): 0 stays 0 and 16 becomes 255.
+    allowed = np.round(np.arange(17) * 255 / 16)
+    assert set(np.unique(dataset.train_images)) <= set(allowed)
+    assert dataset.train_images.max() == 255
+
+
+def test_digits_split_is_fixed_and_stratified():
+    first, second = data.load_dataset('digits'), data.load_dataset('digits')
+    np.testing.assert_array_equal(first.train_images, second.train_images)
+    np.testing.assert_array_equal(first.test_labels, second.test_labels)
+    assert first.num_train + len(first.test_labels) == 1797
+    # Stratified: each digit is about 10% of the 360 test images (the classes have 174..183).
+    assert np.bincount(first.test_labels).min() >= 34
+
+
+# synthetic.
+
+def test_synthetic_is_deterministic_and_learnable():
+    first = data.load_dataset('synthetic', num_train=200, num_test=100, image_shape=(8, 8, 3),
+                              num_classes=4, seed=3)
+    second = data.load_dataset('synthetic', num_train=200, num_test=100, image_shape=(8, 8, 3),
+                               num_classes=4, seed=3)
+    np.testing.assert_array_equal(first.train_images, second.train_images)
+    assert first.train_images.shape == (200, 8, 8, 3) and first.test_images.shape == (100, 8, 8, 3)
+    assert np.bincount(first.train_labels).tolist() == [50] * 4
+    # A nearest-class-mean classifier fit on train should do far better than chance (25%) on test.
+    train = first.train_images.reshape(200, -1).astype(float)
+    means = np.stack([train[first.train_labels == c].mean(0) for c in range(4)])
+    test = first.test_images.reshape(100, -1).astype(float)
+    predictions = np.argmin(((test[:, None] - means[None]) ** 2).sum(-1), axis=1)
+    assert (predictions == first.test_labels).mean() > 0.9
+
+
+# subset.
+
+def test_subset_is_seeded_without_replacement_and_keeps_test():
+    full = _indexed_dataset()
+    picked = data.subset(full, train_examples=50, seed=7)
+    chosen = picked.train_images[:, 0, 0, 0]
+    assert len(np.unique(chosen)) == 50 and np.all(np.diff(chosen.astype(int)) > 0)
+    np.testing.assert_array_equal(picked.train_labels, full.train_labels[chosen])
+    np.testing.assert_array_equal(data.subset(full, 50, seed=7).train_images, picked.train_images)
+    assert not np.array_equal(data.subset(full, 50, seed=8).train_images, picked.train_images)
+    assert picked.test_images is full.test_images and picked.num_train == 50
+
+
+@pytest.mark.parametrize('name,kwargs', [('digits', {}), ('synthetic', {'num_train': 64})])
+def test_loaders_take_train_examples_like_subset(name, kwargs):
+    full = data.load_dataset(name, seed=2, **kwargs)
+    partial = data.load_dataset(name, train_examples=10, seed=2, **kwargs)
+    expected = data.subset(full, train_examples=10, seed=2)
+    np.testing.assert_array_equal(partial.train_images, expected.train_images)
+    np.testing.assert_array_equal(partial.train_labels, expected.train_labels)
+    np.testing.assert_array_equal(partial.test_images, full.test_images)
+
+
+def test_subset_too_large_names_both_numbers():
+    with pytest.raises(data.DataError, match=r'train_examples=201.*\b200\b'):
+        data.subset(_indexed_dataset(200), train_examples=201, seed=0)
+
+
+# folder.
+
+def test_folder_loads_labels_from_sorted_class_names(tmp_path):
+    dataset = data.load_dataset('folder', data_dir=_make_folder(tmp_path))
+    assert dataset.class_names == ('cat', 'dog', 'eel')
+    assert dataset.train_images.shape == (12, *SHAPE) and dataset.test_images.shape == (6, *SHAPE)
+    np.testing.assert_array_equal(dataset.train_labels, dataset.train_images[:, 0, 0, 0] // 50)
+    np.testing.assert_array_equal(dataset.test_labels, dataset.test_images[:, 0, 0, 0] // 50)
+    assert dataset.train_labels.dtype == np.int64
+    assert (dataset.mean, dataset.augment) == ((0.5,) * 3, 'flip_crop')
+
+
+def test_folder_reads_jpeg_and_grayscale(tmp_path):
+    root = _make_folder(tmp_path, shape=(6, 6, 1))
+    _write_image(os.path.join(root, 'train', 'cat', 'extra.JPEG'), np.full((6, 6, 1), 3, np.uint8))
+    dataset = data.load_dataset('folder', data_dir=root)
+    assert dataset.num_train == 13 and dataset.input_shape == (6, 6, 1)
+    assert (dataset.mean, dataset.std, dataset.augment) == ((0.5,), (0.5,), 'none')
+
+
+def test_folder_uses_cifar10_constants_for_cifar_like_data(tmp_path):
+    root = _make_folder(tmp_path, classes=[f'c{i}' for i in range(10)], train_per_class=1,
+                        test_per_class=1, shape=(32, 32, 3))
+    dataset = data.load_dataset('folder', data_dir=root)
+    assert dataset.mean == (0.4914, 0.4822, 0.4465) and dataset.std == (0.2470, 0.2435, 0.2616)
+
+
+def test_folder_train_examples_matches_subset(tmp_path):
+    root = _make_folder(tmp_path)
+    full = data.load_dataset('folder', data_dir=root)
+    partial = data.load_dataset('folder', data_dir=root, train_examples=5, seed=4)
+    expected = data.subset(full, train_examples=5, seed=4)
+    np.testing.assert_array_equal(partial.train_images, expected.train_images)
+    np.testing.assert_array_equal(partial.train_labels, expected.train_labels)
+    np.testing.assert_array_equal(partial.test_images, full.test_images)
+
+
+def _remove_dir(path):
+    for name in os.listdir(path):
+        os.remove(os.path.join(path, name))
+    os.rmdir(path)
+
+
+def _break_missing_test(root):
+    for name in os.listdir(os.path.join(root, 'test')):
+        _remove_dir(os.path.join(root, 'test', name))
+    os.rmdir(os.path.join(root, 'test'))
+    return os.path.join(root, 'test')
+
+
+def _break_no_classes(root):
+    for name in os.listdir(os.path.join(root, 'train')):
+        _remove_dir(os.path.join(root, 'train', name))
+    return os.path.join(root, 'train')
+
+
+def _break_empty_class(root):
+    for split in ('train', 'test'):
+        os.makedirs(os.path.join(root, split, 'fox'))
+    # A non-image file does not make a class directory non-empty.
+    with open(os.path.join(root, 'train', 'fox', 'notes.txt'), 'w') as f:
+        f.write('no images here')
+    return os.path.join(root, 'train', 'fox')
+
+
+def _break_test_classes(root):
+    os.rename(os.path.join(root, 'test', 'eel'), os.path.join(root, 'test', 'yak'))
+    return os.path.join(root, 'test')
+
+
+def _corrupt(root):
+    path = os.path.join(root, 'train', 'dog', 'zz.jpg')  # Not first: decoded in the pipeline.
+    with open(path, 'wb') as f:
+        f.write(b'not an image')
+    return path
+
+
+def _wrong_shape_train(root):
+    path = os.path.join(root, 'train', 'dog', 'odd.png')
+    _write_image(path, np.zeros((7, 6, 3), np.uint8))
+    return path
+
+
+def _wrong_shape_test(root):
+    path = os.path.join(root, 'test', 'eel', 'odd.png')
+    _write_image(path, np.zeros((6, 7, 3), np.uint8))
+    return path
+
+
+@pytest.mark.parametrize('break_folder', [
+    _break_missing_test, _break_no_classes, _break_empty_class,
+    _break_test_classes, _corrupt, _wrong_shape_train, _wrong_shape_test,
+], ids=lambda fn: fn.__name__)
+def test_folder_errors_name_the_offending_path(tmp_path, break_folder):
+    root = _make_folder(tmp_path)
+    offending = break_folder(root)
+    with pytest.raises(data.DataError) as error:
+        data.load_dataset('folder', data_dir=root)
+    assert offending in str(error.value)
+
+
+def test_folder_corrupt_first_image_names_it(tmp_path):
+    # The first training image is decoded on its own to fix the shape: a separate code path.
+    root = _make_folder(tmp_path)
+    path = os.path.join(root, 'train', 'cat', '0.jpg')  # Sorts before 00.png.
+    with open(path, 'wb') as f:
+        f.write(b'not an image')
+    with pytest.raises(data.DataError, match='cannot decode') as error:
+        data.load_dataset('folder', data_dir=root)
+    assert path in str(error.value)
+
+
+def test_folder_wrong_shape_names_both_shapes(tmp_path):
+    root = _make_folder(tmp_path)
+    _wrong_shape_train(root)
+    with pytest.raises(data.DataError, match=r'\(7, 6, 3\).*cat/00.png.*\(6, 6, 3\)'):
+        data.load_dataset('folder', data_dir=root)
+
+
+def test_folder_without_data_dir(tmp_path):
+    with pytest.raises(data.DataError, match='data_dir=None'):
+        data.load_dataset('folder')
+    missing = str(tmp_path / 'nope')
+    with pytest.raises(data.DataError, match=missing):
+        data.load_dataset('folder', data_dir=missing)
+
+
+# cifar10 through tensorflow_datasets.
+
+def test_cifar10_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        dataset = data.load_dataset('cifar10', data_dir=str(tmp_path))
+        assert data.load_dataset('cifar10', data_dir=str(tmp_path), train_examples=5).num_train == 5
+    assert dataset.train_images.shape == (12, 32, 32, 3)
+    assert dataset.test_images.shape[1:] == (32, 32, 3)
+    assert dataset.train_images.dtype == np.uint8 and dataset.train_labels.dtype == np.int64
+    assert dataset.num_classes == 10 and dataset.augment == 'flip_crop'
+    assert dataset.mean == (0.4914, 0.4822, 0.4465)
+
+
+def test_cifar10_missing_suggests_folder(tmp_path):
+    with pytest.raises(data.DataError, match='--dataset=folder --data_dir='):
+        data.load_dataset('cifar10', data_dir=str(tmp_path), download=False)
