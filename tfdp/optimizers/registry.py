@@ -18,18 +18,20 @@ _legacy = tf.keras.optimizers.legacy
 class OptimizerSpec:
   make: Callable[..., tf.keras.optimizers.Optimizer]
   private: bool
+  default_learning_rate: float
   uses_momentum: bool = False
 
 
+# Default learning rates are the usual starting points for each update rule, not tuned values.
 OPTIMIZERS: Dict[str, OptimizerSpec] = {
-    "sgd": OptimizerSpec(_legacy.SGD, private=False, uses_momentum=True),
-    "adam": OptimizerSpec(_legacy.Adam, private=False),
-    "rmsprop": OptimizerSpec(_legacy.RMSprop, private=False, uses_momentum=True),
-    "adagrad": OptimizerSpec(_legacy.Adagrad, private=False),
-    "dp_sgd": OptimizerSpec(dp_keras.make_dp_sgd, private=True, uses_momentum=True),
-    "dp_adam": OptimizerSpec(dp_keras.make_dp_adam, private=True),
-    "dp_rmsprop": OptimizerSpec(dp_keras.make_dp_rmsprop, private=True, uses_momentum=True),
-    "dp_adagrad": OptimizerSpec(dp_keras.make_dp_adagrad, private=True),
+    "sgd": OptimizerSpec(_legacy.SGD, False, 0.1, uses_momentum=True),
+    "adam": OptimizerSpec(_legacy.Adam, False, 1e-3),
+    "rmsprop": OptimizerSpec(_legacy.RMSprop, False, 1e-3, uses_momentum=True),
+    "adagrad": OptimizerSpec(_legacy.Adagrad, False, 0.05),
+    "dp_sgd": OptimizerSpec(dp_keras.make_dp_sgd, True, 0.1, uses_momentum=True),
+    "dp_adam": OptimizerSpec(dp_keras.make_dp_adam, True, 1e-3),
+    "dp_rmsprop": OptimizerSpec(dp_keras.make_dp_rmsprop, True, 1e-3, uses_momentum=True),
+    "dp_adagrad": OptimizerSpec(dp_keras.make_dp_adagrad, True, 0.05),
 }
 
 
@@ -41,6 +43,10 @@ def _spec(name: str) -> OptimizerSpec:
 
 def is_private(name: str) -> bool:
   return _spec(name).private
+
+
+def default_learning_rate(name: str) -> float:
+  return _spec(name).default_learning_rate
 
 
 def build_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,

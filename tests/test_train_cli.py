@@ -1,0 +1,96 @@
+"""The entry point end to end: quick digits runs, bad flags, and resume after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(*args, **popen_kwargs):
+  command = [sys.executable, "-m", "tfdp.train", *args]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+  return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **popen_kwargs)
+
+
+def _run(*args, timeout=600):
+  process = _train(*args)
+  output, _ = process.communicate(timeout=timeout)
+  return process.returncode, output
+
+
+def _metrics(output_dir):
+  with open(os.path.join(output_dir, "metrics.json")) as f:
+    return json.load(f)
+
+
+def _quick_flags(output_dir, *extra):
+  return ["--flagfile=flags/quickstart.flags", f"--output_dir={output_dir}",
+          f"--export_dir={output_dir}/export", *extra]
+
+
+def test_quick_digits_run_learns_within_budget(tmp_path):
+  code, output = _run(*_quick_flags(tmp_path / "run"))
+  assert code == 0, output
+  metrics = _metrics(tmp_path / "run")
+  assert metrics["epsilon"] <= 3.0 and metrics["epsilon_pld"] <= metrics["epsilon"]
+  assert metrics["test_accuracy"] > 0.7, metrics  # Chance is 0.1; measured about 0.9.
+  assert metrics["sampling"] == "poisson" and metrics["accountant"] == "rdp"
+  for key in ("test_loss", "delta", "noise_multiplier", "steps", "epochs", "batch_size",
+              "train_examples", "examples_per_second", "model", "optimizer"):
+    assert metrics[key] is not None, key
+  assert os.path.exists(tmp_path / "run" / "saved_model" / "saved_model.pb")
+  assert os.path.exists(tmp_path / "run" / "export" / "saved_model.pb")
+  assert os.listdir(tmp_path / "run" / "tensorboard")
+  assert "ε" in output and "trainable parameters" in output
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--epsilon=0", "epsilon must be > 0"),
+    ("--epsilon=-1", "epsilon must be > 0"),
+    ("--delta=1", "delta must be in (0, 1)"),
+    ("--delta=0.01", "must be < 1/N"),
+    ("--l2_norm_clip=0", "l2_norm_clip must be > 0"),
+    ("--batch_size=100000", "larger than the training set"),
+    ("--model=resnet1000", "resnet1000"),
+    ("--optimizer=dp_lion", "dp_lion"),
+    ("--dataset=mnist_on_mars", "mnist_on_mars"),
+])
+def test_invalid_flags_fail_fast_with_one_line(tmp_path, flag, message):
+  start = time.monotonic()
+  code, output = _run("--epsilon=3", flag, f"--output_dir={tmp_path}/run")
+  assert code != 0
+  assert message in output, output
+  assert not os.path.exists(tmp_path / "run")  # Nothing half-written.
+  assert time.monotonic() - start < 60
+
+
+def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
+  # The CNN at batch 32 makes epochs long enough (about a second) to be killed inside one.
+  slow = ["--model=cnn", "--batch_size=32", "--epochs=4", "--seed=3"]
+  flags = _quick_flags(tmp_path / "killed", *slow)
+  process = _train(*flags)
+  state = tmp_path / "killed" / "state.json"
+  deadline = time.monotonic() + 300
+  while not state.exists() and time.monotonic() < deadline and process.poll() is None:
+    time.sleep(0.05)
+  assert state.exists(), "no checkpoint was written"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (tmp_path / "killed" / "metrics.json").exists()  # It really died mid-run.
+  code, output = _run(*flags)
+  assert code == 0, output
+  assert "Resumed after epoch" in output
+
+  code, output = _run(*_quick_flags(tmp_path / "whole", *slow))
+  assert code == 0, output
+  resumed, whole = _metrics(tmp_path / "killed"), _metrics(tmp_path / "whole")
+  assert resumed["steps"] == whole["steps"]
+  assert resumed["epsilon"] == pytest.approx(whole["epsilon"], rel=1e-12)
+  assert [e["event"] for e in resumed["ledger_history"]] == ["start", "resume"]

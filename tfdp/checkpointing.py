@@ -1,0 +1,46 @@
+"""Checkpoints that carry the privacy ledger, so an interrupted run resumes with its budget intact.
+
+Layout under the run's output_dir:
+  checkpoints/ckpt-E.*   model and optimizer state after epoch E (tf.train.CheckpointManager)
+  state.json             {"epoch": E, "checkpoint": "ckpt-E", "ledger": {...}, "history": [...]}, written atomically
+                         *after* the checkpoint, so it never names a checkpoint that is not complete.
+"""
+
+import json
+import os
+from typing import List, Optional, Tuple
+
+import tensorflow as tf
+
+from tfdp import atomic
+from tfdp.privacy import ledger as ledger_lib
+
+
+class RunState:
+  """Saves and restores (model, optimizer, epoch, ledger) for one output_dir."""
+
+  def __init__(self, output_dir: str, model: tf.keras.Model, optimizer):
+    self._state_path = os.path.join(output_dir, "state.json")
+    self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    self._directory = os.path.join(output_dir, "checkpoints")
+    self._manager = tf.train.CheckpointManager(self._checkpoint, self._directory, max_to_keep=3)
+
+  def restore(self) -> Optional[Tuple[int, ledger_lib.PrivacyLedger, List[dict]]]:
+    """Restores the last complete checkpoint.
+
+    Returns:
+      (epochs done, ledger, per-epoch history), or None when output_dir holds no run.
+    """
+    if not os.path.exists(self._state_path):
+      return None
+    with open(self._state_path) as f:
+      state = json.load(f)
+    prefix = os.path.join(self._directory, state["checkpoint"])
+    self._checkpoint.restore(prefix).assert_existing_objects_matched()
+    return state["epoch"], ledger_lib.PrivacyLedger(**state["ledger"]), state["history"]
+
+  def save(self, epoch: int, ledger: ledger_lib.PrivacyLedger, history: List[dict]) -> None:
+    prefix = self._manager.save(checkpoint_number=epoch)
+    state = {"epoch": epoch, "checkpoint": os.path.basename(prefix),
+             "ledger": json.loads(ledger.to_json()), "history": history}
+    atomic.write_text(self._state_path, json.dumps(state, indent=2, sort_keys=True))

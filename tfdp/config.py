@@ -1,0 +1,131 @@
+"""Frozen, self-validating configs. Flags are parsed into these once, at the entry point.
+
+Every check raises ValueError with a message that names the offending value and the valid range, so
+that a bad command line fails before any work is done.
+"""
+
+import dataclasses
+from typing import Optional
+
+SAMPLINGS = ("poisson", "shuffle")
+ACCOUNTANTS = ("rdp", "pld")
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+  dataset: str = "digits"
+  data_dir: Optional[str] = None
+  train_examples: Optional[int] = None  # Seeded subset of the training split; None keeps all.
+  sampling: str = "poisson"  # What the accountant assumes; 'shuffle' is reported as such.
+  augment: Optional[str] = None  # None: the dataset's default.
+
+  def __post_init__(self):
+    from tfdp import data  # Deferred: the registry imports TensorFlow.
+    _require(self.dataset in data.DATASETS,
+             f"unknown dataset {self.dataset!r}; valid: {', '.join(sorted(data.DATASETS))}")
+    _require(self.sampling in SAMPLINGS,
+             f"unknown sampling {self.sampling!r}; valid: {', '.join(SAMPLINGS)}")
+    _require(self.train_examples is None or self.train_examples > 0,
+             f"train_examples must be > 0, got {self.train_examples}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  name: str = "cnn"
+
+  def __post_init__(self):
+    from tfdp import models
+    _require(self.name in models.MODELS,
+             f"unknown model {self.name!r}; valid: {', '.join(sorted(models.MODELS))}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+  epsilon: Optional[float] = None  # Target ε: calibrate σ to it, and never exceed it.
+  delta: float = 1e-5
+  noise_multiplier: Optional[float] = None  # Given σ: report the resulting ε instead.
+  l2_norm_clip: float = 1.0
+  clipping: str = "vectorized"  # Per-example gradient engine.
+
+  def __post_init__(self):
+    from tfdp.dp import clipping
+    _require(self.epsilon is None or self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}")
+    _require(0 < self.delta < 1, f"delta must be in (0, 1), got {self.delta}")
+    _require(self.noise_multiplier is None or self.noise_multiplier >= 0,
+             f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+    _require(self.l2_norm_clip > 0, f"l2_norm_clip must be > 0, got {self.l2_norm_clip}")
+    _require(self.clipping in clipping.CLIPPING_ENGINES,
+             f"unknown clipping {self.clipping!r}; valid: "
+             f"{', '.join(sorted(clipping.CLIPPING_ENGINES))}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+  name: str = "dp_sgd"
+  learning_rate: Optional[float] = None  # None: the optimizer's usual default.
+  momentum: float = 0.0
+
+  def __post_init__(self):
+    from tfdp import optimizers
+    _require(self.name in optimizers.OPTIMIZERS,
+             f"unknown optimizer {self.name!r}; valid: {', '.join(sorted(optimizers.OPTIMIZERS))}")
+    _require(self.learning_rate is None or self.learning_rate > 0,
+             f"learning_rate must be > 0, got {self.learning_rate}")
+    _require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+
+  @property
+  def private(self) -> bool:
+    from tfdp import optimizers
+    return optimizers.is_private(self.name)
+
+  @property
+  def step_size(self) -> float:
+    from tfdp import optimizers
+    return self.learning_rate or optimizers.default_learning_rate(self.name)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+  batch_size: int = 64  # Expected (Poisson) batch size: q = batch_size / N.
+  physical_batch_size: Optional[int] = None  # Rows per compiled chunk; None: min(batch_size, 64).
+  epochs: int = 1
+  seed: int = 0
+  output_dir: str = "runs/default"
+  export_dir: Optional[str] = None  # None: saved_models/<basename of output_dir>.
+  jit_compile: bool = False
+
+  def __post_init__(self):
+    _require(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
+    _require(self.physical_batch_size is None or self.physical_batch_size > 0,
+             f"physical_batch_size must be > 0, got {self.physical_batch_size}")
+    _require(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+    _require(bool(self.output_dir), "output_dir must not be empty")
+
+  @property
+  def chunk_size(self) -> int:
+    return self.physical_batch_size or min(self.batch_size, 64)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+  """A whole training run."""
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  privacy: PrivacyConfig = PrivacyConfig()
+  optimizer: OptimizerConfig = OptimizerConfig()
+  run: RunConfig = RunConfig()
+
+  def __post_init__(self):
+    if self.optimizer.private:
+      _require(self.privacy.epsilon is not None or self.privacy.noise_multiplier is not None,
+               f"optimizer {self.optimizer.name} needs --epsilon (calibrate the noise) or "
+               "--noise_multiplier")
+    else:
+      _require(self.privacy.epsilon is None and self.privacy.noise_multiplier is None,
+               f"optimizer {self.optimizer.name} is not private: --epsilon/--noise_multiplier "
+               "need a dp_* optimizer")

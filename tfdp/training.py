@@ -1,0 +1,261 @@
+"""train_and_evaluate: data -> privacy plan -> model -> epochs of DP steps -> metrics and export.
+
+Privacy is planned before any training: with a target ε the noise multiplier is calibrated so the
+planned steps spend at most ε (RDP accountant); with a given σ the ε is only reported. The privacy
+ledger is consulted before every step, and a step that would spend past the target is not taken.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfdp import atomic
+from tfdp import checkpointing
+from tfdp import config as config_lib
+from tfdp import data
+from tfdp import export
+from tfdp import models
+from tfdp import optimizers
+from tfdp import steps as steps_lib
+from tfdp.privacy import accounting
+from tfdp.privacy import ledger as ledger_lib
+
+def load_training_data(config: config_lib.Config) -> data.Dataset:
+  """The dataset with its seeded training subset; checks what depends on N."""
+  dataset = data.load_dataset(config.data.dataset, config.data.data_dir,
+                              train_examples=config.data.train_examples, seed=config.run.seed)
+  n = dataset.num_train
+  if config.run.batch_size > n:
+    raise ValueError(f"batch_size {config.run.batch_size} is larger than the training set ({n})")
+  if config.optimizer.private and config.privacy.delta >= 1 / n:
+    raise ValueError(f"delta {config.privacy.delta:g} must be < 1/N = {1 / n:.3g} "
+                     f"(N = {n} training examples)")
+  return dataset
+
+
+def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.PrivacyLedger:
+  """A fresh ledger: σ calibrated to the target ε over the planned steps, or σ as given."""
+  q = config.run.batch_size / num_train
+  planned_steps = config.run.epochs * math.ceil(num_train / config.run.batch_size)
+  privacy = config.privacy
+  if not config.optimizer.private:
+    sigma = 0.0
+  elif privacy.noise_multiplier is not None:
+    sigma = privacy.noise_multiplier
+  else:
+    sigma = accounting.calibrate_noise_multiplier(privacy.epsilon, privacy.delta, q,
+                                                  planned_steps)
+  ledger = ledger_lib.PrivacyLedger(noise_multiplier=sigma, sampling_probability=q,
+                                    delta=privacy.delta, sampling=config.data.sampling,
+                                    target_epsilon=privacy.epsilon)
+  ledger.record("start", planned_steps=planned_steps,
+                calibrated=privacy.noise_multiplier is None and config.optimizer.private)
+  return ledger
+
+
+def _restore_or_start(state: checkpointing.RunState, planned: ledger_lib.PrivacyLedger):
+  restored = state.restore()
+  if restored is None:
+    return 0, planned, []
+  epoch, ledger, history = restored
+  if not ledger.same_mechanism(planned):
+    raise ValueError("the output_dir holds a run with a different privacy mechanism "
+                     f"({ledger.describe()}); use a new --output_dir")
+  ledger.record("resume", epoch=epoch)
+  print(f"Resumed after epoch {epoch} from its checkpoint: {ledger.describe()}")
+  return epoch, ledger, history
+
+
+class _EpochStats:
+  """Running loss/accuracy of the training batches (monitoring only; not privatized)."""
+
+  def __init__(self):
+    self.loss, self.correct, self.examples, self.seconds = 0.0, 0.0, 0.0, 0.0
+
+  def add(self, loss: float, correct: float, examples: float, seconds: float):
+    self.loss += loss
+    self.correct += correct
+    self.examples += examples
+    self.seconds += seconds
+
+  def values(self):
+    n = max(self.examples, 1.0)
+    return {"loss": self.loss / n, "accuracy": self.correct / n}
+
+
+def _run_epoch(epoch, step_fn, sampler, dataset, ledger, max_steps, progbar_verbose):
+  stats = _EpochStats()
+  progbar = tf.keras.utils.Progbar(sampler.steps_per_epoch, verbose=progbar_verbose,
+                                   stateful_metrics=["loss", "accuracy", "epsilon"])
+  for i in range(sampler.steps_per_epoch):
+    if max_steps is not None and ledger.steps >= max_steps:
+      return stats, True
+    chunks = [(dataset.train_images[c.indices], dataset.train_labels[c.indices], c.mask)
+              for c in sampler.chunks(ledger.steps)]
+    start = time.perf_counter()
+    loss, correct, examples = step_fn(chunks)
+    stats.add(loss, correct, examples, time.perf_counter() - start)
+    ledger.steps += 1
+    epsilon = ledger.epsilon() if ledger.private else math.inf
+    progbar.update(i + 1, values=[*stats.values().items(), ("epsilon", epsilon)])
+  return stats, False
+
+
+def _export_dir(config: config_lib.Config) -> str:
+  if config.run.export_dir:
+    return config.run.export_dir
+  return os.path.join("saved_models", os.path.basename(os.path.normpath(config.run.output_dir)))
+
+
+def prepare(config: config_lib.Config):
+  """Loads the data and plans privacy: every check that can reject the run, before any training.
+
+  Returns:
+    (dataset, ledger). Raises ValueError (or data.DataError) naming the problem.
+  """
+  dataset = load_training_data(config)
+  return dataset, plan_privacy(config, dataset.num_train)
+
+
+def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
+  """Trains, evaluates and exports one run; returns the metrics also written to metrics.json.
+
+  Args:
+    config: the run.
+    prepared: the result of `prepare(config)`, when the caller already has it.
+  """
+  tf.keras.utils.set_random_seed(config.run.seed)
+  dataset, ledger = prepared or prepare(config)
+  model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape)
+  optimizer = optimizers.build_optimizer(
+      config.optimizer.name, config.optimizer.step_size, momentum=config.optimizer.momentum,
+      l2_norm_clip=config.privacy.l2_norm_clip, noise_multiplier=ledger.noise_multiplier)
+  augment = config.data.augment or dataset.augment
+  train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
+  test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
+  sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
+                              config.run.chunk_size, config.run.seed)
+  state = checkpointing.RunState(config.run.output_dir, model, optimizer)
+  start_epoch, ledger, history = _restore_or_start(state, ledger)
+  step_fn = steps_lib.TrainStep(model, optimizer, train_preprocess,
+                                private=config.optimizer.private,
+                                l2_norm_clip=config.privacy.l2_norm_clip,
+                                expected_batch_size=config.run.batch_size,
+                                engine=config.privacy.clipping,
+                                jit_compile=config.run.jit_compile)
+  evaluate = steps_lib.make_evaluate(model, test_preprocess)
+  _print_summary(config, dataset, model, ledger, sampler)
+
+  writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
+  max_steps = ledger.max_steps()
+  verbose = 1 if sys.stdout.isatty() else 2
+  train_seconds, train_examples_seen, budget_exhausted = 0.0, 0.0, False
+  for epoch in range(start_epoch, config.run.epochs):
+    if max_steps is not None and ledger.steps >= max_steps:
+      budget_exhausted = True
+      break
+    print(f"Epoch {epoch + 1}/{config.run.epochs}")
+    stats, budget_exhausted = _run_epoch(epoch, step_fn, sampler, dataset, ledger, max_steps,
+                                         verbose)
+    train_seconds += stats.seconds
+    train_examples_seen += stats.examples
+    test_loss, test_accuracy = evaluate(dataset.test_images, dataset.test_labels)
+    record = _epoch_record(epoch + 1, ledger, stats, test_loss, test_accuracy)
+    history.append(record)
+    _log_epoch(writer, record)
+    state.save(epoch + 1, ledger, history)
+    if budget_exhausted:
+      print(f"Stopped: the next step would spend more than ε = {ledger.target_epsilon}.")
+      break
+
+  test_loss, test_accuracy = evaluate(dataset.test_images, dataset.test_labels)
+  metrics = _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
+                           train_examples_seen / train_seconds if train_seconds else None,
+                           budget_exhausted, history)
+  saved_model = export.export_saved_model(model, test_preprocess, dataset.class_names,
+                                          os.path.join(config.run.output_dir, "saved_model"))
+  metrics["saved_model"] = saved_model
+  metrics["export_dir"] = export.export_saved_model(model, test_preprocess, dataset.class_names,
+                                                    _export_dir(config))
+  atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
+                    json.dumps(metrics, indent=2, sort_keys=True))
+  print(f"Test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}; {ledger.describe()}")
+  return metrics
+
+
+def _epoch_record(epoch, ledger, stats, test_loss, test_accuracy) -> dict:
+  record = {"epoch": epoch, "steps": ledger.steps, "test_loss": test_loss,
+            "test_accuracy": test_accuracy, **{f"train_{k}": v for k, v in stats.values().items()}}
+  if ledger.private:
+    record.update(epsilon=ledger.epsilon("rdp"), epsilon_pld=ledger.epsilon("pld"))
+    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
+  else:
+    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; non-private")
+  return record
+
+
+def _log_epoch(writer, record: dict) -> None:
+  with writer.as_default(step=record["epoch"]):
+    for key, value in record.items():
+      if key != "epoch":
+        tf.summary.scalar(key, value)
+  writer.flush()
+
+
+def _print_summary(config, dataset, model, ledger, sampler) -> None:
+  print(f"Model {config.model.name}: {models.count_params(model):,} trainable parameters")
+  print(f"Data {config.data.dataset}: {dataset.num_train} training / {len(dataset.test_labels)} "
+        f"test examples, {dataset.num_classes} classes, input {dataset.input_shape}")
+  print(f"Optimizer {config.optimizer.name}, lr {config.optimizer.step_size}; "
+        f"{sampler.steps_per_epoch} steps per epoch of expected batch {config.run.batch_size} "
+        f"({config.data.sampling} sampling, chunks of {config.run.chunk_size})")
+  if ledger.private:
+    planned = ledger.history[0]["planned_steps"]
+    print(f"Privacy: σ = {ledger.noise_multiplier:.4f}, clip {config.privacy.l2_norm_clip}, "
+          f"planned ε = {ledger.epsilon(steps=planned):.3f} over {planned} steps at "
+          f"δ = {ledger.delta:g} (RDP); budget {ledger.target_epsilon}")
+
+
+def _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
+                   examples_per_second: Optional[float], budget_exhausted: bool,
+                   history: list) -> dict:
+  private = ledger.private
+  return {
+      "test_accuracy": test_accuracy,
+      "test_loss": test_loss,
+      "epsilon": ledger.epsilon("rdp") if private else None,
+      "epsilon_pld": ledger.epsilon("pld") if private else None,
+      "target_epsilon": ledger.target_epsilon,
+      "delta": ledger.delta if private else None,
+      "noise_multiplier": ledger.noise_multiplier,
+      "l2_norm_clip": config.privacy.l2_norm_clip if private else None,
+      "sampling": ledger.sampling,
+      "sampling_probability": ledger.sampling_probability,
+      "accountant": "rdp" if private else None,
+      "privacy_statement": ledger.describe(),
+      "steps": ledger.steps,
+      "epochs": config.run.epochs,
+      "epochs_completed": len(history) and history[-1]["epoch"],
+      "budget_exhausted": budget_exhausted,
+      "batch_size": config.run.batch_size,
+      "physical_batch_size": config.run.chunk_size,
+      "train_examples": dataset.num_train,
+      "test_examples": int(len(dataset.test_labels)),
+      "examples_per_second": examples_per_second,
+      "model": config.model.name,
+      "parameters": models.count_params(model),
+      "optimizer": config.optimizer.name,
+      "learning_rate": config.optimizer.step_size,
+      "clipping": config.privacy.clipping if private else None,
+      "dataset": config.data.dataset,
+      "seed": config.run.seed,
+      "jit_compile": config.run.jit_compile,
+      "history": history,
+      "ledger_history": ledger.history,
+  }
