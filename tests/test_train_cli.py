@@ -49,6 +49,41 @@ def test_quick_digits_run_learns_within_budget(tmp_path):
   assert os.path.exists(tmp_path / "run" / "export" / "saved_model.pb")
   assert os.listdir(tmp_path / "run" / "tensorboard")
   assert "ε" in output and "trainable parameters" in output
+  _assert_export_reproduces_accuracy(tmp_path / "run" / "saved_model", metrics["test_accuracy"])
+
+
+def _assert_export_reproduces_accuracy(saved_model_dir, accuracy):
+  import numpy as np
+  import tensorflow as tf
+  from tfdp import data
+  dataset = data.load_dataset("digits")
+  serve = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
+  outputs = serve(pixels=tf.constant(dataset.test_images))
+  assert outputs["probabilities"].shape == (len(dataset.test_labels), 10)
+  np.testing.assert_allclose(np.sum(outputs["probabilities"], axis=1), 1.0, rtol=1e-5)
+  exported_accuracy = np.mean(outputs["classes"].numpy() == dataset.test_labels)
+  assert exported_accuracy == pytest.approx(accuracy, abs=1e-9)
+
+
+def test_budget_stops_training_before_it_is_exceeded(tmp_path):
+  code, output = _run(*_quick_flags(tmp_path / "run", "--noise_multiplier=2", "--epsilon=1",
+                                    "--epochs=30"))
+  assert code == 0, output
+  metrics = _metrics(tmp_path / "run")
+  assert metrics["budget_exhausted"] and metrics["epsilon"] <= 1.0
+  assert metrics["steps"] < 30 * 12  # 12 steps per epoch: it stopped early.
+  from tfdp.privacy import accounting
+  assert accounting.epsilon(2.0, 128 / 1437, metrics["steps"] + 1, 1e-5) > 1.0  # Not too early.
+  assert "Stopped" in output
+
+
+def test_shuffled_batches_are_reported_as_such(tmp_path):
+  code, output = _run(*_quick_flags(tmp_path / "run", "--sampling=shuffle", "--epochs=2"))
+  assert code == 0, output
+  metrics = _metrics(tmp_path / "run")
+  assert metrics["sampling"] == "shuffle"
+  assert "shuffling" in metrics["privacy_statement"]
+  assert "not a proof" in metrics["privacy_statement"]
 
 
 @pytest.mark.parametrize("flag,message", [
@@ -58,6 +93,7 @@ def test_quick_digits_run_learns_within_budget(tmp_path):
     ("--delta=0.01", "must be < 1/N"),
     ("--l2_norm_clip=0", "l2_norm_clip must be > 0"),
     ("--batch_size=100000", "larger than the training set"),
+    ("--noise_multiplier=0.5", "in a single step"),
     ("--model=resnet1000", "resnet1000"),
     ("--optimizer=dp_lion", "dp_lion"),
     ("--dataset=mnist_on_mars", "mnist_on_mars"),

@@ -43,7 +43,7 @@ _CLIPPING = flags.DEFINE_enum("clipping", "vectorized", sorted(clipping.CLIPPING
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Expected batch size (q = batch_size / N).")
 _PHYSICAL_BATCH_SIZE = flags.DEFINE_integer(
     "physical_batch_size", None, "Rows per compiled chunk (bounds memory); default "
-    "min(batch_size, 64). Changes speed, never the mechanism.")
+    "min(batch_size, 8). Changes speed, never the mechanism.")
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs (steps per epoch = ceil(N / batch_size)).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for initialization, sampling and subsets.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/default",

@@ -56,6 +56,9 @@ def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.Privac
                                     target_epsilon=privacy.epsilon)
   ledger.record("start", planned_steps=planned_steps,
                 calibrated=privacy.noise_multiplier is None and config.optimizer.private)
+  if ledger.max_steps() == 0 and ledger.private:
+    raise ValueError(f"noise_multiplier {sigma} spends more than epsilon {privacy.epsilon} in a "
+                     "single step; raise --noise_multiplier or drop it to calibrate")
   return ledger
 
 
@@ -89,9 +92,11 @@ class _EpochStats:
     return {"loss": self.loss / n, "accuracy": self.correct / n}
 
 
-def _run_epoch(epoch, step_fn, sampler, dataset, ledger, max_steps, progbar_verbose):
+def _run_epoch(step_fn, sampler, dataset, ledger, max_steps):
   stats = _EpochStats()
-  progbar = tf.keras.utils.Progbar(sampler.steps_per_epoch, verbose=progbar_verbose,
+  # On a terminal the bar redraws in place; in a log it writes one line every 10 seconds.
+  progbar = tf.keras.utils.Progbar(sampler.steps_per_epoch,
+                                   interval=0.05 if sys.stdout.isatty() else 10.0,
                                    stateful_metrics=["loss", "accuracy", "epsilon"])
   for i in range(sampler.steps_per_epoch):
     if max_steps is not None and ledger.steps >= max_steps:
@@ -154,15 +159,13 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
 
   writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
   max_steps = ledger.max_steps()
-  verbose = 1 if sys.stdout.isatty() else 2
   train_seconds, train_examples_seen, budget_exhausted = 0.0, 0.0, False
   for epoch in range(start_epoch, config.run.epochs):
     if max_steps is not None and ledger.steps >= max_steps:
       budget_exhausted = True
       break
     print(f"Epoch {epoch + 1}/{config.run.epochs}")
-    stats, budget_exhausted = _run_epoch(epoch, step_fn, sampler, dataset, ledger, max_steps,
-                                         verbose)
+    stats, budget_exhausted = _run_epoch(step_fn, sampler, dataset, ledger, max_steps)
     train_seconds += stats.seconds
     train_examples_seen += stats.examples
     test_loss, test_accuracy = evaluate(dataset.test_images, dataset.test_labels)
@@ -171,8 +174,10 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
     _log_epoch(writer, record)
     state.save(epoch + 1, ledger, history)
     if budget_exhausted:
-      print(f"Stopped: the next step would spend more than ε = {ledger.target_epsilon}.")
       break
+  if budget_exhausted:
+    print(f"Stopped after {ledger.steps} steps: the next would spend more than "
+          f"ε = {ledger.target_epsilon}.")
 
   test_loss, test_accuracy = evaluate(dataset.test_images, dataset.test_labels)
   metrics = _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,

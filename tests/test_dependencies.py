@@ -1,0 +1,26 @@
+"""Every dependency imports, at the pinned version (pip can resolve sets that fail at import)."""
+
+import importlib
+import importlib.metadata
+
+import pytest
+
+MODULES = ["tensorflow", "tensorflow_privacy", "dp_accounting", "keras_cv", "tensorflow_datasets",
+           "tensorflow_metadata.proto.v0.schema_pb2", "absl.flags", "sklearn.datasets",
+           "matplotlib", "numpy", "tfdp.train"]
+
+PINNED = {"tensorflow": "2.15.1", "tensorflow-privacy": "0.9.0", "dp-accounting": "0.4.3"}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_imports(module):
+  importlib.import_module(module)
+
+
+@pytest.mark.parametrize("distribution,version", sorted(PINNED.items()))
+def test_pinned_versions(distribution, version):
+  assert importlib.metadata.version(distribution) == version
+
+
+def test_keras_is_keras_2():
+  assert importlib.metadata.version("keras").startswith("2."), "TF Privacy 0.9.0 needs Keras 2"
