@@ -27,6 +27,23 @@ def clipped_sum(model, images, labels, mask, l2_norm_clip):
   return total
 
 
+def grouped_clipped_sum(model, images, labels, mask, l2_norm_clip, groups):
+  """Like clipped_sum, with variable i in group groups[i], each group clipped to C / sqrt(G)."""
+  num_groups = max(groups) + 1
+  bound = l2_norm_clip / np.sqrt(num_groups)
+  total = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
+  for i in range(len(images)):
+    if mask[i] == 0:
+      continue
+    grads = per_example_gradient(model, tf.constant(images[i]), tf.constant(labels[i]))
+    for g in range(num_groups):
+      members = [k for k, group in enumerate(groups) if group == g]
+      factor = min(1.0, bound / global_norm([grads[k] for k in members]))
+      for k in members:
+        total[k] = total[k] + factor * grads[k]
+  return total
+
+
 def global_norm(arrays):
   return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
 

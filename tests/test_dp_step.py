@@ -86,8 +86,9 @@ def test_each_dp_optimizer_without_noise_returns_brute_force_mean(name):
   assert optimizer.noise_multiplier == 0.0 and optimizer.l2_norm_clip == 0.5
 
 
+@pytest.mark.parametrize("engine", sorted(clipping.CLIPPING_ENGINES))
 @pytest.mark.parametrize("name", DP_OPTIMIZERS)
-def test_each_dp_optimizer_step_through_train_step(name):
+def test_each_dp_optimizer_step_through_train_step(name, engine):
   """A whole TrainStep with σ = 0 (two chunks) changes weights as the brute-force gradient says."""
   model = ref.small_conv_model()
   images, labels = ref.batch()
@@ -98,7 +99,7 @@ def test_each_dp_optimizer_step_through_train_step(name):
   twin = tf.keras.models.clone_model(model)
   twin.set_weights(model.get_weights())
   step = steps.TrainStep(model, optimizer, tf.identity, private=True, l2_norm_clip=0.5,
-                         expected_batch_size=4.0)
+                         expected_batch_size=4.0, engine=engine)
   step([(images[:4], labels[:4], mask[:4]), (images[4:], labels[4:], mask[4:])])
   reference.apply_gradients(zip([tf.constant(e, tf.float32) for e in expected],
                                 twin.trainable_variables))
@@ -106,12 +107,14 @@ def test_each_dp_optimizer_step_through_train_step(name):
                      [v.numpy() for v in twin.trainable_variables])
 
 
-def test_chunked_step_equals_one_chunk():
+@pytest.mark.parametrize("engine", sorted(clipping.CLIPPING_ENGINES))
+def test_chunked_step_equals_one_chunk(engine):
   model = ref.small_conv_model()
   images, labels = ref.batch(size=8)
   mask = np.ones(8, np.float32)
   optimizer = optimizers.build_optimizer("dp_sgd", 0.1, l2_norm_clip=0.5, noise_multiplier=0.0)
-  step = steps.TrainStep(model, optimizer, tf.identity, private=True, l2_norm_clip=0.5)
+  step = steps.TrainStep(model, optimizer, tf.identity, private=True, l2_norm_clip=0.5,
+                         engine=engine)
   whole, _, _, count = step.clipped_sum([(images, labels, mask)])
   padded_images = np.concatenate([images[5:], np.zeros_like(images[:2])])
   padded_labels = np.concatenate([labels[5:], np.zeros_like(labels[:2])])

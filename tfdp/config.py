@@ -5,13 +5,14 @@ that a bad command line fails before any work is done.
 """
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 SAMPLINGS = ("poisson", "shuffle")
-# Rows per compiled chunk when --physical_batch_size is not given. TF Privacy's vectorized per-example
-# gradients cost superlinearly in the chunk size on conv nets (pfor falls back to a loop for the
-# filter gradient): ResNet-20 measured 124, 107, 66, 31, 16 examples/s at chunks of 4, 8, 16, 32, 64.
-_DEFAULT_CHUNK = 8
+# Rows per compiled chunk when --physical_batch_size is not given, per clipping engine. TF Privacy's
+# vectorized per-example gradients cost superlinearly in the chunk size on conv nets (pfor falls back
+# to a loop for the filter gradient): ResNet-20 measured 124, 107, 66, 31, 16 examples/s at chunks of
+# 4, 8, 16, 32, 64. The fast engine is linear in the chunk size; larger chunks amortize overhead.
+DEFAULT_CHUNK = {"vectorized": 8, "fast": 64}
 ACCOUNTANTS = ("rdp", "pld")
 
 
@@ -54,7 +55,8 @@ class PrivacyConfig:
   delta: float = 1e-5
   noise_multiplier: Optional[float] = None  # Given σ: report the resulting ε instead.
   l2_norm_clip: float = 1.0
-  clipping: str = "vectorized"  # Per-example gradient engine.
+  clipping: str = "fast"  # Per-example gradient engine; "vectorized" is TF Privacy's, the reference.
+  clip_groups: Optional[Union[int, str]] = None  # None: flat; K or "layer": each group to C/sqrt(G).
 
   def __post_init__(self):
     from tfdp.dp import clipping
@@ -66,6 +68,9 @@ class PrivacyConfig:
     _require(self.clipping in clipping.CLIPPING_ENGINES,
              f"unknown clipping {self.clipping!r}; valid: "
              f"{', '.join(sorted(clipping.CLIPPING_ENGINES))}")
+    _require(self.clip_groups is None or self.clip_groups == "layer"
+             or (isinstance(self.clip_groups, int) and self.clip_groups >= 1),
+             f"clip_groups must be a positive integer or 'layer', got {self.clip_groups!r}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -96,7 +101,7 @@ class OptimizerConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
   batch_size: int = 64  # Expected (Poisson) batch size: q = batch_size / N.
-  physical_batch_size: Optional[int] = None  # Rows per compiled chunk; None: min(batch_size, 8).
+  physical_batch_size: Optional[int] = None  # Rows per compiled chunk; None: DEFAULT_CHUNK.
   epochs: int = 1
   seed: int = 0
   output_dir: str = "runs/default"
@@ -110,10 +115,6 @@ class RunConfig:
     _require(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
     _require(bool(self.output_dir), "output_dir must not be empty")
 
-  @property
-  def chunk_size(self) -> int:
-    return self.physical_batch_size or min(self.batch_size, _DEFAULT_CHUNK)
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
@@ -123,6 +124,12 @@ class Config:
   privacy: PrivacyConfig = PrivacyConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
   run: RunConfig = RunConfig()
+
+  @property
+  def chunk_size(self) -> int:
+    """Rows per compiled chunk: --physical_batch_size, else the engine's default."""
+    default = DEFAULT_CHUNK[self.privacy.clipping] if self.optimizer.private else 64
+    return self.run.physical_batch_size or min(self.run.batch_size, default)
 
   def __post_init__(self):
     if self.optimizer.private:

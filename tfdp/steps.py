@@ -24,27 +24,28 @@ class TrainStep:
     l2_norm_clip: C, per-example clip norm (private only).
     expected_batch_size: q * N, the public divisor of the noised sum (private only).
     engine: per-example clipping engine name (tfdp.dp.clipping.CLIPPING_ENGINES).
+    clip_groups: None (flat clipping), an int K or 'layer' (tfdp.dp.groups).
     jit_compile: compile the chunk computation with XLA.
   """
 
   def __init__(self, model: tf.keras.Model, optimizer, preprocess: Callable, *, private: bool,
                l2_norm_clip: float = 1.0, expected_batch_size: float = 1.0,
-               engine: str = "vectorized", jit_compile: bool = False):
+               engine: str = "fast", clip_groups=None, jit_compile: bool = False):
     self._model = model
     self._optimizer = optimizer
     self._preprocess = preprocess
     self._private = private
     self._l2_norm_clip = l2_norm_clip
     self._expected_batch_size = float(expected_batch_size)
-    self._clipped_sum = clipping.clipped_sum_fn(engine)
+    self.engine = clipping.make_engine(engine, model, clip_groups) if private else None
     self._chunk = tf.function(self._chunk_sum, jit_compile=jit_compile)
     self._apply = tf.function(self._apply_update)
 
   def _chunk_sum(self, images, labels, mask):
     inputs = self._preprocess(images)
     if self._private:
-      sums, losses, logits = self._clipped_sum(self._model, clipping.per_example_loss, inputs,
-                                               labels, mask, self._l2_norm_clip)
+      sums, losses, logits = self.engine(clipping.per_example_loss, inputs, labels, mask,
+                                               self._l2_norm_clip)
     else:
       sums, losses, logits = clipping.plain_sum(self._model, clipping.per_example_loss, inputs,
                                                 labels, mask)

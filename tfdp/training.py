@@ -145,7 +145,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
   test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
   sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
-                              config.run.chunk_size, config.run.seed)
+                              config.chunk_size, config.run.seed)
   state = checkpointing.RunState(config.run.output_dir, model, optimizer)
   start_epoch, ledger, history = _restore_or_start(state, ledger)
   step_fn = steps_lib.TrainStep(model, optimizer, train_preprocess,
@@ -153,9 +153,10 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
                                 l2_norm_clip=config.privacy.l2_norm_clip,
                                 expected_batch_size=config.run.batch_size,
                                 engine=config.privacy.clipping,
+                                clip_groups=config.privacy.clip_groups,
                                 jit_compile=config.run.jit_compile)
   evaluate = steps_lib.make_evaluate(model, test_preprocess)
-  _print_summary(config, dataset, model, ledger, sampler)
+  _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
 
   writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
   max_steps = ledger.max_steps()
@@ -213,13 +214,17 @@ def _log_epoch(writer, record: dict) -> None:
   writer.flush()
 
 
-def _print_summary(config, dataset, model, ledger, sampler) -> None:
+def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
   print(f"Model {config.model.name}: {models.count_params(model):,} trainable parameters")
+  if hasattr(engine, "fast_layers"):
+    fallback = [layer.name for layer in engine.fallback_layers]
+    print(f"Fast clipping covers {len(engine.fast_layers)} layers; vectorized fallback for: "
+          f"{', '.join(fallback) or 'none'}")
   print(f"Data {config.data.dataset}: {dataset.num_train} training / {len(dataset.test_labels)} "
         f"test examples, {dataset.num_classes} classes, input {dataset.input_shape}")
   print(f"Optimizer {config.optimizer.name}, lr {config.optimizer.step_size}; "
         f"{sampler.steps_per_epoch} steps per epoch of expected batch {config.run.batch_size} "
-        f"({config.data.sampling} sampling, chunks of {config.run.chunk_size})")
+        f"({config.data.sampling} sampling, chunks of {config.chunk_size})")
   if ledger.private:
     planned = ledger.history[0]["planned_steps"]
     print(f"Privacy: σ = {ledger.noise_multiplier:.4f}, clip {config.privacy.l2_norm_clip}, "
@@ -249,7 +254,7 @@ def _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
       "epochs_completed": len(history) and history[-1]["epoch"],
       "budget_exhausted": budget_exhausted,
       "batch_size": config.run.batch_size,
-      "physical_batch_size": config.run.chunk_size,
+      "physical_batch_size": config.chunk_size,
       "train_examples": dataset.num_train,
       "test_examples": int(len(dataset.test_labels)),
       "examples_per_second": examples_per_second,
@@ -258,6 +263,7 @@ def _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
       "optimizer": config.optimizer.name,
       "learning_rate": config.optimizer.step_size,
       "clipping": config.privacy.clipping if private else None,
+      "clip_groups": config.privacy.clip_groups if private else None,
       "dataset": config.data.dataset,
       "seed": config.run.seed,
       "jit_compile": config.run.jit_compile,

@@ -4,13 +4,16 @@ The private step is a chain: per-example gradients -> per-example norms -> clip 
 clipped sum. Noise is added afterwards, once per logical step, by the DP optimizer
 (`tfdp.optimizers.dp_keras.PrivateGradientMixin.noised_mean`).
 
-`vectorized` is TF Privacy's method: the Jacobian of the per-example loss vector with respect to every
-trainable variable, vectorized over the batch by `pfor`. It is exact and slow on conv nets.
+Engines (CLIPPING_ENGINES): `vectorized` is TF Privacy's method, the Jacobian of the per-example loss
+vector with respect to every trainable variable, vectorized over the batch by `pfor`: exact, slow on
+conv nets, kept as the reference. `fast` (tfdp.dp.fast) uses per-layer closed forms.
 """
 
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import tensorflow as tf
+
+from tfdp.dp import groups as groups_lib
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (labels [B], logits [B, K]) -> losses [B]
 
@@ -96,12 +99,35 @@ def plain_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor, labels:
   return gradients, losses, logits
 
 
+class VectorizedEngine:
+  """TF Privacy's method as an engine: the full per-example Jacobian, clipped flat or per group."""
+
+  def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None):
+    self._model = model
+    self._groups = groups_lib.variable_groups(model, clip_groups)
+
+  def __call__(self, loss_fn, images, labels, mask, l2_norm_clip):
+    gradients, losses, logits = vectorized_per_example_gradients(self._model, loss_fn, images,
+                                                                 labels)
+    squared = [tf.square(per_example_norms([g])) for g in gradients]
+    weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask)
+    return [tf.tensordot(w, g, axes=1) for w, g in zip(weights, gradients)], losses, logits
+
+
+def _fast_engine(model, clip_groups=None):
+  from tfdp.dp import fast  # pylint: disable=import-outside-toplevel  (fast imports the models)
+  return fast.FastEngine(model, clip_groups)
+
+
+# name -> factory(model, clip_groups) -> engine(loss_fn, images, labels, mask, l2_norm_clip)
+#   returning (clipped sums per trainable variable, per-example losses, logits).
 CLIPPING_ENGINES: Dict[str, Callable] = {
-    "vectorized": vectorized_clipped_sum,
+    "fast": _fast_engine,
+    "vectorized": VectorizedEngine,
 }
 
 
-def clipped_sum_fn(engine: str) -> Callable:
-  if engine not in CLIPPING_ENGINES:
-    raise ValueError(f"unknown clipping engine {engine!r}; valid: {sorted(CLIPPING_ENGINES)}")
-  return CLIPPING_ENGINES[engine]
+def make_engine(name: str, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None):
+  if name not in CLIPPING_ENGINES:
+    raise ValueError(f"unknown clipping engine {name!r}; valid: {sorted(CLIPPING_ENGINES)}")
+  return CLIPPING_ENGINES[name](model, clip_groups)

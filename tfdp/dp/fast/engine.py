@@ -1,0 +1,81 @@
+"""The fast engine: one forward, one backward, then per-layer closed forms."""
+
+from typing import List
+
+from absl import logging
+import tensorflow as tf
+
+from tfdp.dp import groups as groups_lib
+from tfdp.dp.fast import rules
+
+
+class FastEngine:
+  """Clipped per-example gradient sums of a functional Keras model.
+
+  Args:
+    model: a functional (or Sequential) Keras model without BatchNorm.
+    clip_groups: None (flat), an int K, or 'layer' (see tfdp.dp.groups).
+  """
+
+  def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None):
+    self._model = model
+    self._groups = groups_lib.variable_groups(model, clip_groups)
+    layers = groups_lib.parameter_layers(model)
+    self.fast_layers = [layer for layer in layers if rules.rule_for(layer) is not None]
+    self.fallback_layers = [layer for layer in layers if rules.rule_for(layer) is None]
+    if self.fallback_layers:
+      logging.warning("fast clipping has no rule for %s; their per-example gradients use the slow "
+                      "vectorized Jacobian", [layer.name for layer in self.fallback_layers])
+    self._tap = tf.keras.Model(
+        model.inputs, [model.output] + [layer.input for layer in self.fast_layers]
+        + [layer.output for layer in self.fast_layers])
+    self._fallback_variables = [v for layer in self.fallback_layers
+                                for v in layer.trainable_weights]
+    self._position = {v.ref(): i for i, v in enumerate(model.trainable_variables)}
+
+  def __call__(self, loss_fn, images, labels, mask, l2_norm_clip):
+    """(clipped sums per trainable variable, per-example losses [B], logits [B, K]).
+
+    Each example's gradient is clipped (per group) so the sum has L2 sensitivity l2_norm_clip;
+    rows with mask 0 contribute nothing.
+    """
+    n = len(self.fast_layers)
+    with tf.GradientTape(persistent=bool(self._fallback_variables)) as tape:
+      tapped = self._tap(images, training=True)
+      logits, inputs, outputs = tapped[0], tapped[1:1 + n], tapped[1 + n:]
+      losses = loss_fn(labels, logits)
+      total = tf.reduce_sum(losses * mask)
+    output_grads = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    fallback_grads = (tape.jacobian(losses, self._fallback_variables,
+                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                      if self._fallback_variables else [])
+    del tape
+
+    squared = self._squared_norms(inputs, output_grads, fallback_grads)
+    weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask)
+    return self._weighted_sums(inputs, output_grads, fallback_grads, weights), losses, logits
+
+  def _in_model_order(self, per_layer_values, fallback_values) -> List[tf.Tensor]:
+    ordered = [None] * len(self._position)
+    variables = [v for layer in self.fast_layers for v in layer.trainable_weights]
+    for variable, value in zip(variables + self._fallback_variables,
+                               per_layer_values + list(fallback_values)):
+      ordered[self._position[variable.ref()]] = value
+    return ordered
+
+  def _squared_norms(self, inputs, output_grads, fallback_grads):
+    per_layer = [n for layer, a, dz in zip(self.fast_layers, inputs, output_grads)
+                 for n in rules.rule_for(layer).squared_norms(layer, a, dz)]
+    fallback = [rules._row_squared_norms(g) for g in fallback_grads]  # pylint: disable=protected-access
+    return self._in_model_order(per_layer, fallback)
+
+  def _weighted_sums(self, inputs, output_grads, fallback_grads, weights):
+    weight_of = {v.ref(): weights[i] for v, i in
+                 ((v, self._position[v.ref()]) for v in self._model.trainable_variables)}
+    per_layer = []
+    for layer, a, dz in zip(self.fast_layers, inputs, output_grads):
+      layer_weights = weight_of[layer.trainable_weights[0].ref()]  # One group per layer.
+      per_layer.extend(rules.rule_for(layer).weighted_sum(layer, a, dz, layer_weights))
+    fallback = [tf.tensordot(weight_of[v.ref()], g, axes=1)
+                for v, g in zip(self._fallback_variables, fallback_grads)]
+    return self._in_model_order(per_layer, fallback)

@@ -1,0 +1,53 @@
+"""Registry of per-layer rules: layer class -> closed-form per-example gradients.
+
+A rule answers, for one layer with inputs `a` [B, ...] and output gradients `dz` [B, ...] (the
+gradient of the *summed* loss with respect to the layer's output; rows do not interact because the
+model has no BatchNorm, so row i of dz is example i's own output gradient):
+- `squared_norms(layer, a, dz)`: per variable in `layer.trainable_weights` order, [B] squared norms
+  of each example's gradient;
+- `weighted_sum(layer, a, dz, weights)`: per variable, sum_i weights[i] * (example i's gradient).
+"""
+
+from typing import Callable, Dict, List, Optional, Type
+
+import tensorflow as tf
+
+
+class LayerRule:
+  """Base rule: squared norms from materialized per-example gradients of one layer."""
+
+  def supports(self, layer: tf.keras.layers.Layer) -> bool:  # pylint: disable=unused-argument
+    return True
+
+  def per_example_gradients(self, layer, a, dz) -> List[tf.Tensor]:
+    raise NotImplementedError
+
+  def squared_norms(self, layer, a, dz) -> List[tf.Tensor]:
+    return [_row_squared_norms(g) for g in self.per_example_gradients(layer, a, dz)]
+
+  def weighted_sum(self, layer, a, dz, weights) -> List[tf.Tensor]:
+    return [tf.tensordot(weights, g, axes=1) for g in self.per_example_gradients(layer, a, dz)]
+
+
+def _row_squared_norms(per_example: tf.Tensor) -> tf.Tensor:
+  return tf.reduce_sum(tf.reshape(tf.square(per_example), [tf.shape(per_example)[0], -1]), axis=1)
+
+
+RULES: Dict[Type[tf.keras.layers.Layer], LayerRule] = {}
+
+
+def register(*layer_classes: Type[tf.keras.layers.Layer]) -> Callable:
+  """Class decorator: registers one instance of the rule for each layer class (exact type)."""
+
+  def add(rule_class):
+    for layer_class in layer_classes:
+      RULES[layer_class] = rule_class()
+    return rule_class
+
+  return add
+
+
+def rule_for(layer: tf.keras.layers.Layer) -> Optional[LayerRule]:
+  """The rule for `layer`'s exact class, if it has one and supports this configuration."""
+  rule = RULES.get(type(layer))
+  return rule if rule is not None and rule.supports(layer) else None
