@@ -47,6 +47,12 @@ LAYERS = {
     "wsconv_strided_bias": (lambda: model_layers.WSConv2D(3, 3, strides=2, padding="same"),
                             (7, 7, 2)),
     "wsconv_1x1": (lambda: model_layers.WSConv2D(3, 1, strides=2, use_bias=False), (6, 6, 2)),
+    "depthwise_same": (lambda: tf.keras.layers.DepthwiseConv2D(3, padding="same"), (6, 6, 2)),
+    "depthwise_strided_multiplier": (
+        lambda: tf.keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2),
+        (7, 7, 2)),
+    "depthwise_5x5_valid_no_bias": (
+        lambda: tf.keras.layers.DepthwiseConv2D(5, padding="valid", use_bias=False), (7, 7, 2)),
     "groupnorm": (lambda: tf.keras.layers.GroupNormalization(groups=2), (5, 5, 2)),
     "layernorm": (lambda: tf.keras.layers.LayerNormalization(), (4, 7)),
 }

@@ -92,12 +92,31 @@ class _EpochStats:
     return {"loss": self.loss / n, "accuracy": self.correct / n}
 
 
+class _LogLines:
+  """Progress for logs (no terminal): one line every `interval` seconds and at the end."""
+
+  def __init__(self, target: int, interval: float = 10.0):
+    self._target, self._interval = target, interval
+    self._start = self._last = time.monotonic()
+
+  def update(self, current: int, values) -> None:
+    now = time.monotonic()
+    if now - self._last < self._interval and current < self._target:
+      return
+    self._last = now
+    shown = " - ".join(f"{name}: {value:.4f}" for name, value in values)
+    print(f"  {current}/{self._target} - {now - self._start:.0f}s - {shown}", flush=True)
+
+
+def _progress(target: int):
+  if sys.stdout.isatty():
+    return tf.keras.utils.Progbar(target, stateful_metrics=["loss", "accuracy", "epsilon"])
+  return _LogLines(target)
+
+
 def _run_epoch(step_fn, sampler, dataset, ledger, max_steps):
   stats = _EpochStats()
-  # On a terminal the bar redraws in place; in a log it writes one line every 10 seconds.
-  progbar = tf.keras.utils.Progbar(sampler.steps_per_epoch,
-                                   interval=0.05 if sys.stdout.isatty() else 10.0,
-                                   stateful_metrics=["loss", "accuracy", "epsilon"])
+  progbar = _progress(sampler.steps_per_epoch)
   for i in range(sampler.steps_per_epoch):
     if max_steps is not None and ledger.steps >= max_steps:
       return stats, True

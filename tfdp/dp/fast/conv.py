@@ -133,3 +133,52 @@ class Conv2DRule(rules.LayerRule):
     if layer.use_bias:
       sums.append(tf.reduce_sum(weighted, axis=[0, 1, 2]))
     return sums
+
+
+def _shifted_windows(layer, a, out_h: int, out_w: int):
+  """Yields, per kernel offset (u, v) in kernel order, the input window each output reads there.
+
+  Each window is [B, out_h, out_w, cin]: input[h * stride + u * dilation, w * stride + v * dilation]
+  after the layer's padding.
+  """
+  (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+  if layer.padding == "same":
+    pads = [_same_padding(a.shape[1], kh, sh, dh), _same_padding(a.shape[2], kw, sw, dw)]
+    a = tf.pad(a, [[0, 0], pads[0], pads[1], [0, 0]])
+  for u in range(kh):
+    for v in range(kw):
+      yield a[:, u * dh:u * dh + (out_h - 1) * sh + 1:sh, v * dw:v * dw + (out_w - 1) * sw + 1:sw, :]
+
+
+@rules.register(tf.keras.layers.DepthwiseConv2D)
+class DepthwiseConv2DRule(rules.LayerRule):
+  """Exact per-example gradients of DepthwiseConv2D (any stride, padding, depth multiplier).
+
+  Example i's kernel gradient at offset (u, v), channel c, multiplier m is
+  sum over output positions of window_uv[i, ., ., c] * dz[i, ., ., c * multiplier + m].
+  """
+
+  def supports(self, layer) -> bool:
+    return (layer.data_format == "channels_last"
+            and layer.activation is tf.keras.activations.linear)
+
+  def per_example_gradients(self, layer, a, dz):
+    batch, out_h, out_w = tf.shape(dz)[0], dz.shape[1], dz.shape[2]
+    channels, multiplier = a.shape[-1], layer.depth_multiplier
+    dz_split = tf.reshape(dz, [batch, out_h, out_w, channels, multiplier])
+    offsets = [tf.einsum("bhwc,bhwcm->bcm", window, dz_split)
+               for window in _shifted_windows(layer, a, out_h, out_w)]
+    grads = [tf.reshape(tf.stack(offsets, axis=1), [-1, *layer.depthwise_kernel.shape])]
+    if layer.use_bias:
+      grads.append(tf.reduce_sum(dz, axis=[1, 2]))
+    return grads
+
+  def weighted_sum(self, layer, a, dz, weights):
+    weighted = dz * weights[:, None, None, None]
+    kernel_sum = tf.compat.v1.nn.depthwise_conv2d_native_backprop_filter(
+        a, tf.shape(layer.depthwise_kernel), weighted, strides=[1, *layer.strides, 1],
+        padding=layer.padding.upper(), dilations=[1, *layer.dilation_rate, 1])
+    sums = [kernel_sum]
+    if layer.use_bias:
+      sums.append(tf.reduce_sum(weighted, axis=[0, 1, 2]))
+    return sums
