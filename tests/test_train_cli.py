@@ -77,6 +77,15 @@ def test_budget_stops_training_before_it_is_exceeded(tmp_path):
   assert "Stopped" in output
 
 
+def test_linear_svm_with_hinge_loss_and_grouped_clipping(tmp_path):
+  code, output = _run(*_quick_flags(tmp_path / "run", "--loss=hinge", "--clip_groups=layer",
+                                    "--epochs=3"))
+  assert code == 0, output
+  metrics = _metrics(tmp_path / "run")
+  assert metrics["loss"] == "hinge" and metrics["clip_groups"] == "layer"
+  assert metrics["test_accuracy"] > 0.5 and metrics["epsilon"] <= 3.0
+
+
 def test_shuffled_batches_are_reported_as_such(tmp_path):
   code, output = _run(*_quick_flags(tmp_path / "run", "--sampling=shuffle", "--epochs=2"))
   assert code == 0, output
@@ -94,6 +103,9 @@ def test_shuffled_batches_are_reported_as_such(tmp_path):
     ("--l2_norm_clip=0", "l2_norm_clip must be > 0"),
     ("--batch_size=100000", "larger than the training set"),
     ("--noise_multiplier=0.5", "in a single step"),
+    ("--model_kwargs=depth", "key=value"),
+    ("--groupnorm_groups=4", "unexpected option"),
+    ("--clip_groups=many", "clip_groups"),
     ("--model=resnet1000", "resnet1000"),
     ("--optimizer=dp_lion", "dp_lion"),
     ("--dataset=mnist_on_mars", "mnist_on_mars"),

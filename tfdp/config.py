@@ -5,7 +5,7 @@ that a bad command line fails before any work is done.
 """
 
 import dataclasses
-from typing import Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 SAMPLINGS = ("poisson", "shuffle")
 # Rows per compiled chunk when --physical_batch_size is not given, per clipping engine. TF Privacy's
@@ -42,11 +42,21 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   name: str = "cnn"
+  options: Tuple[Tuple[str, Any], ...] = ()  # Builder keyword options, e.g. (("depth", 40),).
+  loss: str = "cross_entropy"  # "hinge" with the linear model is a linear SVM.
 
   def __post_init__(self):
+    from tfdp import losses
     from tfdp import models
     _require(self.name in models.MODELS,
              f"unknown model {self.name!r}; valid: {', '.join(sorted(models.MODELS))}")
+    models.registry.check_options(self.name, dict(self.options))
+    _require(self.loss in losses.LOSSES,
+             f"unknown loss {self.loss!r}; valid: {', '.join(sorted(losses.LOSSES))}")
+
+  @property
+  def kwargs(self) -> Dict[str, Any]:
+    return dict(self.options)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

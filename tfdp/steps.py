@@ -26,14 +26,17 @@ class TrainStep:
     engine: per-example clipping engine name (tfdp.dp.clipping.CLIPPING_ENGINES).
     clip_groups: None (flat clipping), an int K or 'layer' (tfdp.dp.groups).
     jit_compile: compile the chunk computation with XLA.
+    loss_fn: per-example loss (tfdp.losses).
   """
 
   def __init__(self, model: tf.keras.Model, optimizer, preprocess: Callable, *, private: bool,
                l2_norm_clip: float = 1.0, expected_batch_size: float = 1.0,
-               engine: str = "fast", clip_groups=None, jit_compile: bool = False):
+               engine: str = "fast", clip_groups=None, jit_compile: bool = False,
+               loss_fn: Callable = clipping.per_example_loss):
     self._model = model
     self._optimizer = optimizer
     self._preprocess = preprocess
+    self._loss_fn = loss_fn
     self._private = private
     self._l2_norm_clip = l2_norm_clip
     self._expected_batch_size = float(expected_batch_size)
@@ -44,11 +47,10 @@ class TrainStep:
   def _chunk_sum(self, images, labels, mask):
     inputs = self._preprocess(images)
     if self._private:
-      sums, losses, logits = self.engine(clipping.per_example_loss, inputs, labels, mask,
+      sums, losses, logits = self.engine(self._loss_fn, inputs, labels, mask,
                                                self._l2_norm_clip)
     else:
-      sums, losses, logits = clipping.plain_sum(self._model, clipping.per_example_loss, inputs,
-                                                labels, mask)
+      sums, losses, logits = clipping.plain_sum(self._model, self._loss_fn, inputs, labels, mask)
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64)), tf.float32)
     return sums, tf.reduce_sum(losses * mask), tf.reduce_sum(correct * mask)
 
@@ -82,13 +84,14 @@ class TrainStep:
     return loss_sum, correct, count
 
 
-def make_evaluate(model: tf.keras.Model, preprocess: Callable, batch_size: int = 500):
+def make_evaluate(model: tf.keras.Model, preprocess: Callable, batch_size: int = 500,
+                  loss_fn: Callable = clipping.per_example_loss):
   """Returns evaluate(images uint8 [M,...], labels [M]) -> (mean loss, accuracy)."""
 
   @tf.function
   def batch_stats(images, labels):
     logits = model(preprocess(images), training=False)
-    losses = clipping.per_example_loss(labels, logits)
+    losses = loss_fn(labels, logits)
     correct = tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64))
     return tf.reduce_sum(losses), tf.reduce_sum(tf.cast(correct, tf.float32))
 

@@ -15,6 +15,7 @@ from absl import logging
 
 from tfdp import config as config_lib
 from tfdp import data
+from tfdp import losses
 from tfdp import models
 from tfdp import optimizers
 from tfdp.dp import clipping
@@ -28,6 +29,17 @@ _SAMPLING = flags.DEFINE_enum("sampling", "poisson", list(config_lib.SAMPLINGS),
                               "poisson (what the accountant assumes) or shuffle (reported as such).")
 _AUGMENT = flags.DEFINE_string("augment", None, "Augmentation; default: the dataset's.")
 _MODEL = flags.DEFINE_enum("model", "cnn", sorted(models.MODELS), "Model name.")
+_MODEL_KWARGS = flags.DEFINE_list("model_kwargs", [],
+                                  "Model builder options as key=value, e.g. depth=40,width=4.")
+_GROUPNORM_GROUPS = flags.DEFINE_integer("groupnorm_groups", None,
+                                         "GroupNorm groups (models with GroupNorm).")
+_ACTIVATION = flags.DEFINE_string("activation", None, "Activation (e.g. relu, tanh, silu).")
+_WEIGHT_STANDARDIZATION = flags.DEFINE_bool("weight_standardization", None,
+                                            "Weight-standardized convolutions (WSConv2D).")
+_WEIGHTS = flags.DEFINE_string("weights", None,
+                               "Local pretrained weights file (models that take one).")
+_LOSS = flags.DEFINE_enum("loss", "cross_entropy", sorted(losses.LOSSES),
+                          "Per-example loss; hinge with --model=linear is a linear SVM.")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "dp_sgd", sorted(optimizers.OPTIMIZERS),
                                "Optimizer name.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", None,
@@ -68,12 +80,37 @@ def _parse_clip_groups(value):
     raise ValueError(f"clip_groups must be a positive integer or 'layer', got {value!r}") from None
 
 
+def _parse_value(text: str):
+  """'3' -> 3, '0.5' -> 0.5, 'true'/'false' -> bool, anything else stays a string."""
+  for parse in (int, float):
+    try:
+      return parse(text)
+    except ValueError:
+      pass
+  return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _model_options():
+  options = {}
+  for item in _MODEL_KWARGS.value:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--model_kwargs entries must be key=value, got {item!r}")
+    options[key.strip()] = _parse_value(value.strip())
+  dedicated = {"groupnorm_groups": _GROUPNORM_GROUPS.value, "activation": _ACTIVATION.value,
+               "weight_standardization": _WEIGHT_STANDARDIZATION.value,
+               "weights": _WEIGHTS.value}
+  options.update({k: v for k, v in dedicated.items() if v is not None})
+  return tuple(sorted(options.items()))
+
+
 def config_from_flags() -> config_lib.Config:
   return config_lib.Config(
       data=config_lib.DataConfig(dataset=_DATASET.value, data_dir=_DATA_DIR.value,
                                  train_examples=_TRAIN_EXAMPLES.value, sampling=_SAMPLING.value,
                                  augment=_AUGMENT.value),
-      model=config_lib.ModelConfig(name=_MODEL.value),
+      model=config_lib.ModelConfig(name=_MODEL.value, options=_model_options(),
+                                   loss=_LOSS.value),
       privacy=config_lib.PrivacyConfig(epsilon=_EPSILON.value, delta=_DELTA.value,
                                        noise_multiplier=_NOISE_MULTIPLIER.value,
                                        l2_norm_clip=_L2_NORM_CLIP.value, clipping=_CLIPPING.value,

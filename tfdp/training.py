@@ -20,6 +20,7 @@ from tfdp import checkpointing
 from tfdp import config as config_lib
 from tfdp import data
 from tfdp import export
+from tfdp import losses
 from tfdp import models
 from tfdp import optimizers
 from tfdp import steps as steps_lib
@@ -156,7 +157,9 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   """
   tf.keras.utils.set_random_seed(config.run.seed)
   dataset, ledger = prepared or prepare(config)
-  model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape)
+  model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape,
+                             **config.model.kwargs)
+  loss_fn = losses.get(config.model.loss)
   optimizer = optimizers.build_optimizer(
       config.optimizer.name, config.optimizer.step_size, momentum=config.optimizer.momentum,
       l2_norm_clip=config.privacy.l2_norm_clip, noise_multiplier=ledger.noise_multiplier)
@@ -173,8 +176,8 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
                                 expected_batch_size=config.run.batch_size,
                                 engine=config.privacy.clipping,
                                 clip_groups=config.privacy.clip_groups,
-                                jit_compile=config.run.jit_compile)
-  evaluate = steps_lib.make_evaluate(model, test_preprocess)
+                                jit_compile=config.run.jit_compile, loss_fn=loss_fn)
+  evaluate = steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn)
   _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
 
   writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
@@ -278,6 +281,8 @@ def _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
       "test_examples": int(len(dataset.test_labels)),
       "examples_per_second": examples_per_second,
       "model": config.model.name,
+      "model_options": config.model.kwargs,
+      "loss": config.model.loss,
       "parameters": models.count_params(model),
       "optimizer": config.optimizer.name,
       "learning_rate": config.optimizer.step_size,

@@ -13,14 +13,13 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import tensorflow as tf
 
+from tfdp import losses as losses_lib
 from tfdp.dp import groups as groups_lib
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (labels [B], logits [B, K]) -> losses [B]
 
 
-def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-  """Softmax cross-entropy per example: labels [B] int, logits [B, K] -> [B] float32."""
-  return tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+per_example_loss = losses_lib.cross_entropy  # The default loss.
 
 
 def vectorized_per_example_gradients(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor,

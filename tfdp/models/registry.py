@@ -145,3 +145,13 @@ def _check_kwargs(name, builder, kwargs):
         raise TypeError(
             f"Model {name!r} got unexpected option(s) {unexpected}; it accepts {sorted(accepted)}."
         )
+
+
+def check_options(name, options):
+    """Raises ValueError (naming them) if model `name` does not take every key of `options`."""
+    if name not in MODELS:
+        raise ValueError(f"Unknown model {name!r}; valid names: {sorted(MODELS)}.")
+    try:
+        _check_kwargs(name, MODELS[name], options)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
