@@ -170,7 +170,8 @@ class Scale(tf.keras.layers.Layer):
   def build(self, input_shape):
     self.w = self.add_weight("w", shape=[input_shape[-1]], initializer="ones")
 
-  def call(self, inputs):
+  @tf.autograph.experimental.do_not_convert  # Plain TF ops; conversion was seen to flake.
+  def call(self, inputs, training=None):  # pylint: disable=unused-argument
     return inputs * self.w
 
 

@@ -116,6 +116,7 @@ class RunConfig:
   seed: int = 0
   output_dir: str = "runs/default"
   export_dir: Optional[str] = None  # None: saved_models/<basename of output_dir>.
+  export: bool = True  # Write the SavedModels (off for quick experiments: export is slow).
   jit_compile: bool = False
 
   def __post_init__(self):

@@ -68,6 +68,7 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/default",
                                   "SavedModel. An existing run there is resumed.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None,
                                   "SavedModel copy; default saved_models/<run name>.")
+_EXPORT = flags.DEFINE_bool("export", True, "Write the SavedModel (and its copy).")
 _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile the per-chunk step with XLA.")
 
 
@@ -122,6 +123,7 @@ def config_from_flags() -> config_lib.Config:
                                physical_batch_size=_PHYSICAL_BATCH_SIZE.value,
                                epochs=_EPOCHS.value, seed=_SEED.value,
                                output_dir=_OUTPUT_DIR.value, export_dir=_EXPORT_DIR.value,
+                               export=_EXPORT.value,
                                jit_compile=_JIT_COMPILE.value))
 
 

@@ -206,11 +206,12 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   metrics = _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
-  saved_model = export.export_saved_model(model, test_preprocess, dataset.class_names,
-                                          os.path.join(config.run.output_dir, "saved_model"))
-  metrics["saved_model"] = saved_model
-  metrics["export_dir"] = export.export_saved_model(model, test_preprocess, dataset.class_names,
-                                                    _export_dir(config))
+  if config.run.export:
+    metrics["saved_model"] = export.export_saved_model(
+        model, test_preprocess, dataset.class_names,
+        os.path.join(config.run.output_dir, "saved_model"))
+    metrics["export_dir"] = export.export_saved_model(model, test_preprocess, dataset.class_names,
+                                                      _export_dir(config))
   atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
                     json.dumps(metrics, indent=2, sort_keys=True))
   print(f"Test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}; {ledger.describe()}")

@@ -2,15 +2,21 @@
 
     from tfdp import models
     model = models.build_model("resnet20", num_classes=10, input_shape=(32, 32, 3))
-    sorted(models.MODELS)  # ['cnn', 'linear', 'resnet20']
+    sorted(models.MODELS)  # ['cnn', 'convnet', 'densenet121', 'efficientnet_b0', 'linear', ...]
 """
 
 from tfdp.models import layers
 from tfdp.models import registry
 
 # Imported for their @register side effect, which fills MODELS.
+from tfdp.models import convnet  # noqa: F401  pylint: disable=unused-import
+from tfdp.models import densenet  # noqa: F401  pylint: disable=unused-import
+from tfdp.models import efficientnet  # noqa: F401  pylint: disable=unused-import
 from tfdp.models import resnet  # noqa: F401  pylint: disable=unused-import
+from tfdp.models import resnet18  # noqa: F401  pylint: disable=unused-import
 from tfdp.models import small  # noqa: F401  pylint: disable=unused-import
+from tfdp.models import wide_resnet  # noqa: F401  pylint: disable=unused-import
+from tfdp.models import vit  # noqa: F401  pylint: disable=unused-import
 
 MODELS = registry.MODELS
 build_model = registry.build_model

@@ -8,5 +8,6 @@ Layers without a rule fall back to the vectorized Jacobian, with a warning namin
 """
 
 from tfdp.dp.fast import conv, dense, normalization  # pylint: disable=unused-import  (registers rules)
+from tfdp.dp.fast import embeddings  # pylint: disable=unused-import  (registers rules)
 from tfdp.dp.fast.engine import FastEngine
 from tfdp.dp.fast.rules import RULES, rule_for
