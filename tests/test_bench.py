@@ -133,3 +133,10 @@ def test_cli_refuses_an_unknown_mode():
   done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                         check=False)
   assert done.returncode != 0 and "no_such_mode" in done.stderr
+
+
+@pytest.mark.parametrize("batch_size,chunk", [(256, 256), (256, 64), (40, 8)])
+def test_poisson_chunks_per_step_matches_simulation(batch_size, chunk):
+  draws = np.random.default_rng(0).poisson(batch_size, size=200_000)
+  simulated = np.mean(np.maximum(1, np.ceil(draws / chunk)))
+  assert bench.poisson_chunks_per_step(batch_size, chunk) == pytest.approx(simulated, rel=5e-3)

@@ -42,6 +42,12 @@ LAYERS = {
                          (6, 6, 2)),
     "conv_5x3_even": (lambda: tf.keras.layers.Conv2D(3, (5, 3), strides=2, padding="same"),
                       (8, 8, 2)),
+    # Feature maps of 3x3 (T^2 = 81 < K C = 36 * 8): the ghost-norm path.
+    "conv_ghost": (lambda: tf.keras.layers.Conv2D(8, 3, padding="same"), (3, 3, 2)),
+    "wsconv_ghost": (lambda: model_layers.WSConv2D(8, 3, padding="same", use_bias=False),
+                     (3, 3, 2)),
+    "wsconv_ghost_strided": (lambda: model_layers.WSConv2D(8, 3, strides=2, padding="same"),
+                             (5, 5, 2)),
     "wsconv_same": (lambda: model_layers.WSConv2D(3, 3, padding="same", use_bias=False),
                     (6, 6, 2)),
     "wsconv_strided_bias": (lambda: model_layers.WSConv2D(3, 3, strides=2, padding="same"),

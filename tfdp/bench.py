@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from absl import app
 from absl import flags
 import numpy as np
+import scipy.stats
 import tensorflow as tf
 
 from tfdp import atomic
@@ -322,6 +323,30 @@ def method(config: BenchConfig) -> str:
           f"{CHILD_STEPS} steps; growth = peak minus RSS after building.")
 
 
+def poisson_chunks_per_step(batch_size: int, chunk_size: int) -> float:
+  """E[ceil(n / P)] for n ~ Poisson(batch_size): chunks a Poisson-sampled training step runs.
+
+  The bench times exactly batch_size rows; training draws a random number of rows and pads the
+  last chunk, so an epoch runs this many chunks per step instead of batch_size / P.
+  """
+  counts = np.arange(0, int(batch_size + 12 * np.sqrt(batch_size) + 12))
+  probabilities = scipy.stats.poisson.pmf(counts, batch_size)
+  return float(np.sum(probabilities * np.maximum(1, np.ceil(counts / chunk_size))))
+
+
+def training_prediction(config: BenchConfig, results: Dict[str, ModeResult]) -> str:
+  """One line: the examples/s a Poisson-sampled training epoch should reach, per mode."""
+  parts = []
+  for mode, result in results.items():
+    if result.examples_per_second:
+      chunk = config.chunk_size(mode)
+      timed = -(-config.batch_size // chunk)
+      factor = poisson_chunks_per_step(config.batch_size, chunk) / timed
+      parts.append(f"{mode} {result.examples_per_second / factor:.1f}")
+  return ("Predicted training examples/s with Poisson sampling (padding to whole chunks): "
+          + ", ".join(parts))
+
+
 def format_table(config: BenchConfig, results: Dict[str, ModeResult], command: str) -> str:
   """Markdown: provenance, method, then one row per mode."""
   header = [provenance(command), method(config), "",
@@ -391,6 +416,7 @@ def main(argv):
     return
   results = run_bench(config)
   print(format_table(config, results, shlex.join(["python", "-m", "tfdp.bench", *sys.argv[1:]])))
+  print(training_prediction(config, results))
   record = json.dumps(summary(config, results))
   if _FLAGS["output"].value:
     atomic.write_text(_FLAGS["output"].value, record + "\n")

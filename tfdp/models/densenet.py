@@ -119,14 +119,4 @@ def _transition(x, conv, groups, activation, name):
     return tf.keras.layers.AveragePooling2D(2, name=f"{name}_pool")(y)
 
 
-def _conv(conv, filters, kernel_size, strides, name):
-    # No bias, as in the paper's code: each output is normalized by the GN that reads it next.
-    return conv(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=name,
-    )
+_conv = layers.conv_before_norm

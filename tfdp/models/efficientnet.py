@@ -213,17 +213,7 @@ def _squeeze_excite(x, squeezed, activation, name):
     return tf.keras.layers.Multiply(name=f"{name}_se_excite")([x, s])
 
 
-def _conv(conv, filters, kernel_size, strides, name):
-    # No bias: the GroupNorm right after subtracts the mean, which would cancel it.
-    return conv(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=name,
-    )
+_conv = layers.conv_before_norm
 
 
 def _weights_exist(path):

@@ -72,3 +72,20 @@ def group_norm(channels, groups, name=None):
     while channels % groups:
         groups -= 1
     return tf.keras.layers.GroupNormalization(groups=groups, epsilon=GN_EPSILON, name=name)
+
+
+def conv_before_norm(conv, filters, kernel_size, strides, name):
+    """A 'same'-padded, He-initialized convolution without bias, for use right before a GroupNorm.
+
+    No bias: the normalization that reads the output subtracts its mean, which cancels a bias.
+    `conv` is the class (WSConv2D or tf.keras.layers.Conv2D).
+    """
+    return conv(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=name,
+    )

@@ -82,14 +82,4 @@ def _basic_block(x, filters, strides, conv, groups, activation, name):
     return tf.keras.layers.Activation(activation, name=f"{name}_out")(y)
 
 
-def _conv(conv, filters, kernel_size, strides, name):
-    # No bias: the GroupNorm right after subtracts the mean, which would cancel it.
-    return conv(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=name,
-    )
+_conv = layers.conv_before_norm

@@ -121,18 +121,7 @@ def _block(x, filters, strides, conv, groups, activation, name):
     return tf.keras.layers.Add(name=f"{name}_add")([shortcut, y])
 
 
-def _conv(conv, filters, kernel_size, strides, name):
-    # No bias: every convolution's output reaches a GroupNorm (after the add, in the next block),
-    # which removes most of a per-channel shift anyway; the WRN reference code has none either.
-    return conv(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=name,
-    )
+_conv = layers.conv_before_norm
 
 
 def _is_positive_int(value):

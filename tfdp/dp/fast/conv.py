@@ -7,6 +7,7 @@ For weight-standardized convolutions the gradient with respect to the standardiz
 back to the raw kernel through the standardization's (linear) vector-Jacobian product.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from tfdp.dp.fast import rules
@@ -94,6 +95,33 @@ def standardized_vjp_squared_norms(kernel: tf.Tensor, grads: tf.Tensor) -> tf.Te
   return tf.reduce_sum(per_channel * tf.reshape(inv_var, [-1]), axis=1)
 
 
+def _ghost_kernel_squared_norms(layer, a, dz):
+  """[B] squared kernel-gradient norms from T x T Gram matrices, never forming the gradient.
+
+  With P_i = patches(a_i) [T, K] and D_i = dz_i [T, C], example i's gradient is G_i = P_i^T D_i and
+  ||G_i[:, c]||^2 = D_i[:, c]^T (P_i P_i^T) D_i[:, c]: cost T^2 (K + C) instead of T K C, chosen when
+  T^2 < K C (late layers with small feature maps). For WSConv2D the closed form of
+  `standardized_vjp_squared_norms` needs only per-channel means of G and of G * w_hat, which are
+  (sum_k P) D / n and (P w_hat) . D / n.
+  """
+  patches = _patches(layer, a)  # [B, T, K]
+  d = tf.reshape(dz, [tf.shape(dz)[0], -1, dz.shape[-1]])  # [B, T, C]
+  gram = tf.linalg.matmul(patches, patches, transpose_b=True)  # [B, T, T]
+  per_channel = tf.reduce_sum(tf.linalg.matmul(gram, d) * d, axis=1)  # [B, C] = ||G[:, c]||^2
+  if not isinstance(layer, model_layers.WSConv2D):
+    return tf.reduce_sum(per_channel, axis=1)
+  kernel = layer.kernel
+  mean, var = tf.nn.moments(kernel, axes=[0, 1, 2], keepdims=True)
+  inv_var = 1.0 / (var + model_layers.WS_EPSILON)
+  w_hat = tf.reshape((kernel - mean) * tf.sqrt(inv_var), [-1, kernel.shape[-1]])  # [K, C]
+  n = float(w_hat.shape[0])
+  m1 = tf.einsum("bt,btc->bc", tf.reduce_sum(patches, axis=2), d) / n
+  m2 = tf.reduce_sum(tf.linalg.matmul(patches, w_hat) * d, axis=1) / n
+  ratio = tf.reduce_mean(tf.square(w_hat), axis=0)
+  corrected = per_channel - n * tf.square(m1) - n * tf.square(m2) * (2.0 - ratio)
+  return tf.reduce_sum(corrected * tf.reshape(inv_var, [-1]), axis=1)
+
+
 @rules.register(tf.keras.layers.Conv2D, model_layers.WSConv2D)
 class Conv2DRule(rules.LayerRule):
   """Exact per-example gradients of Conv2D / WSConv2D (any stride, padding, kernel, dilation)."""
@@ -108,15 +136,21 @@ class Conv2DRule(rules.LayerRule):
     return kernel_grads
 
   def squared_norms(self, layer, a, dz):
-    kernel_grads = _per_example_kernel_grads(layer, a, dz)
-    if isinstance(layer, model_layers.WSConv2D):
-      kernel = standardized_vjp_squared_norms(layer.kernel, kernel_grads)
+    positions = dz.shape[1] * dz.shape[2]
+    if positions * positions < np.prod(layer.kernel.shape):
+      kernel = _ghost_kernel_squared_norms(layer, a, dz)
     else:
-      kernel = rules._row_squared_norms(kernel_grads)  # pylint: disable=protected-access
+      kernel = self._materialized_kernel_squared_norms(layer, a, dz)
     norms = [kernel]
     if layer.use_bias:
       norms.append(tf.reduce_sum(tf.square(tf.reduce_sum(dz, axis=[1, 2])), axis=1))
     return norms
+
+  def _materialized_kernel_squared_norms(self, layer, a, dz):
+    kernel_grads = _per_example_kernel_grads(layer, a, dz)
+    if isinstance(layer, model_layers.WSConv2D):
+      return standardized_vjp_squared_norms(layer.kernel, kernel_grads)
+    return rules._row_squared_norms(kernel_grads)  # pylint: disable=protected-access
 
   def per_example_gradients(self, layer, a, dz):
     grads = [self._to_raw(layer, _per_example_kernel_grads(layer, a, dz))]
