@@ -183,6 +183,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
   max_steps = ledger.max_steps()
   train_seconds, train_examples_seen, budget_exhausted = 0.0, 0.0, False
+  final_evaluation = None  # The last epoch's evaluation, when this invocation trained.
   for epoch in range(start_epoch, config.run.epochs):
     if max_steps is not None and ledger.steps >= max_steps:
       budget_exhausted = True
@@ -191,8 +192,8 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
     stats, budget_exhausted = _run_epoch(step_fn, sampler, dataset, ledger, max_steps)
     train_seconds += stats.seconds
     train_examples_seen += stats.examples
-    test_loss, test_accuracy = evaluate(dataset.test_images, dataset.test_labels)
-    record = _epoch_record(epoch + 1, ledger, stats, test_loss, test_accuracy)
+    final_evaluation = evaluate(dataset.test_images, dataset.test_labels)
+    record = _epoch_record(epoch + 1, ledger, stats, *final_evaluation)
     history.append(record)
     _log_epoch(writer, record)
     state.save(epoch + 1, ledger, history)
@@ -202,7 +203,9 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
     print(f"Stopped after {ledger.steps} steps: the next would spend more than "
           f"ε = {ledger.target_epsilon}.")
 
-  test_loss, test_accuracy = evaluate(dataset.test_images, dataset.test_labels)
+  if final_evaluation is None:
+    final_evaluation = evaluate(dataset.test_images, dataset.test_labels)
+  test_loss, test_accuracy = final_evaluation
   metrics = _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
