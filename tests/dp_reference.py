@@ -66,3 +66,15 @@ def batch(size=6, input_shape=(6, 6, 2), num_classes=3, seed=1, scale=3.0):
   images = (scale * rng.normal(size=(size, *input_shape))).astype(np.float32)
   labels = rng.integers(0, num_classes, size=size).astype(np.int64)
   return images, labels
+
+
+def normalized_sum(model, images, labels, mask, l2_norm_clip, gamma):
+  """sum over real rows of g_i * C / (||g_i|| + gamma), each g_i computed alone (automatic clipping)."""
+  total = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
+  for i in range(len(images)):
+    if mask[i] == 0:
+      continue
+    grads = per_example_gradient(model, tf.constant(images[i]), tf.constant(labels[i]))
+    factor = l2_norm_clip / (global_norm(grads) + gamma)
+    total = [t + factor * g for t, g in zip(total, grads)]
+  return total

@@ -86,6 +86,14 @@ def test_linear_svm_with_hinge_loss_and_grouped_clipping(tmp_path):
   assert metrics["test_accuracy"] > 0.5 and metrics["epsilon"] <= 3.0
 
 
+def test_automatic_clipping_run_stays_within_budget(tmp_path):
+  code, output = _run(*_quick_flags(tmp_path / "run", "--clipping_mode=normalize", "--epochs=3"))
+  assert code == 0, output
+  metrics = _metrics(tmp_path / "run")
+  assert metrics["clipping_mode"] == "normalize" and metrics["epsilon"] <= 3.0
+  assert metrics["test_accuracy"] > 0.5
+
+
 def test_shuffled_batches_are_reported_as_such(tmp_path):
   code, output = _run(*_quick_flags(tmp_path / "run", "--sampling=shuffle", "--epochs=2"))
   assert code == 0, output

@@ -67,6 +67,8 @@ class PrivacyConfig:
   l2_norm_clip: float = 1.0
   clipping: str = "fast"  # Per-example gradient engine; "vectorized" is TF Privacy's, the reference.
   clip_groups: Optional[Union[int, str]] = None  # None: flat; K or "layer": each group to C/sqrt(G).
+  clipping_mode: str = "clip"  # "normalize": g * C / (||g|| + gamma), automatic clipping.
+  normalize_gamma: float = 0.01  # Bu et al. 2022's default.
 
   def __post_init__(self):
     from tfdp.dp import clipping
@@ -78,9 +80,16 @@ class PrivacyConfig:
     _require(self.clipping in clipping.CLIPPING_ENGINES,
              f"unknown clipping {self.clipping!r}; valid: "
              f"{', '.join(sorted(clipping.CLIPPING_ENGINES))}")
+    self.scaling  # pylint: disable=pointless-statement  (validates mode and gamma, naming them)
     _require(self.clip_groups is None or self.clip_groups == "layer"
              or (isinstance(self.clip_groups, int) and self.clip_groups >= 1),
              f"clip_groups must be a positive integer or 'layer', got {self.clip_groups!r}")
+
+  @property
+  def scaling(self):
+    """The per-example rule (tfdp.dp.groups.Scaling): clip, or normalize with gamma."""
+    from tfdp.dp import groups
+    return groups.Scaling(mode=self.clipping_mode, gamma=self.normalize_gamma)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdp.dp import clipping
+from tfdp.dp import groups as groups_lib
 
 
 class TrainStep:
@@ -25,6 +26,7 @@ class TrainStep:
     expected_batch_size: q * N, the public divisor of the noised sum (private only).
     engine: per-example clipping engine name (tfdp.dp.clipping.CLIPPING_ENGINES).
     clip_groups: None (flat clipping), an int K or 'layer' (tfdp.dp.groups).
+    scaling: per-example rule, tfdp.dp.groups.Scaling (clip by default, or normalize).
     jit_compile: compile the chunk computation with XLA.
     loss_fn: per-example loss (tfdp.losses).
   """
@@ -32,7 +34,7 @@ class TrainStep:
   def __init__(self, model: tf.keras.Model, optimizer, preprocess: Callable, *, private: bool,
                l2_norm_clip: float = 1.0, expected_batch_size: float = 1.0,
                engine: str = "fast", clip_groups=None, jit_compile: bool = False,
-               loss_fn: Callable = clipping.per_example_loss):
+               loss_fn: Callable = clipping.per_example_loss, scaling=None):
     self._model = model
     self._optimizer = optimizer
     self._preprocess = preprocess
@@ -40,7 +42,8 @@ class TrainStep:
     self._private = private
     self._l2_norm_clip = l2_norm_clip
     self._expected_batch_size = float(expected_batch_size)
-    self.engine = clipping.make_engine(engine, model, clip_groups) if private else None
+    self.engine = (clipping.make_engine(engine, model, clip_groups,
+                                        scaling or groups_lib.Scaling()) if private else None)
     self._chunk = tf.function(self._chunk_sum, jit_compile=jit_compile)
     self._apply = tf.function(self._apply_update)
 
@@ -85,7 +88,7 @@ class TrainStep:
 
 
 def make_evaluate(model: tf.keras.Model, preprocess: Callable, batch_size: int = 500,
-                  loss_fn: Callable = clipping.per_example_loss):
+                  loss_fn: Callable = clipping.per_example_loss, scaling=None):
   """Returns evaluate(images uint8 [M,...], labels [M]) -> (mean loss, accuracy)."""
 
   @tf.function

@@ -54,6 +54,12 @@ _L2_NORM_CLIP = flags.DEFINE_float("l2_norm_clip", 1.0, "Per-example L2 clip nor
 _CLIPPING = flags.DEFINE_enum("clipping", "fast", sorted(clipping.CLIPPING_ENGINES),
                               "Per-example gradient engine: fast (per-layer closed forms) or "
                               "vectorized (TF Privacy's Jacobian, the slow reference).")
+_CLIPPING_MODE = flags.DEFINE_enum(
+    "clipping_mode", "clip", ["clip", "normalize"],
+    "clip: g * min(1, C/||g||); normalize: g * C / (||g|| + gamma) (automatic clipping, Bu et al. "
+    "2022). Both have sensitivity C, so the accountant is the same.")
+_NORMALIZE_GAMMA = flags.DEFINE_float("normalize_gamma", 0.01,
+                                      "gamma of --clipping_mode=normalize (> 0).")
 _CLIP_GROUPS = flags.DEFINE_string("clip_groups", None,
                                    "Grouped clipping: K (contiguous groups of layers) or 'layer'; "
                                    "each group is clipped to C/sqrt(groups), total sensitivity C.")
@@ -115,7 +121,9 @@ def config_from_flags() -> config_lib.Config:
       privacy=config_lib.PrivacyConfig(epsilon=_EPSILON.value, delta=_DELTA.value,
                                        noise_multiplier=_NOISE_MULTIPLIER.value,
                                        l2_norm_clip=_L2_NORM_CLIP.value, clipping=_CLIPPING.value,
-                                       clip_groups=_parse_clip_groups(_CLIP_GROUPS.value)),
+                                       clip_groups=_parse_clip_groups(_CLIP_GROUPS.value),
+                                       clipping_mode=_CLIPPING_MODE.value,
+                                       normalize_gamma=_NORMALIZE_GAMMA.value),
       optimizer=config_lib.OptimizerConfig(name=_OPTIMIZER.value,
                                            learning_rate=_LEARNING_RATE.value,
                                            momentum=_MOMENTUM.value),

@@ -176,6 +176,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
                                 expected_batch_size=config.run.batch_size,
                                 engine=config.privacy.clipping,
                                 clip_groups=config.privacy.clip_groups,
+                                scaling=config.privacy.scaling,
                                 jit_compile=config.run.jit_compile, loss_fn=loss_fn)
   evaluate = steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn)
   _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
@@ -292,6 +293,7 @@ def _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
       "learning_rate": config.optimizer.step_size,
       "clipping": config.privacy.clipping if private else None,
       "clip_groups": config.privacy.clip_groups if private else None,
+      "clipping_mode": config.privacy.clipping_mode if private else None,
       "dataset": config.data.dataset,
       "seed": config.run.seed,
       "jit_compile": config.run.jit_compile,

@@ -101,24 +101,26 @@ def plain_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor, labels:
 class VectorizedEngine:
   """TF Privacy's method as an engine: the full per-example Jacobian, clipped flat or per group."""
 
-  def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None):
+  def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,
+               scaling: groups_lib.Scaling = groups_lib.Scaling()):
     self._model = model
     self._groups = groups_lib.variable_groups(model, clip_groups)
+    self._scaling = scaling
 
   def __call__(self, loss_fn, images, labels, mask, l2_norm_clip):
     gradients, losses, logits = vectorized_per_example_gradients(self._model, loss_fn, images,
                                                                  labels)
     squared = [tf.square(per_example_norms([g])) for g in gradients]
-    weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask)
+    weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask, self._scaling)
     return [tf.tensordot(w, g, axes=1) for w, g in zip(weights, gradients)], losses, logits
 
 
-def _fast_engine(model, clip_groups=None):
+def _fast_engine(model, clip_groups=None, scaling=groups_lib.Scaling()):
   from tfdp.dp import fast  # pylint: disable=import-outside-toplevel  (fast imports the models)
-  return fast.FastEngine(model, clip_groups)
+  return fast.FastEngine(model, clip_groups, scaling)
 
 
-# name -> factory(model, clip_groups) -> engine(loss_fn, images, labels, mask, l2_norm_clip)
+# name -> factory(model, clip_groups, scaling) -> engine(loss_fn, images, labels, mask, l2_norm_clip)
 #   returning (clipped sums per trainable variable, per-example losses, logits).
 CLIPPING_ENGINES: Dict[str, Callable] = {
     "fast": _fast_engine,
@@ -126,7 +128,8 @@ CLIPPING_ENGINES: Dict[str, Callable] = {
 }
 
 
-def make_engine(name: str, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None):
+def make_engine(name: str, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,
+                scaling: groups_lib.Scaling = groups_lib.Scaling()):
   if name not in CLIPPING_ENGINES:
     raise ValueError(f"unknown clipping engine {name!r}; valid: {sorted(CLIPPING_ENGINES)}")
-  return CLIPPING_ENGINES[name](model, clip_groups)
+  return CLIPPING_ENGINES[name](model, clip_groups, scaling)

@@ -1,9 +1,16 @@
-"""Clipping groups: flat (one group), K contiguous groups of layers, or one group per layer.
+"""Clipping groups and per-example scaling rules.
 
-With G groups each clipped to C / sqrt(G), an example's whole gradient has L2 norm at most
-sqrt(G * C^2 / G) = C, so the sensitivity, the noise and the accountant are those of flat clipping.
+Groups: flat (one group), K contiguous groups of layers, or one group per layer. With G groups each
+bounded by C / sqrt(G), an example's whole gradient has L2 norm at most sqrt(G * C^2 / G) = C, so the
+sensitivity, the noise and the accountant are those of flat clipping.
+
+Scaling rules (SCALINGS) map a group's per-example norm to the factor applied to it:
+- clip: min(1, bound / norm) (Abadi et al. 2016);
+- normalize: bound / (norm + gamma) (automatic clipping, Bu et al. 2022): every example is rescaled,
+  and its scaled norm bound * norm / (norm + gamma) stays below the bound, so the sensitivity is C too.
 """
 
+import dataclasses
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -37,20 +44,44 @@ def variable_groups(model: tf.keras.Model, clip_groups: ClipGroups) -> List[int]
   return [group_of[v.ref()] for v in model.trainable_variables]
 
 
+SCALINGS = {
+    "clip": lambda norm, bound, gamma: bound / tf.maximum(norm, bound),
+    "normalize": lambda norm, bound, gamma: bound / (norm + gamma),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+  """How each example's (group) gradient is bounded: a SCALINGS mode and its gamma (normalize)."""
+  mode: str = "clip"
+  gamma: float = 0.01  # Stability constant of normalize (Bu et al. 2022's default).
+
+  def __post_init__(self):
+    if self.mode not in SCALINGS:
+      raise ValueError(f"unknown clipping_mode {self.mode!r}; valid: {', '.join(SCALINGS)}")
+    if not self.gamma > 0:
+      raise ValueError(f"normalize gamma must be > 0, got {self.gamma}")
+
+  def factor(self, norm: tf.Tensor, bound: tf.Tensor) -> tf.Tensor:
+    return SCALINGS[self.mode](norm, bound, tf.cast(self.gamma, norm.dtype))
+
+
 def clip_weights(squared_norms: Sequence[tf.Tensor], groups: Sequence[int],
-                 l2_norm_clip: float, mask: tf.Tensor) -> List[tf.Tensor]:
-  """Per variable, the [B] weights mask_i * min(1, C_g / ||g_{g,i}||) of its group g.
+                 l2_norm_clip: float, mask: tf.Tensor,
+                 scaling: Scaling = Scaling()) -> List[tf.Tensor]:
+  """Per variable, the [B] weights mask_i * factor(||g_{g,i}||, C_g) of its group g.
 
   Args:
     squared_norms: per variable, [B] squared norms of each example's gradient for it.
     groups: group index per variable.
     l2_norm_clip: C, the bound on each example's whole gradient.
     mask: [B], 1 for real examples and 0 for padding.
+    scaling: the per-example rule (clip by default); every rule keeps the scaled norm <= C_g.
   """
   num_groups = max(groups) + 1
   bound = tf.cast(l2_norm_clip / np.sqrt(num_groups), mask.dtype)
   factors = []
   for g in range(num_groups):
     norm = tf.sqrt(tf.add_n([n for n, group in zip(squared_norms, groups) if group == g]))
-    factors.append(bound / tf.maximum(norm, bound) * mask)
+    factors.append(scaling.factor(norm, bound) * mask)
   return [factors[g] for g in groups]

@@ -15,10 +15,13 @@ class FastEngine:
   Args:
     model: a functional (or Sequential) Keras model without BatchNorm.
     clip_groups: None (flat), an int K, or 'layer' (see tfdp.dp.groups).
+    scaling: the per-example rule, clip or normalize (see tfdp.dp.groups).
   """
 
-  def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None):
+  def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,
+               scaling: groups_lib.Scaling = groups_lib.Scaling()):
     self._model = model
+    self._scaling = scaling
     self._groups = groups_lib.variable_groups(model, clip_groups)
     layers = groups_lib.parameter_layers(model)
     self.fast_layers = [layer for layer in layers if rules.rule_for(layer) is not None]
@@ -52,7 +55,7 @@ class FastEngine:
     del tape
 
     squared = self._squared_norms(inputs, output_grads, fallback_grads)
-    weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask)
+    weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask, self._scaling)
     return self._weighted_sums(inputs, output_grads, fallback_grads, weights), losses, logits
 
   def _in_model_order(self, per_layer_values, fallback_values) -> List[tf.Tensor]:
