@@ -43,6 +43,17 @@ def resnet20(
     Raises:
         ValueError: If `groupnorm_groups` is not a positive int or `activation` is unknown.
     """
+    return cifar_resnet(num_classes, input_shape, STAGE_FILTERS, BLOCKS_PER_STAGE, groupnorm_groups,
+                        activation, weight_standardization, name="resnet20")
+
+
+def cifar_resnet(num_classes, input_shape, stage_filters, blocks_per_stage, groupnorm_groups,
+                 activation, weight_standardization, name):
+    """The CIFAR ResNet family: 3x3 stem, stages of basic blocks (stride 2 from the second), pool.
+
+    Shared by ResNet-20 and ResNet-18, which differ only in widths and depths; arguments as for
+    `resnet20`, plus `stage_filters` (one width per stage) and `blocks_per_stage`.
+    """
     is_int = isinstance(groupnorm_groups, int) and not isinstance(groupnorm_groups, bool)
     if not is_int or groupnorm_groups < 1:
         raise ValueError(f"groupnorm_groups must be a positive int, got {groupnorm_groups!r}.")
@@ -50,18 +61,18 @@ def resnet20(
     conv = layers.WSConv2D if weight_standardization else tf.keras.layers.Conv2D
 
     inputs = tf.keras.Input(shape=input_shape, name="image")
-    x = _conv(conv, STAGE_FILTERS[0], 3, 1, "stem_conv")(inputs)
-    x = layers.group_norm(STAGE_FILTERS[0], groupnorm_groups, name="stem_gn")(x)
+    x = _conv(conv, stage_filters[0], 3, 1, "stem_conv")(inputs)
+    x = layers.group_norm(stage_filters[0], groupnorm_groups, name="stem_gn")(x)
     x = tf.keras.layers.Activation(activation, name="stem_act")(x)
-    for stage, filters in enumerate(STAGE_FILTERS, start=1):
-        for block in range(1, BLOCKS_PER_STAGE + 1):
+    for stage, filters in enumerate(stage_filters, start=1):
+        for block in range(1, blocks_per_stage + 1):
             strides = 2 if stage > 1 and block == 1 else 1
-            name = f"stage{stage}_block{block}"
-            x = _basic_block(x, filters, strides, conv, groupnorm_groups, activation, name)
+            block_name = f"stage{stage}_block{block}"
+            x = _basic_block(x, filters, strides, conv, groupnorm_groups, activation, block_name)
     x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
     # Keras' Glorot default, not He: no ReLU follows the logits, so He's gain of 2 does not apply.
     logits = tf.keras.layers.Dense(num_classes, name="logits")(x)
-    return tf.keras.Model(inputs, logits, name="resnet20")
+    return tf.keras.Model(inputs, logits, name=name)
 
 
 def _basic_block(x, filters, strides, conv, groups, activation, name):

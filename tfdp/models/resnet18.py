@@ -15,9 +15,7 @@ parameters for 10 classes, the usual 11.2 M: GroupNorm has as many as BatchNorm'
     model = models.build_model("resnet18", num_classes=10, input_shape=(32, 32, 3))
 """
 
-import tensorflow as tf
 
-from tfdp.models import layers
 from tfdp.models import registry
 from tfdp.models import resnet
 
@@ -47,25 +45,7 @@ def resnet18(
     Raises:
         ValueError: If `groupnorm_groups` is not a positive int or `activation` is unknown.
     """
-    is_int = isinstance(groupnorm_groups, int) and not isinstance(groupnorm_groups, bool)
-    if not is_int or groupnorm_groups < 1:
-        raise ValueError(f"groupnorm_groups must be a positive int, got {groupnorm_groups!r}.")
-    tf.keras.activations.get(activation)  # Fails here, naming the activation, not mid-build.
-    conv = layers.WSConv2D if weight_standardization else tf.keras.layers.Conv2D
-
-    inputs = tf.keras.Input(shape=input_shape, name="image")
     # The blocks are ResNet-20's (same layout, same names), only wider and in four stages.
-    # pylint: disable=protected-access
-    x = resnet._conv(conv, STAGE_FILTERS[0], 3, 1, "stem_conv")(inputs)
-    x = layers.group_norm(STAGE_FILTERS[0], groupnorm_groups, name="stem_gn")(x)
-    x = tf.keras.layers.Activation(activation, name="stem_act")(x)
-    for stage, filters in enumerate(STAGE_FILTERS, start=1):
-        for block in range(1, BLOCKS_PER_STAGE + 1):
-            strides = 2 if stage > 1 and block == 1 else 1
-            name = f"stage{stage}_block{block}"
-            x = resnet._basic_block(x, filters, strides, conv, groupnorm_groups, activation, name)
-    # pylint: enable=protected-access
-    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    # Keras' Glorot default, not He: no ReLU follows the logits, so He's gain of 2 does not apply.
-    logits = tf.keras.layers.Dense(num_classes, name="logits")(x)
-    return tf.keras.Model(inputs, logits, name="resnet18")
+    return resnet.cifar_resnet(num_classes, input_shape, STAGE_FILTERS, BLOCKS_PER_STAGE,
+                               groupnorm_groups, activation, weight_standardization,
+                               name="resnet18")
