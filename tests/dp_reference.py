@@ -78,3 +78,12 @@ def normalized_sum(model, images, labels, mask, l2_norm_clip, gamma):
     factor = l2_norm_clip / (global_norm(grads) + gamma)
     total = [t + factor * g for t, g in zip(total, grads)]
   return total
+
+
+def layer_input_and_output_gradient(model, layer, images, labels):
+  """(a, dz) of one layer: its input, and the gradient of the summed loss w.r.t. its output."""
+  tap = tf.keras.Model(model.inputs, [model.output, layer.input, layer.output])
+  with tf.GradientTape() as tape:
+    logits, a, z = tap(images, training=True)
+    total = tf.reduce_sum(clipping.per_example_loss(labels, logits))
+  return a, tape.gradient(total, z)

@@ -102,11 +102,7 @@ def test_each_layer_rule_gives_per_example_gradients(name):
   """The rule's per-example gradients of the layer under test equal one-at-a-time gradients."""
   model, images, labels = _case(name, size=3)
   layer = model.layers[3]
-  tap = tf.keras.Model(model.inputs, [model.output, layer.input, layer.output])
-  with tf.GradientTape() as tape:
-    logits, a, z = tap(images, training=True)
-    total = tf.reduce_sum(clipping.per_example_loss(labels, logits))
-  dz = tape.gradient(total, z)
+  a, dz = ref.layer_input_and_output_gradient(model, layer, images, labels)
   rule = rules.rule_for(layer)
   per_example = rule.per_example_gradients(layer, a, dz)
   squared = rule.squared_norms(layer, a, dz)

@@ -134,11 +134,7 @@ def test_token_rules_give_per_example_gradients(layer_name):
     model = _small_vit()
     images, labels = _batch(3, SMALL_SHAPE)
     layer = model.get_layer(layer_name)
-    tap = tf.keras.Model(model.inputs, [model.output, layer.input, layer.output])
-    with tf.GradientTape() as tape:
-        logits, a, z = tap(images, training=True)
-        total = tf.reduce_sum(clipping.per_example_loss(labels, logits))
-    dz = tape.gradient(total, z)
+    a, dz = ref.layer_input_and_output_gradient(model, layer, images, labels)
     rule = rules.rule_for(layer)
     assert rule is not None
     per_example = rule.per_example_gradients(layer, a, dz)

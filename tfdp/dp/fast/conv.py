@@ -37,18 +37,12 @@ def _shifted_kernel_grads(layer, a, dz):
   Avoids materializing all kh*kw patches at once; measured about 1.7x faster than extract_patches
   for ResNet-20's stride-1 layers on CPU.
   """
-  (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation_rate
-  if layer.padding == "same":
-    pads = [_same_padding(a.shape[1], kh, 1, dh), _same_padding(a.shape[2], kw, 1, dw)]
-    a = tf.pad(a, [[0, 0], pads[0], pads[1], [0, 0]])
   out_h, out_w = dz.shape[1], dz.shape[2]
   dz_tokens = tf.reshape(dz, [tf.shape(dz)[0], -1, dz.shape[-1]])
   rows = []
-  for u in range(kh):
-    for v in range(kw):
-      window = a[:, u * dh:u * dh + out_h, v * dw:v * dw + out_w, :]
-      window = tf.reshape(window, [tf.shape(a)[0], -1, a.shape[-1]])
-      rows.append(tf.linalg.matmul(window, dz_tokens, transpose_a=True))  # [B, cin, cout]
+  for window in _shifted_windows(layer, a, out_h, out_w):
+    window = tf.reshape(window, [tf.shape(a)[0], -1, a.shape[-1]])
+    rows.append(tf.linalg.matmul(window, dz_tokens, transpose_a=True))  # [B, cin, cout]
   return tf.reshape(tf.stack(rows, axis=1), [-1, *layer.kernel.shape])
 
 
