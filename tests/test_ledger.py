@@ -56,3 +56,40 @@ def test_statement_names_accountant_and_sampling():
 def test_rejects_unknown_sampling():
   with pytest.raises(ValueError, match="sampling"):
     _ledger(sampling="random")
+
+
+def _scheduled(**kwargs):
+  args = dict(schedule="step", epoch_factors=[1.0, 0.8, 0.5], steps_per_epoch=10)
+  args.update(kwargs)
+  return _ledger(**args)
+
+
+def test_schedule_segments_and_per_step_sigma():
+  ledger = _scheduled()
+  assert ledger.segments(25) == [(1.2, 10), (1.2 * 0.8, 10), (1.2 * 0.5, 5)]
+  assert ledger.segments(45)[-1] == (1.2 * 0.5, 25)  # The last factor continues.
+  assert [ledger.noise_multiplier_at(s) for s in (0, 9, 10, 29, 99)] == pytest.approx(
+      [1.2, 1.2, 0.96, 0.6, 0.6])
+  ledger.steps = 25
+  assert ledger.epsilon() == accounting.composed_epsilon(ledger.segments(25), 0.05, 1e-5)
+  assert "step schedule" in ledger.describe()
+
+
+def test_schedule_survives_a_round_trip_and_is_part_of_the_mechanism():
+  ledger = _scheduled()
+  ledger.steps = 13
+  again = ledger_lib.PrivacyLedger.from_json(ledger.to_json())
+  assert again.noise_multiplier_at(13) == ledger.noise_multiplier_at(13) == pytest.approx(0.96)
+  assert again.same_mechanism(ledger)
+  assert not again.same_mechanism(_scheduled(epoch_factors=[1.0, 0.7, 0.5]))
+  assert not again.same_mechanism(_ledger())
+
+
+def test_laplace_ledger_uses_pld():
+  ledger = _ledger(noise="laplace", noise_multiplier=3.0, target_epsilon=3.0)
+  ledger.steps = 20
+  assert ledger.accountant == "pld"
+  assert ledger.epsilon() == accounting.epsilon(3.0, 0.05, 20, 1e-5, "pld", noise="laplace")
+  assert "PLD accountant" in ledger.describe() and "Laplace" in ledger.describe()
+  allowed = ledger.max_steps()
+  assert ledger.epsilon(steps=allowed) <= 3.0 < ledger.epsilon(steps=allowed + 1)

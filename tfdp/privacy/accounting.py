@@ -2,7 +2,8 @@
 
 Pure functions over dp_accounting events; no TensorFlow. One DP-SGD step with sampling probability q and
 noise multiplier σ is the event PoissonSampled(q, Gaussian(σ)) under add/remove-one adjacency; a run of
-T steps is that event self-composed T times.
+T steps is that event self-composed T times. A noise schedule is a heterogeneous composition of such
+steps; Laplace noise replaces Gaussian(σ) by Laplace(b / L1 sensitivity), accounted by PLD.
 
 >>> round(epsilon(noise_multiplier=1.1, sampling_probability=256 / 60000, steps=14063, delta=1e-5), 2)
 2.6
@@ -13,7 +14,7 @@ True
 
 import functools
 import math
-from typing import Callable, Dict
+from typing import Callable, Dict, Sequence, Tuple
 
 import dp_accounting
 import numpy as np
@@ -24,115 +25,196 @@ _PLD_DISCRETIZATION = 1e-3  # Interval of the PLD's privacy-loss grid; finer cos
 # the PLD accountant rounds pessimistically, so a coarser grid only over-reports ε slightly.
 
 
+NOISES = ("gaussian", "laplace")
+# A run as (noise multiplier, number of steps) segments, composed in order. Gaussian: σ = noise std /
+# L2 sensitivity. Laplace: σ = b / L1 sensitivity (b the per-coordinate scale), dp_accounting's
+# convention for LaplaceDpEvent.
+Segments = Sequence[Tuple[float, int]]
+_BASE_EVENTS = {"gaussian": dp_accounting.GaussianDpEvent, "laplace": dp_accounting.LaplaceDpEvent}
+
+
+def step_event(noise_multiplier: float, sampling_probability: float,
+               noise: str = "gaussian") -> dp_accounting.DpEvent:
+  """One Poisson-subsampled noisy step."""
+  if noise not in _BASE_EVENTS:
+    raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(NOISES)}")
+  return dp_accounting.PoissonSampledDpEvent(sampling_probability,
+                                             _BASE_EVENTS[noise](noise_multiplier))
+
+
 def dp_sgd_event(noise_multiplier: float, sampling_probability: float,
                  steps: int) -> dp_accounting.DpEvent:
   """The DpEvent of `steps` Poisson-subsampled Gaussian steps."""
-  step = dp_accounting.PoissonSampledDpEvent(sampling_probability,
-                                             dp_accounting.GaussianDpEvent(noise_multiplier))
-  return dp_accounting.SelfComposedDpEvent(step, steps)
+  return dp_accounting.SelfComposedDpEvent(step_event(noise_multiplier, sampling_probability), steps)
 
 
-@functools.lru_cache(maxsize=64)
+def composed_event(segments: Segments, sampling_probability: float,
+                   noise: str = "gaussian") -> dp_accounting.DpEvent:
+  """The heterogeneous composition of `segments`, each a self-composed step event."""
+  return dp_accounting.ComposedDpEvent([
+      dp_accounting.SelfComposedDpEvent(step_event(sigma, sampling_probability, noise), count)
+      for sigma, count in segments if count > 0])
+
+
+@functools.lru_cache(maxsize=256)
 def _rdp_of_one_step(noise_multiplier: float, sampling_probability: float) -> np.ndarray:
   accountant = dp_accounting.rdp.RdpAccountant()
-  accountant.compose(dp_sgd_event(noise_multiplier, sampling_probability, 1))
+  accountant.compose(step_event(noise_multiplier, sampling_probability))
   return np.array(accountant._rdp)  # pylint: disable=protected-access  (RDP is linear in steps)
 
 
-def _epsilon_rdp(noise_multiplier: float, sampling_probability: float, steps: int,
-                 delta: float) -> float:
-  rdp = steps * _rdp_of_one_step(noise_multiplier, sampling_probability)
+def _epsilon_rdp(segments: Segments, sampling_probability: float, delta: float,
+                 noise: str) -> float:
+  if noise != "gaussian":
+    raise ValueError(f"the RDP accountant has no bound for Poisson-subsampled {noise} noise; "
+                     "use the PLD accountant")
+  rdp = sum(count * _rdp_of_one_step(sigma, sampling_probability) for sigma, count in segments)
   orders = dp_accounting.rdp.RdpAccountant()._orders  # pylint: disable=protected-access
   return float(rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
 
 
-def _epsilon_pld(noise_multiplier: float, sampling_probability: float, steps: int,
-                 delta: float) -> float:
+def _epsilon_pld(segments: Segments, sampling_probability: float, delta: float,
+                 noise: str) -> float:
   accountant = dp_accounting.pld.PLDAccountant(
       value_discretization_interval=_PLD_DISCRETIZATION)
-  accountant.compose(dp_sgd_event(noise_multiplier, sampling_probability, steps))
+  for sigma, count in segments:
+    if count > 0:
+      accountant.compose(step_event(sigma, sampling_probability, noise), count)
   return float(accountant.get_epsilon(delta))
 
 
-_EPSILON_FNS: Dict[str, Callable[[float, float, int, float], float]] = {
+_EPSILON_FNS: Dict[str, Callable[[Segments, float, float, str], float]] = {
     "rdp": _epsilon_rdp,
     "pld": _epsilon_pld,
 }
 
 
-def _check(noise_multiplier: float, sampling_probability: float, steps: int, delta: float):
-  if noise_multiplier < 0:
-    raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+def _check(segments: Segments, sampling_probability: float, delta: float, accountant: str):
+  for sigma, count in segments:
+    if sigma < 0:
+      raise ValueError(f"noise_multiplier must be >= 0, got {sigma}")
+    if count < 0:
+      raise ValueError(f"steps must be >= 0, got {count}")
   if not 0 < sampling_probability <= 1:
     raise ValueError(f"sampling_probability must be in (0, 1], got {sampling_probability}")
-  if steps < 0:
-    raise ValueError(f"steps must be >= 0, got {steps}")
   if not 0 < delta < 1:
     raise ValueError(f"delta must be in (0, 1), got {delta}")
+  if accountant not in _EPSILON_FNS:
+    raise ValueError(f"unknown accountant {accountant!r}; valid: {sorted(_EPSILON_FNS)}")
+
+
+def composed_epsilon(segments: Segments, sampling_probability: float, delta: float,
+                     accountant: str = "rdp", noise: str = "gaussian") -> float:
+  """ε of a run whose steps have different noise multipliers (a noise schedule).
+
+  Args:
+    segments: (noise multiplier, steps) pairs; all steps use sampling probability q.
+    sampling_probability: q.
+    delta: the δ at which ε is reported.
+    accountant: 'rdp' or 'pld' (Laplace noise: 'pld' only).
+    noise: 'gaussian' or 'laplace'.
+
+  Returns:
+    ε of the composition; 0 without steps, `inf` when a taken step has no noise.
+  """
+  _check(segments, sampling_probability, delta, accountant)
+  taken = [(float(sigma), int(count)) for sigma, count in segments if count > 0]
+  if not taken:
+    return 0.0
+  if any(sigma == 0 for sigma, _ in taken):
+    return math.inf
+  return _EPSILON_FNS[accountant](taken, sampling_probability, delta, noise)
 
 
 def epsilon(noise_multiplier: float, sampling_probability: float, steps: int, delta: float,
-            accountant: str = "rdp") -> float:
+            accountant: str = "rdp", noise: str = "gaussian") -> float:
   """ε spent by `steps` DP-SGD steps (Poisson sampling, add/remove-one adjacency).
 
   Args:
-    noise_multiplier: σ, the noise std divided by the L2 clip norm (sensitivity).
+    noise_multiplier: σ, the noise std divided by the L2 clip norm (sensitivity); for Laplace
+      noise, the per-coordinate scale b divided by the L1 clip norm.
     sampling_probability: q, each example's inclusion probability per step.
     steps: number of noisy steps taken.
     delta: the δ at which ε is reported.
     accountant: 'rdp' (Rényi DP, as TF Privacy) or 'pld' (privacy loss distributions, tighter).
+    noise: 'gaussian' or 'laplace'.
 
   Returns:
     ε; `inf` when σ = 0 and steps > 0.
   """
-  _check(noise_multiplier, sampling_probability, steps, delta)
-  if accountant not in _EPSILON_FNS:
-    raise ValueError(f"unknown accountant {accountant!r}; valid: {sorted(_EPSILON_FNS)}")
-  if steps == 0:
-    return 0.0
-  if noise_multiplier == 0:
-    return math.inf
-  return _EPSILON_FNS[accountant](noise_multiplier, sampling_probability, steps, delta)
+  return composed_epsilon([(noise_multiplier, steps)], sampling_probability, delta, accountant,
+                          noise)
 
 
-def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_probability: float,
-                               steps: int, accountant: str = "rdp",
-                               rel_tol: float = 0.01) -> float:
-  """The smallest σ (to `rel_tol` in ε) whose ε after `steps` steps is at most `target_epsilon`.
+def calibrate_scale(epsilon_of: Callable[[float], float], target_epsilon: float,
+                    rel_tol: float = 0.01, what: str = "noise multiplier") -> float:
+  """The smallest scale s (to `rel_tol` in ε) with epsilon_of(s) <= target; ε must fall with s.
 
-  The returned σ satisfies (1 - rel_tol) * target <= ε(σ) <= target.
+  The returned s satisfies (1 - rel_tol) * target <= epsilon_of(s) <= target.
   """
   if target_epsilon <= 0:
     raise ValueError(f"target epsilon must be > 0, got {target_epsilon}")
-  eps = lambda sigma: epsilon(sigma, sampling_probability, steps, delta, accountant)
   low, high = 0.0, 1.0
-  while eps(high) > target_epsilon:
+  while epsilon_of(high) > target_epsilon:
     low, high = high, 2 * high
     if high > 1e4:
-      raise ValueError(f"no noise multiplier up to 1e4 reaches ε = {target_epsilon} "
-                       f"at δ = {delta} over {steps} steps")
-  while eps(high) < (1 - rel_tol) * target_epsilon and high - low > 1e-9:
+      raise ValueError(f"no {what} up to 1e4 reaches ε = {target_epsilon}")
+  while epsilon_of(high) < (1 - rel_tol) * target_epsilon and high - low > 1e-9:
     middle = (low + high) / 2
-    if eps(middle) > target_epsilon:
+    if epsilon_of(middle) > target_epsilon:
       low = middle
     else:
       high = middle
   return high
 
 
-def max_steps(noise_multiplier: float, sampling_probability: float, delta: float,
-              target_epsilon: float, upper: int = 10**8) -> int:
-  """The largest number of steps whose RDP ε stays at most `target_epsilon`."""
-  if epsilon(noise_multiplier, sampling_probability, 1, delta) > target_epsilon:
+def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_probability: float,
+                               steps: int, accountant: str = "rdp", rel_tol: float = 0.01,
+                               noise: str = "gaussian") -> float:
+  """The smallest σ (to `rel_tol` in ε) whose ε after `steps` steps is at most `target_epsilon`.
+
+  The returned σ satisfies (1 - rel_tol) * target <= ε(σ) <= target.
+  """
+  return calibrate_schedule(target_epsilon, delta, sampling_probability, [(1.0, steps)],
+                            accountant, rel_tol, noise)
+
+
+def calibrate_schedule(target_epsilon: float, delta: float, sampling_probability: float,
+                       shape: Segments, accountant: str = "rdp", rel_tol: float = 0.01,
+                       noise: str = "gaussian") -> float:
+  """The smallest base σ such that the schedule σ * factor over `shape` spends at most the target.
+
+  Args:
+    shape: (factor, steps) pairs: the schedule's relative noise and how many steps use it.
+
+  Returns:
+    σ_base; step i of segment k then uses noise multiplier σ_base * factor_k.
+  """
+  eps = lambda base: composed_epsilon([(base * f, n) for f, n in shape], sampling_probability,
+                                      delta, accountant, noise)
+  return calibrate_scale(eps, target_epsilon, rel_tol)
+
+
+def max_steps_within(epsilon_after: Callable[[int], float], target_epsilon: float,
+                     upper: int = 10**8) -> int:
+  """The largest n with epsilon_after(n) <= target (ε must grow with n), at most `upper`."""
+  if epsilon_after(1) > target_epsilon:
     return 0
   low, high = 1, 2
-  while high < upper and epsilon(noise_multiplier, sampling_probability, high,
-                                 delta) <= target_epsilon:
+  while high <= upper and epsilon_after(high) <= target_epsilon:
     low, high = high, 2 * high
+  high = min(high, upper + 1)
   while high - low > 1:
     middle = (low + high) // 2
-    if epsilon(noise_multiplier, sampling_probability, middle, delta) <= target_epsilon:
+    if epsilon_after(middle) <= target_epsilon:
       low = middle
     else:
       high = middle
   return low
+
+
+def max_steps(noise_multiplier: float, sampling_probability: float, delta: float,
+              target_epsilon: float, upper: int = 10**8) -> int:
+  """The largest number of steps whose RDP ε stays at most `target_epsilon`."""
+  return max_steps_within(
+      lambda n: epsilon(noise_multiplier, sampling_probability, n, delta), target_epsilon, upper)
