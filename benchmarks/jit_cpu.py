@@ -28,7 +28,7 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
 def _step_fn(jit: bool, shape, num_classes=10):
   model = models.build_model(_MODEL.value, num_classes, shape)
   optimizer = optimizers.build_optimizer("dp_sgd", 0.1, l2_norm_clip=1.0, noise_multiplier=1.0)
-  return steps.TrainStep(model, optimizer, tf.identity, private=True, l2_norm_clip=1.0,
+  return steps.TrainStep(model, optimizer, tf.identity, private=True,
                          expected_batch_size=_BATCH.value, jit_compile=jit)
 
 

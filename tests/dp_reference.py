@@ -15,16 +15,22 @@ def per_example_gradient(model, image, label):
   return [g.numpy() for g in grads]
 
 
-def clipped_sum(model, images, labels, mask, l2_norm_clip):
-  """sum over real rows of clip(g_i, C), each g_i computed alone and clipped by global norm."""
+def scaled_sum(model, images, labels, mask, factor):
+  """sum over real rows of factor(g_i) * g_i, each g_i computed alone."""
   total = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
   for i in range(len(images)):
     if mask[i] == 0:
       continue
     grads = per_example_gradient(model, tf.constant(images[i]), tf.constant(labels[i]))
-    clipped, _ = tf.clip_by_global_norm(grads, l2_norm_clip)
-    total = [t + c.numpy() for t, c in zip(total, clipped)]
+    scale = factor(grads)
+    total = [t + scale * g for t, g in zip(total, grads)]
   return total
+
+
+def clipped_sum(model, images, labels, mask, l2_norm_clip):
+  """sum over real rows of clip(g_i, C), each g_i computed alone and clipped by global norm."""
+  return scaled_sum(model, images, labels, mask,
+                    lambda grads: min(1.0, l2_norm_clip / global_norm(grads)))
 
 
 def grouped_clipped_sum(model, images, labels, mask, l2_norm_clip, groups):
@@ -70,14 +76,8 @@ def batch(size=6, input_shape=(6, 6, 2), num_classes=3, seed=1, scale=3.0):
 
 def normalized_sum(model, images, labels, mask, l2_norm_clip, gamma):
   """sum over real rows of g_i * C / (||g_i|| + gamma), each g_i computed alone (automatic clipping)."""
-  total = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
-  for i in range(len(images)):
-    if mask[i] == 0:
-      continue
-    grads = per_example_gradient(model, tf.constant(images[i]), tf.constant(labels[i]))
-    factor = l2_norm_clip / (global_norm(grads) + gamma)
-    total = [t + factor * g for t, g in zip(total, grads)]
-  return total
+  return scaled_sum(model, images, labels, mask,
+                    lambda grads: l2_norm_clip / (global_norm(grads) + gamma))
 
 
 def layer_input_and_output_gradient(model, layer, images, labels):
@@ -87,3 +87,13 @@ def layer_input_and_output_gradient(model, layer, images, labels):
     logits, a, z = tap(images, training=True)
     total = tf.reduce_sum(clipping.per_example_loss(labels, logits))
   return a, tape.gradient(total, z)
+
+
+def l1_norm(arrays):
+  return float(sum(np.sum(np.abs(a, dtype=np.float64)) for a in arrays))
+
+
+def l1_clipped_sum(model, images, labels, mask, l1_norm_clip):
+  """sum over real rows of g_i * min(1, C / ||g_i||_1), each g_i computed alone (Laplace noise)."""
+  return scaled_sum(model, images, labels, mask,
+                    lambda grads: min(1.0, l1_norm_clip / l1_norm(grads)))

@@ -70,7 +70,7 @@ def _fast(model, images, labels, mask, clip, clip_groups=None, use_function=Fals
   call = engine
   if use_function:
     call = tf.function(engine, jit_compile=jit_compile)
-  sums, _, _ = call(clipping.per_example_loss, tf.constant(images), tf.constant(labels),
+  sums, *_ = call(clipping.per_example_loss, tf.constant(images), tf.constant(labels),
                     tf.constant(mask), clip)
   return engine, [s.numpy() for s in sums]
 

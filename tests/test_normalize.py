@@ -13,7 +13,7 @@ NORMALIZE = groups.Scaling(mode="normalize", gamma=0.01)
 
 
 def _sum(engine, model, images, labels, mask, clip, scaling=NORMALIZE):
-  sums, _, _ = clipping.make_engine(engine, model, None, scaling)(
+  sums, *_ = clipping.make_engine(engine, model, None, scaling)(
       clipping.per_example_loss, tf.constant(images), tf.constant(labels), tf.constant(mask), clip)
   return [s.numpy() for s in sums]
 

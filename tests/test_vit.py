@@ -35,7 +35,7 @@ def _batch(size, shape, seed=1, scale=2.0):
 def _fast_sums(model, images, labels, mask, clip, use_function=False):
     engine = clipping.make_engine("fast", model)
     call = tf.function(engine) if use_function else engine
-    sums, _, _ = call(
+    sums, *_ = call(
         clipping.per_example_loss, tf.constant(images), tf.constant(labels), tf.constant(mask), clip
     )
     assert engine.fallback_layers == []

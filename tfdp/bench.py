@@ -132,7 +132,7 @@ def build_step(config: BenchConfig, mode: str) -> steps.TrainStep:
   optimizer = (optimizers.build_optimizer("dp_sgd", LEARNING_RATE, l2_norm_clip=L2_NORM_CLIP,
                                           noise_multiplier=NOISE_MULTIPLIER)
                if options.get("private") else optimizers.build_optimizer("sgd", LEARNING_RATE))
-  return steps.TrainStep(model, optimizer, tf.identity, l2_norm_clip=L2_NORM_CLIP,
+  return steps.TrainStep(model, optimizer, tf.identity,
                          expected_batch_size=config.batch_size, **options)
 
 

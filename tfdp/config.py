@@ -69,9 +69,23 @@ class PrivacyConfig:
   clip_groups: Optional[Union[int, str]] = None  # None: flat; K or "layer": each group to C/sqrt(G).
   clipping_mode: str = "clip"  # "normalize": g * C / (||g|| + gamma), automatic clipping.
   normalize_gamma: float = 0.01  # Bu et al. 2022's default.
+  noise: str = "gaussian"  # "laplace": L1 clipping to l1_norm_clip, Laplace noise, PLD accountant.
+  l1_norm_clip: float = 1.0  # Per-example L1 clip norm (noise="laplace" only).
+  layer_noise: str = "uniform"  # "depth_decay": group k's noise std ∝ 1/(k+1); needs clip_groups.
+  adaptive_clip_quantile: Optional[float] = None  # Andrew et al. 2021; 0.5 clips to the median.
+  adaptive_clip_learning_rate: float = 0.2  # Andrew et al.'s geometric-update rate.
+  adaptive_clip_count_stddev: Optional[float] = None  # None: expected batch / 20 (Andrew et al.).
+  noise_schedule: str = "constant"  # tfdp.privacy.schedules; σ changes at epoch boundaries.
+  noise_schedule_end_factor: float = 0.5  # linear_decay/cosine: last epoch's σ over the first's.
+  noise_schedule_step_epochs: int = 1  # step: epochs between two steps.
+  noise_schedule_step_gamma: float = 0.9  # step: σ factor at each step.
+  dice_error_clip: Optional[float] = None  # DiceSGD's C2 >= C1 = l2_norm_clip; None: C2 = C1.
 
   def __post_init__(self):
     from tfdp.dp import clipping
+    from tfdp.privacy import accounting
+    from tfdp.privacy import mechanisms
+    from tfdp.privacy import schedules
     _require(self.epsilon is None or self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}")
     _require(0 < self.delta < 1, f"delta must be in (0, 1), got {self.delta}")
     _require(self.noise_multiplier is None or self.noise_multiplier >= 0,
@@ -84,6 +98,57 @@ class PrivacyConfig:
     _require(self.clip_groups is None or self.clip_groups == "layer"
              or (isinstance(self.clip_groups, int) and self.clip_groups >= 1),
              f"clip_groups must be a positive integer or 'layer', got {self.clip_groups!r}")
+    _require(self.noise in accounting.NOISES,
+             f"unknown noise {self.noise!r}; valid: {', '.join(accounting.NOISES)}")
+    _require(self.l1_norm_clip > 0, f"l1_norm_clip must be > 0, got {self.l1_norm_clip}")
+    _require(self.layer_noise in mechanisms.LAYER_NOISE,
+             f"unknown layer_noise {self.layer_noise!r}; valid: "
+             f"{', '.join(mechanisms.LAYER_NOISE)}")
+    _require(self.noise_schedule in schedules.SCHEDULES,
+             f"unknown noise_schedule {self.noise_schedule!r}; valid: "
+             f"{', '.join(schedules.SCHEDULES)}")
+    schedules.check_params(self.schedule_params)
+    self._check_combinations()
+
+  def _check_combinations(self):
+    """Refuses combinations whose noise or accounting tfdp does not implement."""
+    laplace, adaptive = self.noise == "laplace", self.adaptive_clip_quantile is not None
+    _require(not laplace or self.clipping == "vectorized",
+             "--noise=laplace clips per-example L1 norms, which need the materialized per-example "
+             "gradients of --clipping=vectorized")
+    _require(self.layer_noise == "uniform" or (self.clip_groups is not None and not laplace),
+             f"--layer_noise={self.layer_noise} scales the Gaussian noise per clipping group: it "
+             "needs --clip_groups (K or layer) and --noise=gaussian")
+    if adaptive:
+      _require(0 < self.adaptive_clip_quantile < 1,
+               f"adaptive_clip_quantile must be in (0, 1), got {self.adaptive_clip_quantile}")
+      _require(self.adaptive_clip_learning_rate > 0,
+               f"adaptive_clip_learning_rate must be > 0, got {self.adaptive_clip_learning_rate}")
+      _require(self.adaptive_clip_count_stddev is None or self.adaptive_clip_count_stddev > 0,
+               f"adaptive_clip_count_stddev must be > 0, got {self.adaptive_clip_count_stddev}")
+      _require(not laplace and self.clip_groups is None and self.clipping_mode == "clip"
+               and self.layer_noise == "uniform" and self.noise_schedule == "constant",
+               "--adaptive_clip_quantile adapts one flat L2 clip bound with constant Gaussian "
+               "noise: it cannot be combined with --noise=laplace, --clip_groups, "
+               "--clipping_mode=normalize, --layer_noise or --noise_schedule")
+    _require(self.dice_error_clip is None or self.dice_error_clip >= self.l2_norm_clip,
+             f"dice_error_clip (C2) must be >= l2_norm_clip (C1) = {self.l2_norm_clip}, got "
+             f"{self.dice_error_clip}")
+
+  @property
+  def schedule_params(self) -> Dict[str, float]:
+    return {"end_factor": self.noise_schedule_end_factor,
+            "step_epochs": self.noise_schedule_step_epochs,
+            "step_gamma": self.noise_schedule_step_gamma}
+
+  @property
+  def clip_norm(self) -> float:
+    """The per-example bound of the chosen noise: L1 for Laplace, L2 otherwise."""
+    return self.l1_norm_clip if self.noise == "laplace" else self.l2_norm_clip
+
+  @property
+  def norm(self) -> str:
+    return "l1" if self.noise == "laplace" else "l2"
 
   @property
   def scaling(self):
@@ -97,11 +162,15 @@ class OptimizerConfig:
   name: str = "dp_sgd"
   learning_rate: Optional[float] = None  # None: the optimizer's usual default.
   momentum: float = 0.0
+  # Keras keyword arguments of the update rule, e.g. (("epsilon", 1e-3),) for Adam. Post-processing
+  # of the noised gradient: they cost no privacy.
+  hyperparameters: Tuple[Tuple[str, Any], ...] = ()
 
   def __post_init__(self):
     from tfdp import optimizers
     _require(self.name in optimizers.OPTIMIZERS,
              f"unknown optimizer {self.name!r}; valid: {', '.join(sorted(optimizers.OPTIMIZERS))}")
+    optimizers.check_hyperparameters(self.name, dict(self.hyperparameters))
     _require(self.learning_rate is None or self.learning_rate > 0,
              f"learning_rate must be > 0, got {self.learning_rate}")
     _require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
@@ -160,3 +229,15 @@ class Config:
       _require(self.privacy.epsilon is None and self.privacy.noise_multiplier is None,
                f"optimizer {self.optimizer.name} is not private: --epsilon/--noise_multiplier "
                "need a dp_* optimizer")
+    dice = self.optimizer.name == "dice_sgd"
+    _require(self.privacy.dice_error_clip is None or dice,
+             "--dice_error_clip is DiceSGD's error clip: it needs --optimizer=dice_sgd")
+    _require(not dice or (self.privacy.noise == "gaussian"
+                          and self.privacy.adaptive_clip_quantile is None),
+             "--optimizer=dice_sgd uses Gaussian noise with a fixed clip: it cannot be combined "
+             "with --noise=laplace or --adaptive_clip_quantile")
+
+  @property
+  def adaptive_clip_count_stddev(self) -> float:
+    """The unclipped count's noise std: as given, else expected batch / 20 (Andrew et al.)."""
+    return self.privacy.adaptive_clip_count_stddev or self.run.batch_size / 20

@@ -19,60 +19,81 @@ class TrainStep:
 
   Args:
     model: Keras model mapping preprocessed images to logits.
-    optimizer: a DP optimizer from tfdp.optimizers (private) or a Keras baseline.
+    optimizer: a DP optimizer from tfdp.optimizers (private) or a Keras baseline. A DP optimizer's
+      query fixes the clip bound (constant or adaptive) and the noise.
     preprocess: uint8 images [P, H, W, C] -> float32, with training augmentation.
     private: whether to clip and noise.
-    l2_norm_clip: C, per-example clip norm (private only).
     expected_batch_size: q * N, the public divisor of the noised sum (private only).
     engine: per-example clipping engine name (tfdp.dp.clipping.CLIPPING_ENGINES).
     clip_groups: None (flat clipping), an int K or 'layer' (tfdp.dp.groups).
     scaling: per-example rule, tfdp.dp.groups.Scaling (clip by default, or normalize).
+    norm: 'l2' (Gaussian noise) or 'l1' (Laplace noise), the norm each example is clipped in.
     jit_compile: compile the chunk computation with XLA.
     loss_fn: per-example loss (tfdp.losses).
   """
 
   def __init__(self, model: tf.keras.Model, optimizer, preprocess: Callable, *, private: bool,
-               l2_norm_clip: float = 1.0, expected_batch_size: float = 1.0,
-               engine: str = "fast", clip_groups=None, jit_compile: bool = False,
-               loss_fn: Callable = clipping.per_example_loss, scaling=None):
+               expected_batch_size: float = 1.0, engine: str = "fast", clip_groups=None,
+               scaling=None, norm: str = "l2", jit_compile: bool = False,
+               loss_fn: Callable = clipping.per_example_loss):
     self._model = model
     self._optimizer = optimizer
     self._preprocess = preprocess
     self._loss_fn = loss_fn
     self._private = private
-    self._l2_norm_clip = l2_norm_clip
     self._expected_batch_size = float(expected_batch_size)
-    self.engine = (clipping.make_engine(engine, model, clip_groups,
-                                        scaling or groups_lib.Scaling()) if private else None)
+    self.engine = None
+    if private:
+      self.engine = clipping.make_engine(engine, model, clip_groups,
+                                         scaling or groups_lib.Scaling(), norm)
+      optimizer.track_variables(model.trainable_variables)
     self._chunk = tf.function(self._chunk_sum, jit_compile=jit_compile)
     self._apply = tf.function(self._apply_update)
 
   def _chunk_sum(self, images, labels, mask):
     inputs = self._preprocess(images)
+    extras = {}
     if self._private:
-      sums, losses, logits = self.engine(self._loss_fn, inputs, labels, mask,
-                                               self._l2_norm_clip)
+      clip = self._optimizer.clip_norm()
+      sums, losses, logits, norms = self.engine(self._loss_fn, inputs, labels, mask, clip)
+      if self._optimizer.adaptive:  # Each example adds 1/2 or -1/2: sensitivity 1/2.
+        extras["centered_unclipped_count"] = tf.reduce_sum(
+            (tf.cast(norms <= clip, tf.float32) - 0.5) * mask)
+      if self._optimizer.needs_plain_sum:
+        extras["plain_sum"] = clipping.plain_sum(self._model, self._loss_fn, inputs, labels,
+                                                 mask)[0]
     else:
       sums, losses, logits = clipping.plain_sum(self._model, self._loss_fn, inputs, labels, mask)
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64)), tf.float32)
-    return sums, tf.reduce_sum(losses * mask), tf.reduce_sum(correct * mask)
+    return sums, extras, tf.reduce_sum(losses * mask), tf.reduce_sum(correct * mask)
 
-  def _apply_update(self, sums, count):
+  def _apply_update(self, sums, extras, count):
     if self._private:
-      gradients = self._optimizer.noised_mean(sums, self._expected_batch_size)
+      gradients = self._optimizer.noised_mean(sums, self._expected_batch_size, **extras)
     else:
       gradients = [s / tf.maximum(count, 1.0) for s in sums]
     self._optimizer.apply_gradients(zip(gradients, self._model.trainable_variables))
 
-  def clipped_sum(self, chunks: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]]):
-    """Sum over chunks of (clipped gradient sums, loss sum, correct count, example count)."""
-    total, loss_sum, correct, count = None, 0.0, 0.0, 0.0
+  def set_noise_factor(self, factor: float) -> None:
+    """Multiplies every noise std of the next steps by `factor` (a noise schedule; private only)."""
+    self._optimizer.noise_scale.assign(factor)
+
+  def accumulate(self, chunks: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """Sums over chunks: (clipped gradient sums, extras for the noise, loss sum, correct, count)."""
+    total, extras, loss_sum, correct, count = None, None, 0.0, 0.0, 0.0
     for images, labels, mask in chunks:
-      sums, chunk_loss, chunk_correct = self._chunk(images, labels, mask)
+      sums, chunk_extras, chunk_loss, chunk_correct = self._chunk(images, labels, mask)
       total = sums if total is None else [a + b for a, b in zip(total, sums)]
+      extras = chunk_extras if extras is None else tf.nest.map_structure(
+          lambda a, b: a + b, extras, chunk_extras)
       loss_sum += float(chunk_loss)
       correct += float(chunk_correct)
       count += float(np.sum(mask))
+    return total, extras, loss_sum, correct, count
+
+  def clipped_sum(self, chunks: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """Sum over chunks of (clipped gradient sums, loss sum, correct count, example count)."""
+    total, _, loss_sum, correct, count = self.accumulate(chunks)
     return total, loss_sum, correct, count
 
   def __call__(self, chunks) -> Tuple[float, float, float]:
@@ -82,8 +103,8 @@ class TrainStep:
       (loss sum, correct predictions, real examples) over the step, for monitoring only: these
       are computed from private data without noise and never feed back into training.
     """
-    total, loss_sum, correct, count = self.clipped_sum(chunks)
-    self._apply(total, tf.constant(count, tf.float32))
+    total, extras, loss_sum, correct, count = self.accumulate(chunks)
+    self._apply(total, extras, tf.constant(count, tf.float32))
     return loss_sum, correct, count
 
 

@@ -19,6 +19,9 @@ from tfdp import losses
 from tfdp import models
 from tfdp import optimizers
 from tfdp.dp import clipping
+from tfdp.privacy import accounting
+from tfdp.privacy import mechanisms
+from tfdp.privacy import schedules
 
 _DATASET = flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Dataset name.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset directory (folder: train/ and test/).")
@@ -63,6 +66,41 @@ _NORMALIZE_GAMMA = flags.DEFINE_float("normalize_gamma", 0.01,
 _CLIP_GROUPS = flags.DEFINE_string("clip_groups", None,
                                    "Grouped clipping: K (contiguous groups of layers) or 'layer'; "
                                    "each group is clipped to C/sqrt(groups), total sensitivity C.")
+_NOISE = flags.DEFINE_enum(
+    "noise", "gaussian", list(accounting.NOISES),
+    "gaussian, or laplace: per-example L1 clipping to --l1_norm_clip and Laplace noise per "
+    "coordinate, accounted by PLD (needs --clipping=vectorized).")
+_L1_NORM_CLIP = flags.DEFINE_float("l1_norm_clip", 1.0, "Per-example L1 clip norm (--noise=laplace).")
+_LAYER_NOISE = flags.DEFINE_enum(
+    "layer_noise", "uniform", list(mechanisms.LAYER_NOISE),
+    "Noise std per clipping group: uniform, or depth_decay (group k ∝ 1/(k+1)); the accountant uses "
+    "the effective σ = 1/sqrt(Σ C_k²/s_k²). Needs --clip_groups.")
+_ADAPTIVE_CLIP_QUANTILE = flags.DEFINE_float(
+    "adaptive_clip_quantile", None, "Adaptive clipping (Andrew et al. 2021) to this quantile of "
+    "per-example norms, e.g. 0.5; --l2_norm_clip is the initial clip.")
+_ADAPTIVE_CLIP_LEARNING_RATE = flags.DEFINE_float("adaptive_clip_learning_rate", 0.2,
+                                                  "Geometric learning rate of the adaptive clip.")
+_ADAPTIVE_CLIP_COUNT_STDDEV = flags.DEFINE_float(
+    "adaptive_clip_count_stddev", None, "Noise std of the unclipped count; default batch_size/20.")
+_NOISE_SCHEDULE = flags.DEFINE_enum(
+    "noise_schedule", "constant", list(schedules.SCHEDULES),
+    "σ per epoch, fixed before training; calibration scales the whole schedule to --epsilon.")
+_NOISE_SCHEDULE_END_FACTOR = flags.DEFINE_float(
+    "noise_schedule_end_factor", 0.5, "linear_decay/cosine: last epoch's σ over the first's.")
+_NOISE_SCHEDULE_STEP_EPOCHS = flags.DEFINE_integer("noise_schedule_step_epochs", 1,
+                                                   "step schedule: epochs between steps.")
+_NOISE_SCHEDULE_STEP_GAMMA = flags.DEFINE_float("noise_schedule_step_gamma", 0.9,
+                                                "step schedule: σ factor at each step.")
+_DICE_ERROR_CLIP = flags.DEFINE_float("dice_error_clip", None,
+                                      "DiceSGD's error clip C2 >= --l2_norm_clip; default C2 = C1.")
+_EPSILON_ADAM = flags.DEFINE_float(
+    "epsilon_adam", None, "Numerical epsilon of Adam/RMSProp/Adagrad (post-processing: no privacy "
+    "cost). DP-Adam often wants it larger than Keras's 1e-7, as the noise dominates small moments.")
+_BETA_1 = flags.DEFINE_float("beta_1", None, "Adam's first-moment decay.")
+_BETA_2 = flags.DEFINE_float("beta_2", None, "Adam's second-moment decay.")
+_RHO = flags.DEFINE_float("rho", None, "RMSProp's moving-average decay.")
+_INITIAL_ACCUMULATOR_VALUE = flags.DEFINE_float("initial_accumulator_value", None,
+                                                "Adagrad's initial accumulator.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Expected batch size (q = batch_size / N).")
 _PHYSICAL_BATCH_SIZE = flags.DEFINE_integer(
     "physical_batch_size", None, "Rows per compiled chunk (bounds memory); default "
@@ -111,6 +149,12 @@ def _model_options():
   return tuple(sorted(options.items()))
 
 
+def _optimizer_hyperparameters():
+  given = {"epsilon": _EPSILON_ADAM.value, "beta_1": _BETA_1.value, "beta_2": _BETA_2.value,
+           "rho": _RHO.value, "initial_accumulator_value": _INITIAL_ACCUMULATOR_VALUE.value}
+  return tuple(sorted((k, v) for k, v in given.items() if v is not None))
+
+
 def config_from_flags() -> config_lib.Config:
   return config_lib.Config(
       data=config_lib.DataConfig(dataset=_DATASET.value, data_dir=_DATA_DIR.value,
@@ -123,10 +167,24 @@ def config_from_flags() -> config_lib.Config:
                                        l2_norm_clip=_L2_NORM_CLIP.value, clipping=_CLIPPING.value,
                                        clip_groups=_parse_clip_groups(_CLIP_GROUPS.value),
                                        clipping_mode=_CLIPPING_MODE.value,
-                                       normalize_gamma=_NORMALIZE_GAMMA.value),
+                                       normalize_gamma=_NORMALIZE_GAMMA.value,
+                                       noise=_NOISE.value, l1_norm_clip=_L1_NORM_CLIP.value,
+                                       layer_noise=_LAYER_NOISE.value,
+                                       adaptive_clip_quantile=_ADAPTIVE_CLIP_QUANTILE.value,
+                                       adaptive_clip_learning_rate=(
+                                           _ADAPTIVE_CLIP_LEARNING_RATE.value),
+                                       adaptive_clip_count_stddev=(
+                                           _ADAPTIVE_CLIP_COUNT_STDDEV.value),
+                                       noise_schedule=_NOISE_SCHEDULE.value,
+                                       noise_schedule_end_factor=_NOISE_SCHEDULE_END_FACTOR.value,
+                                       noise_schedule_step_epochs=(
+                                           _NOISE_SCHEDULE_STEP_EPOCHS.value),
+                                       noise_schedule_step_gamma=_NOISE_SCHEDULE_STEP_GAMMA.value,
+                                       dice_error_clip=_DICE_ERROR_CLIP.value),
       optimizer=config_lib.OptimizerConfig(name=_OPTIMIZER.value,
                                            learning_rate=_LEARNING_RATE.value,
-                                           momentum=_MOMENTUM.value),
+                                           momentum=_MOMENTUM.value,
+                                           hyperparameters=_optimizer_hyperparameters()),
       run=config_lib.RunConfig(batch_size=_BATCH_SIZE.value,
                                physical_batch_size=_PHYSICAL_BATCH_SIZE.value,
                                epochs=_EPOCHS.value, seed=_SEED.value,

@@ -10,7 +10,7 @@ import math
 import os
 import sys
 import time
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -24,8 +24,12 @@ from tfdp import losses
 from tfdp import models
 from tfdp import optimizers
 from tfdp import steps as steps_lib
+from tfdp.dp import groups as dp_groups
+from tfdp.dp import noise
 from tfdp.privacy import accounting
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.privacy import mechanisms
+from tfdp.privacy import schedules
 
 def load_training_data(config: config_lib.Config) -> data.Dataset:
   """The dataset with its seeded training subset; checks what depends on N."""
@@ -41,26 +45,80 @@ def load_training_data(config: config_lib.Config) -> data.Dataset:
 
 
 def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.PrivacyLedger:
-  """A fresh ledger: σ calibrated to the target ε over the planned steps, or σ as given."""
+  """A fresh ledger: σ calibrated to the target ε over the planned steps, or σ as given.
+
+  With a noise schedule, the schedule's base σ is calibrated so the whole schedule spends at most
+  the target. With Laplace noise, "σ" is the Laplace scale over the L1 clip, accounted by PLD.
+  """
   q = config.run.batch_size / num_train
-  planned_steps = config.run.epochs * math.ceil(num_train / config.run.batch_size)
+  steps_per_epoch = math.ceil(num_train / config.run.batch_size)
+  planned_steps = config.run.epochs * steps_per_epoch
   privacy = config.privacy
+  factors = (() if privacy.noise_schedule == "constant" else schedules.epoch_factors(
+      privacy.noise_schedule, config.run.epochs, privacy.schedule_params))
+  shape = [(f, steps_per_epoch) for f in factors] or [(1.0, planned_steps)]
+  accountant = "pld" if privacy.noise == "laplace" else "rdp"
   if not config.optimizer.private:
     sigma = 0.0
   elif privacy.noise_multiplier is not None:
     sigma = privacy.noise_multiplier
   else:
-    sigma = accounting.calibrate_noise_multiplier(privacy.epsilon, privacy.delta, q,
-                                                  planned_steps)
-  ledger = ledger_lib.PrivacyLedger(noise_multiplier=sigma, sampling_probability=q,
-                                    delta=privacy.delta, sampling=config.data.sampling,
-                                    target_epsilon=privacy.epsilon)
+    sigma = accounting.calibrate_schedule(privacy.epsilon, privacy.delta, q, shape, accountant,
+                                          noise=privacy.noise)
+  ledger = ledger_lib.PrivacyLedger(
+      noise_multiplier=sigma, sampling_probability=q, delta=privacy.delta,
+      sampling=config.data.sampling, target_epsilon=privacy.epsilon, noise=privacy.noise,
+      schedule=privacy.noise_schedule, epoch_factors=list(factors),
+      steps_per_epoch=steps_per_epoch if factors else 0,
+      notes=mechanism_notes(config, sigma) if config.optimizer.private else [])
   ledger.record("start", planned_steps=planned_steps,
                 calibrated=privacy.noise_multiplier is None and config.optimizer.private)
   if ledger.max_steps() == 0 and ledger.private:
     raise ValueError(f"noise_multiplier {sigma} spends more than epsilon {privacy.epsilon} in a "
                      "single step; raise --noise_multiplier or drop it to calibrate")
   return ledger
+
+
+def mechanism_notes(config: config_lib.Config, sigma: float) -> List[str]:
+  """What σ means for the configured mechanism, one sentence each; raises ValueError when the
+  mechanism cannot be built at this σ (adaptive clipping's count noise alone exceeding it)."""
+  privacy, notes = config.privacy, []
+  if privacy.layer_noise != "uniform":
+    notes.append(f"per-group noise ({privacy.layer_noise}): group stds s_k chosen so that the "
+                 f"effective σ = 1/sqrt(Σ C_k²/s_k²) is the σ above")
+  if privacy.adaptive_clip_quantile is not None:
+    count_std = config.adaptive_clip_count_stddev
+    split = mechanisms.adaptive_gradient_noise_multiplier(sigma, count_std)
+    notes.append(f"adaptive clipping (Andrew et al. 2021) to quantile "
+                 f"{privacy.adaptive_clip_quantile}: gradient σ_Δ = {split:.4f} and unclipped-count "
+                 f"noise std {count_std:g} combine into the σ above")
+  if config.optimizer.name == "dice_sgd":
+    c2 = privacy.dice_error_clip or privacy.l2_norm_clip
+    factor = mechanisms.dice_noise_factor(privacy.l2_norm_clip, c2)
+    notes.append(f"DiceSGD (Zhang et al. 2024), C1 = {privacy.l2_norm_clip:g}, C2 = {c2:g}: noise "
+                 f"std σ·C1·sqrt(1 + 2·C2/C1) = {sigma * privacy.l2_norm_clip * factor:.4f}; this "
+                 "ε is DP-SGD's at σ, which the paper's Rényi-DP analysis extends to the hidden "
+                 "error-feedback state (tfdp applies that theorem, it does not re-derive it)")
+  return notes
+
+
+def noise_query(config: config_lib.Config, ledger: ledger_lib.PrivacyLedger,
+                model: tf.keras.Model):
+  """The DPQuery that noises the clipped sums (tfdp.dp.noise), or None for non-private runs."""
+  privacy, sigma = config.privacy, ledger.noise_multiplier
+  if not config.optimizer.private:
+    return None
+  if privacy.noise == "laplace":
+    return noise.LaplaceSumQuery(privacy.l1_norm_clip, sigma * privacy.l1_norm_clip)
+  if privacy.adaptive_clip_quantile is not None:
+    return noise.adaptive(privacy.l2_norm_clip, sigma, privacy.adaptive_clip_quantile,
+                          privacy.adaptive_clip_learning_rate, config.adaptive_clip_count_stddev,
+                          config.run.batch_size)
+  if config.optimizer.name == "dice_sgd":
+    sigma *= mechanisms.dice_noise_factor(privacy.l2_norm_clip,
+                                          privacy.dice_error_clip or privacy.l2_norm_clip)
+  groups = dp_groups.variable_groups(model, privacy.clip_groups)
+  return noise.gaussian(privacy.l2_norm_clip, sigma, groups, privacy.layer_noise)
 
 
 def _restore_or_start(state: checkpointing.RunState, planned: ledger_lib.PrivacyLedger):
@@ -123,12 +181,16 @@ def _run_epoch(step_fn, sampler, dataset, ledger, max_steps):
       return stats, True
     chunks = [(dataset.train_images[c.indices], dataset.train_labels[c.indices], c.mask)
               for c in sampler.chunks(ledger.steps)]
+    if ledger.private:
+      step_fn.set_noise_factor(ledger.noise_multiplier_at(ledger.steps) / ledger.noise_multiplier)
     start = time.perf_counter()
     loss, correct, examples = step_fn(chunks)
     stats.add(loss, correct, examples, time.perf_counter() - start)
     ledger.steps += 1
-    epsilon = ledger.epsilon() if ledger.private else math.inf
-    progbar.update(i + 1, values=[*stats.values().items(), ("epsilon", epsilon)])
+    values = list(stats.values().items())
+    if ledger.private and ledger.accountant == "rdp":  # PLD is too slow to run every step.
+      values.append(("epsilon", ledger.epsilon()))
+    progbar.update(i + 1, values=values)
   return stats, False
 
 
@@ -162,22 +224,22 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   loss_fn = losses.get(config.model.loss)
   optimizer = optimizers.build_optimizer(
       config.optimizer.name, config.optimizer.step_size, momentum=config.optimizer.momentum,
-      l2_norm_clip=config.privacy.l2_norm_clip, noise_multiplier=ledger.noise_multiplier)
+      hyperparameters=dict(config.optimizer.hyperparameters),
+      dp_query=noise_query(config, ledger, model), error_clip=config.privacy.dice_error_clip)
   augment = config.data.augment or dataset.augment
   train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
   test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
   sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
                               config.chunk_size, config.run.seed)
-  state = checkpointing.RunState(config.run.output_dir, model, optimizer)
-  start_epoch, ledger, history = _restore_or_start(state, ledger)
   step_fn = steps_lib.TrainStep(model, optimizer, train_preprocess,
                                 private=config.optimizer.private,
-                                l2_norm_clip=config.privacy.l2_norm_clip,
                                 expected_batch_size=config.run.batch_size,
                                 engine=config.privacy.clipping,
                                 clip_groups=config.privacy.clip_groups,
-                                scaling=config.privacy.scaling,
+                                scaling=config.privacy.scaling, norm=config.privacy.norm,
                                 jit_compile=config.run.jit_compile, loss_fn=loss_fn)
+  state = checkpointing.RunState(config.run.output_dir, model, optimizer)
+  start_epoch, ledger, history = _restore_or_start(state, ledger)
   evaluate = steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn)
   _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
 
@@ -207,7 +269,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   if final_evaluation is None:
     final_evaluation = evaluate(dataset.test_images, dataset.test_labels)
   test_loss, test_accuracy = final_evaluation
-  metrics = _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
+  metrics = _final_metrics(config, dataset, model, ledger, optimizer, test_loss, test_accuracy,
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
   if config.run.export:
@@ -218,7 +280,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
                                                       _export_dir(config))
   atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
                     json.dumps(metrics, indent=2, sort_keys=True))
-  print(f"Test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}; {ledger.describe()}")
+  print(f"Test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}; {ledger.statement()}")
   return metrics
 
 
@@ -226,7 +288,7 @@ def _epoch_record(epoch, ledger, stats, test_loss, test_accuracy) -> dict:
   record = {"epoch": epoch, "steps": ledger.steps, "test_loss": test_loss,
             "test_accuracy": test_accuracy, **{f"train_{k}": v for k, v in stats.values().items()}}
   if ledger.private:
-    record.update(epsilon=ledger.epsilon("rdp"), epsilon_pld=ledger.epsilon("pld"))
+    record.update(epsilon=ledger.epsilon(), epsilon_pld=ledger.epsilon("pld"))
     print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
   else:
     print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; non-private")
@@ -254,19 +316,36 @@ def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
         f"({config.data.sampling} sampling, chunks of {config.chunk_size})")
   if ledger.private:
     planned = ledger.history[0]["planned_steps"]
-    print(f"Privacy: σ = {ledger.noise_multiplier:.4f}, clip {config.privacy.l2_norm_clip}, "
-          f"planned ε = {ledger.epsilon(steps=planned):.3f} over {planned} steps at "
-          f"δ = {ledger.delta:g} (RDP); budget {ledger.target_epsilon}")
+    print(f"Privacy: {config.privacy.noise} noise, σ = {ledger.noise_multiplier:.4f}"
+          f"{_schedule_text(ledger)}, {config.privacy.norm.upper()} clip "
+          f"{config.privacy.clip_norm}, planned ε = {ledger.epsilon(steps=planned):.3f} over "
+          f"{planned} steps at δ = {ledger.delta:g} ({ledger.accountant.upper()}); budget "
+          f"{ledger.target_epsilon}")
+    for note in ledger.notes:
+      print(f"  {note}")
+    if config.privacy.layer_noise != "uniform":
+      stds = noise.group_stddevs(config.privacy.l2_norm_clip, ledger.noise_multiplier,
+                                 dp_groups.variable_groups(model, config.privacy.clip_groups),
+                                 config.privacy.layer_noise)
+      print(f"  group noise stds: {', '.join(f'{s:.4g}' for s in stds)}")
 
 
-def _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
+def _schedule_text(ledger) -> str:
+  if not ledger.epoch_factors:
+    return ""
+  return (f" in epoch 1, then {ledger.schedule} to "
+          f"{ledger.noise_multiplier * ledger.epoch_factors[-1]:.4f}")
+
+
+def _final_metrics(config, dataset, model, ledger, optimizer, test_loss, test_accuracy,
                    examples_per_second: Optional[float], budget_exhausted: bool,
                    history: list) -> dict:
   private = ledger.private
+  optimizer_clip = optimizer.clip_norm() if private else None  # Adaptive: where the clip ended.
   return {
       "test_accuracy": test_accuracy,
       "test_loss": test_loss,
-      "epsilon": ledger.epsilon("rdp") if private else None,
+      "epsilon": ledger.epsilon() if private else None,
       "epsilon_pld": ledger.epsilon("pld") if private else None,
       "target_epsilon": ledger.target_epsilon,
       "delta": ledger.delta if private else None,
@@ -274,8 +353,16 @@ def _final_metrics(config, dataset, model, ledger, test_loss, test_accuracy,
       "l2_norm_clip": config.privacy.l2_norm_clip if private else None,
       "sampling": ledger.sampling,
       "sampling_probability": ledger.sampling_probability,
-      "accountant": "rdp" if private else None,
-      "privacy_statement": ledger.describe(),
+      "accountant": ledger.accountant if private else None,
+      "noise": config.privacy.noise if private else None,
+      "noise_schedule": ledger.schedule if private else None,
+      "noise_multipliers_per_epoch": ([ledger.noise_multiplier * f for f in ledger.epoch_factors]
+                                      or None) if private else None,
+      "layer_noise": config.privacy.layer_noise if private else None,
+      "adaptive_clip_quantile": config.privacy.adaptive_clip_quantile if private else None,
+      "final_clip_norm": float(optimizer_clip) if private else None,
+      "optimizer_hyperparameters": dict(config.optimizer.hyperparameters),
+      "privacy_statement": ledger.statement(),
       "steps": ledger.steps,
       "epochs": config.run.epochs,
       "epochs_completed": len(history) and history[-1]["epoch"],

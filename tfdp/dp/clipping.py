@@ -98,30 +98,55 @@ def plain_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor, labels:
   return gradients, losses, logits
 
 
+def _row_l1_norms(gradient: tf.Tensor) -> tf.Tensor:
+  return tf.reduce_sum(tf.reshape(tf.abs(gradient), [tf.shape(gradient)[0], -1]), axis=1)
+
+
+_NORM_TERMS = {
+    "l2": lambda g: tf.square(per_example_norms([g])),
+    "l1": _row_l1_norms,
+}
+
+
 class VectorizedEngine:
-  """TF Privacy's method as an engine: the full per-example Jacobian, clipped flat or per group."""
+  """TF Privacy's method as an engine: the full per-example Jacobian, clipped flat or per group.
+
+  Args:
+    model, clip_groups, scaling: as for every engine.
+    norm: 'l2' (Gaussian noise) or 'l1' (Laplace noise); the materialized per-example gradients
+      allow any norm.
+  """
+
+  norms = ("l2", "l1")
 
   def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,
-               scaling: groups_lib.Scaling = groups_lib.Scaling()):
+               scaling: groups_lib.Scaling = groups_lib.Scaling(), norm: str = "l2"):
     self._model = model
     self._groups = groups_lib.variable_groups(model, clip_groups)
     self._scaling = scaling
+    self._norm = norm
 
-  def __call__(self, loss_fn, images, labels, mask, l2_norm_clip):
+  def __call__(self, loss_fn, images, labels, mask, clip):
+    """(clipped sums per variable, losses [B], logits [B, K], whole-gradient norms [B])."""
     gradients, losses, logits = vectorized_per_example_gradients(self._model, loss_fn, images,
                                                                  labels)
-    squared = [tf.square(per_example_norms([g])) for g in gradients]
-    weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask, self._scaling)
-    return [tf.tensordot(w, g, axes=1) for w, g in zip(weights, gradients)], losses, logits
+    terms = [_NORM_TERMS[self._norm](g) for g in gradients]
+    weights = groups_lib.clip_weights(terms, self._groups, clip, mask, self._scaling, self._norm)
+    sums = [tf.tensordot(w, g, axes=1) for w, g in zip(weights, gradients)]
+    return sums, losses, logits, groups_lib.whole_norms(terms, self._norm)
 
 
-def _fast_engine(model, clip_groups=None, scaling=groups_lib.Scaling()):
+def _fast_engine(model, clip_groups=None, scaling=groups_lib.Scaling(), norm="l2"):
   from tfdp.dp import fast  # pylint: disable=import-outside-toplevel  (fast imports the models)
+  if norm != "l2":
+    raise ValueError(f"the fast clipping engine computes L2 norms only; {norm.upper()} clipping "
+                     "(--noise=laplace) needs --clipping=vectorized")
   return fast.FastEngine(model, clip_groups, scaling)
 
 
-# name -> factory(model, clip_groups, scaling) -> engine(loss_fn, images, labels, mask, l2_norm_clip)
-#   returning (clipped sums per trainable variable, per-example losses, logits).
+# name -> factory(model, clip_groups, scaling, norm) -> engine(loss_fn, images, labels, mask, clip)
+#   returning (clipped sums per trainable variable, per-example losses, logits, per-example norms
+#   of the whole gradient before clipping).
 CLIPPING_ENGINES: Dict[str, Callable] = {
     "fast": _fast_engine,
     "vectorized": VectorizedEngine,
@@ -129,7 +154,9 @@ CLIPPING_ENGINES: Dict[str, Callable] = {
 
 
 def make_engine(name: str, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,
-                scaling: groups_lib.Scaling = groups_lib.Scaling()):
+                scaling: groups_lib.Scaling = groups_lib.Scaling(), norm: str = "l2"):
   if name not in CLIPPING_ENGINES:
     raise ValueError(f"unknown clipping engine {name!r}; valid: {sorted(CLIPPING_ENGINES)}")
-  return CLIPPING_ENGINES[name](model, clip_groups, scaling)
+  if norm not in groups_lib.NORMS:
+    raise ValueError(f"unknown clipping norm {norm!r}; valid: {sorted(groups_lib.NORMS)}")
+  return CLIPPING_ENGINES[name](model, clip_groups, scaling, norm)

@@ -4,6 +4,8 @@ Groups: flat (one group), K contiguous groups of layers, or one group per layer.
 bounded by C / sqrt(G), an example's whole gradient has L2 norm at most sqrt(G * C^2 / G) = C, so the
 sensitivity, the noise and the accountant are those of flat clipping.
 
+With L1 clipping (Laplace noise) a group's bound is C / G instead, and the L1 norms add up to C.
+
 Scaling rules (SCALINGS) map a group's per-example norm to the factor applied to it:
 - clip: min(1, bound / norm) (Abadi et al. 2016);
 - normalize: bound / (norm + gamma) (automatic clipping, Bu et al. 2022): every example is rescaled,
@@ -11,7 +13,7 @@ Scaling rules (SCALINGS) map a group's per-example norm to the factor applied to
 """
 
 import dataclasses
-from typing import List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -66,22 +68,43 @@ class Scaling:
     return SCALINGS[self.mode](norm, bound, tf.cast(self.gamma, norm.dtype))
 
 
-def clip_weights(squared_norms: Sequence[tf.Tensor], groups: Sequence[int],
-                 l2_norm_clip: float, mask: tf.Tensor,
-                 scaling: Scaling = Scaling()) -> List[tf.Tensor]:
+@dataclasses.dataclass(frozen=True)
+class Norm:
+  """An L_p norm built from per-variable terms: L2 from squared norms, L1 from absolute sums."""
+  combine: Callable[[tf.Tensor], tf.Tensor]  # Sum of a group's terms -> the group's norm.
+  group_bound: Callable[[float, int], float]  # (C, G) -> C_g, so the groups' norms add up to C.
+
+
+NORMS: Dict[str, Norm] = {
+    "l2": Norm(tf.sqrt, lambda clip, groups: clip / np.sqrt(groups)),
+    "l1": Norm(lambda total: total, lambda clip, groups: clip / groups),
+}
+
+
+def whole_norms(norm_terms: Sequence[tf.Tensor], norm: str = "l2") -> tf.Tensor:
+  """[B] norm of each example's whole gradient from per-variable terms (squared or L1)."""
+  return NORMS[norm].combine(tf.add_n(list(norm_terms)))
+
+
+def clip_weights(norm_terms: Sequence[tf.Tensor], groups: Sequence[int],
+                 clip: float, mask: tf.Tensor, scaling: Scaling = Scaling(),
+                 norm: str = "l2") -> List[tf.Tensor]:
   """Per variable, the [B] weights mask_i * factor(||g_{g,i}||, C_g) of its group g.
 
   Args:
-    squared_norms: per variable, [B] squared norms of each example's gradient for it.
+    norm_terms: per variable, [B] terms of each example's gradient norm for it: squared L2 norms
+      (norm 'l2') or L1 norms (norm 'l1').
     groups: group index per variable.
-    l2_norm_clip: C, the bound on each example's whole gradient.
+    clip: C, the bound on each example's whole gradient in that norm.
     mask: [B], 1 for real examples and 0 for padding.
     scaling: the per-example rule (clip by default); every rule keeps the scaled norm <= C_g.
+    norm: a NORMS key.
   """
+  rule = NORMS[norm]
   num_groups = max(groups) + 1
-  bound = tf.cast(l2_norm_clip / np.sqrt(num_groups), mask.dtype)
+  bound = tf.cast(rule.group_bound(clip, num_groups), mask.dtype)
   factors = []
   for g in range(num_groups):
-    norm = tf.sqrt(tf.add_n([n for n, group in zip(squared_norms, groups) if group == g]))
-    factors.append(scaling.factor(norm, bound) * mask)
+    group_norm = rule.combine(tf.add_n([n for n, group in zip(norm_terms, groups) if group == g]))
+    factors.append(scaling.factor(group_norm, bound) * mask)
   return [factors[g] for g in groups]

@@ -37,7 +37,7 @@ class FastEngine:
     self._position = {v.ref(): i for i, v in enumerate(model.trainable_variables)}
 
   def __call__(self, loss_fn, images, labels, mask, l2_norm_clip):
-    """(clipped sums per trainable variable, per-example losses [B], logits [B, K]).
+    """(clipped sums per variable, losses [B], logits [B, K], whole-gradient L2 norms [B]).
 
     Each example's gradient is clipped (per group) so the sum has L2 sensitivity l2_norm_clip;
     rows with mask 0 contribute nothing.
@@ -56,7 +56,8 @@ class FastEngine:
 
     squared = self._squared_norms(inputs, output_grads, fallback_grads)
     weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask, self._scaling)
-    return self._weighted_sums(inputs, output_grads, fallback_grads, weights), losses, logits
+    sums = self._weighted_sums(inputs, output_grads, fallback_grads, weights)
+    return sums, losses, logits, groups_lib.whole_norms(squared)
 
   def _in_model_order(self, per_layer_values, fallback_values) -> List[tf.Tensor]:
     ordered = [None] * len(self._position)
