@@ -102,7 +102,7 @@ def test_flip_crop_in_tf_data():
 
 
 def test_unknown_augment_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"'mixup'.*\['flip_crop', 'none'\]"):
+    with pytest.raises(ValueError, match=r"'mixup'.*\['augmix', 'flip_crop', 'none', 'randaugment'\]"):
         data.make_preprocess((0.5,), (0.5,), 'mixup', training=True)
 
 

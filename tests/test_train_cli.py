@@ -124,6 +124,9 @@ def test_shuffled_batches_are_reported_as_such(tmp_path):
     ("--dice_error_clip=2", "needs --optimizer=dice_sgd"),
     ("--epsilon_adam=0.001", "does not take epsilon"),
     ("--noise_schedule=step --noise_schedule_step_epochs=0", "noise_schedule_step_epochs"),
+    ("--augmult=0", "augmult must be >= 1"),
+    ("--ema_decay=1", "ema_decay must be in (0, 1)"),
+    ("--lr_schedule=warmup_cosine --warmup_epochs=5", "must be shorter than the run"),
 ])
 def test_invalid_flags_fail_fast_with_one_line(tmp_path, flag, message):
   start = time.monotonic()
@@ -161,6 +164,18 @@ def test_resume_after_kill_ends_like_an_uninterrupted_run(tmp_path):
   assert [e["event"] for e in resumed["ledger_history"]] == ["start", "resume"]
   assert resumed["noise_multipliers_per_epoch"] == whole["noise_multipliers_per_epoch"]
   assert len(set(whole["noise_multipliers_per_epoch"])) == 4
+
+
+def test_recipe_flags_train_and_export_the_ema_weights(tmp_path):
+  code, output = _run(*_quick_flags(tmp_path / "run", "--augmult=2", "--ema_decay=0.9",
+                                    "--lr_schedule=cosine", "--end_learning_rate=0.05",
+                                    "--weight_decay=1e-4", "--momentum=0.5", "--epochs=3"))
+  assert code == 0, output
+  metrics = _metrics(tmp_path / "run")
+  assert metrics["augmult"] == 2 and metrics["ema_decay"] == 0.9 and metrics["epsilon"] <= 3.0
+  assert metrics["test_accuracy"] > 0.5
+  # The reported accuracy is the EMA weights'; the export must carry those same weights.
+  _assert_export_reproduces_accuracy(tmp_path / "run" / "saved_model", metrics["test_accuracy"])
 
 
 # Each noise variant of the DP algorithms issue, end to end on digits: ε within the target, and

@@ -19,9 +19,10 @@ from tfdp.privacy import ledger as ledger_lib
 class RunState:
   """Saves and restores (model, optimizer, epoch, ledger) for one output_dir."""
 
-  def __init__(self, output_dir: str, model: tf.keras.Model, optimizer):
+  def __init__(self, output_dir: str, model: tf.keras.Model, optimizer, **extra):
+    """`extra`: further trackables saved with the model (e.g. ema=WeightAverage)."""
     self._state_path = os.path.join(output_dir, "state.json")
-    self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
     self._directory = os.path.join(output_dir, "checkpoints")
     self._manager = tf.train.CheckpointManager(self._checkpoint, self._directory, max_to_keep=3)
 

@@ -28,9 +28,13 @@ class DataConfig:
   train_examples: Optional[int] = None  # Seeded subset of the training split; None keeps all.
   sampling: str = "poisson"  # What the accountant assumes; 'shuffle' is reported as such.
   augment: Optional[str] = None  # None: the dataset's default.
+  augmult: int = 1  # Augmented copies per example, averaged before clipping (De et al. 2022).
 
   def __post_init__(self):
     from tfdp import data  # Deferred: the registry imports TensorFlow.
+    _require(self.augment is None or self.augment in data.AUGMENTATIONS,
+             f"unknown augment {self.augment!r}; valid: {', '.join(sorted(data.AUGMENTATIONS))}")
+    _require(self.augmult >= 1, f"augmult must be >= 1, got {self.augmult}")
     _require(self.dataset in data.DATASETS,
              f"unknown dataset {self.dataset!r}; valid: {', '.join(sorted(data.DATASETS))}")
     _require(self.sampling in SAMPLINGS,
@@ -165,9 +169,21 @@ class OptimizerConfig:
   # Keras keyword arguments of the update rule, e.g. (("epsilon", 1e-3),) for Adam. Post-processing
   # of the noised gradient: they cost no privacy.
   hyperparameters: Tuple[Tuple[str, Any], ...] = ()
+  lr_schedule: str = "constant"  # tfdp.lr_schedules: constant, cosine, warmup_cosine.
+  end_learning_rate: float = 0.0  # Where cosine schedules end (the studies: 9e-5).
+  warmup_epochs: float = 0.0  # warmup_cosine: linear warm-up length.
+  weight_decay: float = 0.0  # λ·w added to the noised gradient (post-processing).
 
   def __post_init__(self):
+    from tfdp import lr_schedules
     from tfdp import optimizers
+    _require(self.lr_schedule in lr_schedules.LR_SCHEDULES,
+             f"unknown lr_schedule {self.lr_schedule!r}; valid: "
+             f"{', '.join(lr_schedules.LR_SCHEDULES)}")
+    _require(self.end_learning_rate >= 0,
+             f"end_learning_rate must be >= 0, got {self.end_learning_rate}")
+    _require(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+    _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
     _require(self.name in optimizers.OPTIMIZERS,
              f"unknown optimizer {self.name!r}; valid: {', '.join(sorted(optimizers.OPTIMIZERS))}")
     optimizers.check_hyperparameters(self.name, dict(self.hyperparameters))
@@ -196,8 +212,11 @@ class RunConfig:
   export_dir: Optional[str] = None  # None: saved_models/<basename of output_dir>.
   export: bool = True  # Write the SavedModels (off for quick experiments: export is slow).
   jit_compile: bool = False
+  ema_decay: Optional[float] = None  # EMA of the weights for evaluation and export; None: off.
 
   def __post_init__(self):
+    _require(self.ema_decay is None or 0 < self.ema_decay < 1,
+             f"ema_decay must be in (0, 1), got {self.ema_decay}")
     _require(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
     _require(self.physical_batch_size is None or self.physical_batch_size > 0,
              f"physical_batch_size must be > 0, got {self.physical_batch_size}")
@@ -229,6 +248,9 @@ class Config:
       _require(self.privacy.epsilon is None and self.privacy.noise_multiplier is None,
                f"optimizer {self.optimizer.name} is not private: --epsilon/--noise_multiplier "
                "need a dp_* optimizer")
+    _require(self.optimizer.warmup_epochs < self.run.epochs,
+             f"warmup_epochs ({self.optimizer.warmup_epochs}) must be shorter than the run "
+             f"({self.run.epochs} epochs)")
     dice = self.optimizer.name == "dice_sgd"
     _require(self.privacy.dice_error_clip is None or dice,
              "--dice_error_clip is DiceSGD's error clip: it needs --optimizer=dice_sgd")

@@ -28,13 +28,18 @@ class TrainStep:
     clip_groups: None (flat clipping), an int K or 'layer' (tfdp.dp.groups).
     scaling: per-example rule, tfdp.dp.groups.Scaling (clip by default, or normalize).
     norm: 'l2' (Gaussian noise) or 'l1' (Laplace noise), the norm each example is clipped in.
+    augmult: augmented copies of each example (De et al. 2022); its gradient is the mean over its
+      copies, clipped as one, so the sensitivity is unchanged.
+    weight_decay: λ, adds λ·w to the (noised) gradient: post-processing, no privacy cost.
+    weight_average: a tfdp.ema.WeightAverage updated after every step, or None.
     jit_compile: compile the chunk computation with XLA.
     loss_fn: per-example loss (tfdp.losses).
   """
 
   def __init__(self, model: tf.keras.Model, optimizer, preprocess: Callable, *, private: bool,
                expected_batch_size: float = 1.0, engine: str = "fast", clip_groups=None,
-               scaling=None, norm: str = "l2", jit_compile: bool = False,
+               scaling=None, norm: str = "l2", augmult: int = 1, weight_decay: float = 0.0,
+               weight_average=None, jit_compile: bool = False,
                loss_fn: Callable = clipping.per_example_loss):
     self._model = model
     self._optimizer = optimizer
@@ -42,16 +47,22 @@ class TrainStep:
     self._loss_fn = loss_fn
     self._private = private
     self._expected_batch_size = float(expected_batch_size)
+    self._augmult = augmult
+    self._weight_decay = weight_decay
+    self._weight_average = weight_average
     self.engine = None
     if private:
       self.engine = clipping.make_engine(engine, model, clip_groups,
-                                         scaling or groups_lib.Scaling(), norm)
+                                         scaling or groups_lib.Scaling(), norm, augmult)
       optimizer.track_variables(model.trainable_variables)
     self._chunk = tf.function(self._chunk_sum, jit_compile=jit_compile)
     self._apply = tf.function(self._apply_update)
 
   def _chunk_sum(self, images, labels, mask):
-    inputs = self._preprocess(images)
+    # Copies are example-major, so each copy is augmented independently by the preprocessing.
+    inputs = self._preprocess(groups_lib.repeat_rows(images, self._augmult))
+    labels = groups_lib.repeat_rows(labels, self._augmult)
+    row_weight = groups_lib.repeat_rows(mask, self._augmult) / self._augmult  # Mean over copies.
     extras = {}
     if self._private:
       clip = self._optimizer.clip_norm()
@@ -61,18 +72,24 @@ class TrainStep:
             (tf.cast(norms <= clip, tf.float32) - 0.5) * mask)
       if self._optimizer.needs_plain_sum:
         extras["plain_sum"] = clipping.plain_sum(self._model, self._loss_fn, inputs, labels,
-                                                 mask)[0]
+                                                 row_weight)[0]
     else:
-      sums, losses, logits = clipping.plain_sum(self._model, self._loss_fn, inputs, labels, mask)
+      sums, losses, logits = clipping.plain_sum(self._model, self._loss_fn, inputs, labels,
+                                                row_weight)
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64)), tf.float32)
-    return sums, extras, tf.reduce_sum(losses * mask), tf.reduce_sum(correct * mask)
+    return sums, extras, tf.reduce_sum(losses * row_weight), tf.reduce_sum(correct * row_weight)
 
   def _apply_update(self, sums, extras, count):
     if self._private:
       gradients = self._optimizer.noised_mean(sums, self._expected_batch_size, **extras)
     else:
       gradients = [s / tf.maximum(count, 1.0) for s in sums]
+    if self._weight_decay:  # Data-independent, applied after the noise.
+      gradients = [g + self._weight_decay * v
+                   for g, v in zip(gradients, self._model.trainable_variables)]
     self._optimizer.apply_gradients(zip(gradients, self._model.trainable_variables))
+    if self._weight_average is not None:
+      self._weight_average.update()
 
   def set_noise_factor(self, factor: float) -> None:
     """Multiplies every noise std of the next steps by `factor` (a noise schedule; private only)."""

@@ -16,6 +16,7 @@ from absl import logging
 from tfdp import config as config_lib
 from tfdp import data
 from tfdp import losses
+from tfdp import lr_schedules
 from tfdp import models
 from tfdp import optimizers
 from tfdp.dp import clipping
@@ -30,7 +31,12 @@ _TRAIN_EXAMPLES = flags.DEFINE_integer(
     "uses this N.")
 _SAMPLING = flags.DEFINE_enum("sampling", "poisson", list(config_lib.SAMPLINGS),
                               "poisson (what the accountant assumes) or shuffle (reported as such).")
-_AUGMENT = flags.DEFINE_string("augment", None, "Augmentation; default: the dataset's.")
+_AUGMENT = flags.DEFINE_enum("augment", None, sorted(data.AUGMENTATIONS),
+                             "Training augmentation (keras-cv for randaugment and augmix); "
+                             "default: the dataset's.")
+_AUGMULT = flags.DEFINE_integer(
+    "augmult", 1, "Augmented copies of each sampled example; its gradient is the mean over the "
+    "copies, clipped as one (De et al. 2022): no privacy cost, augmult times the compute.")
 _MODEL = flags.DEFINE_enum("model", "cnn", sorted(models.MODELS), "Model name.")
 _MODEL_KWARGS = flags.DEFINE_list("model_kwargs", [],
                                   "Model builder options as key=value, e.g. depth=40,width=4.")
@@ -48,6 +54,16 @@ _OPTIMIZER = flags.DEFINE_enum("optimizer", "dp_sgd", sorted(optimizers.OPTIMIZE
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", None,
                                     "Learning rate; default: the optimizer's usual one.")
 _MOMENTUM = flags.DEFINE_float("momentum", 0.0, "Momentum (sgd and rmsprop variants).")
+_LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", "constant", list(lr_schedules.LR_SCHEDULES),
+                                 "Learning-rate schedule over the planned steps.")
+_END_LEARNING_RATE = flags.DEFINE_float("end_learning_rate", 0.0,
+                                        "Where cosine schedules end (e.g. 9e-5).")
+_WARMUP_EPOCHS = flags.DEFINE_float("warmup_epochs", 0.0, "warmup_cosine: linear warm-up epochs.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.0,
+                                   "λ·w added to the noised gradient (post-processing).")
+_EMA_DECAY = flags.DEFINE_float("ema_decay", None,
+                                "EMA of the weights (warm-up min(decay, (1+t)/(10+t))), used for "
+                                "evaluation and export; e.g. 0.999.")
 _EPSILON = flags.DEFINE_float("epsilon", None, "Target ε: the noise is calibrated to it.")
 _DELTA = flags.DEFINE_float("delta", 1e-5, "δ of the (ε, δ) guarantee; must be < 1/N.")
 _NOISE_MULTIPLIER = flags.DEFINE_float("noise_multiplier", None,
@@ -159,7 +175,7 @@ def config_from_flags() -> config_lib.Config:
   return config_lib.Config(
       data=config_lib.DataConfig(dataset=_DATASET.value, data_dir=_DATA_DIR.value,
                                  train_examples=_TRAIN_EXAMPLES.value, sampling=_SAMPLING.value,
-                                 augment=_AUGMENT.value),
+                                 augment=_AUGMENT.value, augmult=_AUGMULT.value),
       model=config_lib.ModelConfig(name=_MODEL.value, options=_model_options(),
                                    loss=_LOSS.value),
       privacy=config_lib.PrivacyConfig(epsilon=_EPSILON.value, delta=_DELTA.value,
@@ -184,13 +200,17 @@ def config_from_flags() -> config_lib.Config:
       optimizer=config_lib.OptimizerConfig(name=_OPTIMIZER.value,
                                            learning_rate=_LEARNING_RATE.value,
                                            momentum=_MOMENTUM.value,
-                                           hyperparameters=_optimizer_hyperparameters()),
+                                           hyperparameters=_optimizer_hyperparameters(),
+                                           lr_schedule=_LR_SCHEDULE.value,
+                                           end_learning_rate=_END_LEARNING_RATE.value,
+                                           warmup_epochs=_WARMUP_EPOCHS.value,
+                                           weight_decay=_WEIGHT_DECAY.value),
       run=config_lib.RunConfig(batch_size=_BATCH_SIZE.value,
                                physical_batch_size=_PHYSICAL_BATCH_SIZE.value,
                                epochs=_EPOCHS.value, seed=_SEED.value,
                                output_dir=_OUTPUT_DIR.value, export_dir=_EXPORT_DIR.value,
                                export=_EXPORT.value,
-                               jit_compile=_JIT_COMPILE.value))
+                               jit_compile=_JIT_COMPILE.value, ema_decay=_EMA_DECAY.value))
 
 
 def main(argv):

@@ -5,6 +5,7 @@ planned steps spend at most ε (RDP accountant); with a given σ the ε is only 
 ledger is consulted before every step, and a step that would spend past the target is not taken.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -19,8 +20,10 @@ from tfdp import atomic
 from tfdp import checkpointing
 from tfdp import config as config_lib
 from tfdp import data
+from tfdp import ema
 from tfdp import export
 from tfdp import losses
+from tfdp import lr_schedules
 from tfdp import models
 from tfdp import optimizers
 from tfdp import steps as steps_lib
@@ -119,6 +122,20 @@ def noise_query(config: config_lib.Config, ledger: ledger_lib.PrivacyLedger,
                                           privacy.dice_error_clip or privacy.l2_norm_clip)
   groups = dp_groups.variable_groups(model, privacy.clip_groups)
   return noise.gaussian(privacy.l2_norm_clip, sigma, groups, privacy.layer_noise)
+
+
+def build_optimizer(config: config_lib.Config, ledger: ledger_lib.PrivacyLedger,
+                    model: tf.keras.Model, steps_per_epoch: int):
+  """The optimizer with its learning-rate schedule over the planned steps and its noise query."""
+  options = config.optimizer
+  learning_rate = lr_schedules.make_schedule(
+      options.lr_schedule, options.step_size, total_steps=ledger.history[0]["planned_steps"],
+      end_learning_rate=options.end_learning_rate,
+      warmup_steps=round(options.warmup_epochs * steps_per_epoch))
+  return optimizers.build_optimizer(
+      options.name, learning_rate, momentum=options.momentum,
+      hyperparameters=dict(options.hyperparameters), dp_query=noise_query(config, ledger, model),
+      error_clip=config.privacy.dice_error_clip)
 
 
 def _restore_or_start(state: checkpointing.RunState, planned: ledger_lib.PrivacyLedger):
@@ -222,25 +239,29 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape,
                              **config.model.kwargs)
   loss_fn = losses.get(config.model.loss)
-  optimizer = optimizers.build_optimizer(
-      config.optimizer.name, config.optimizer.step_size, momentum=config.optimizer.momentum,
-      hyperparameters=dict(config.optimizer.hyperparameters),
-      dp_query=noise_query(config, ledger, model), error_clip=config.privacy.dice_error_clip)
+  sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
+                              config.chunk_size, config.run.seed)
+  optimizer = build_optimizer(config, ledger, model, sampler.steps_per_epoch)
   augment = config.data.augment or dataset.augment
   train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
   test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
-  sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
-                              config.chunk_size, config.run.seed)
+  weight_average = (ema.WeightAverage(model, config.run.ema_decay) if config.run.ema_decay
+                    else None)
   step_fn = steps_lib.TrainStep(model, optimizer, train_preprocess,
                                 private=config.optimizer.private,
                                 expected_batch_size=config.run.batch_size,
                                 engine=config.privacy.clipping,
                                 clip_groups=config.privacy.clip_groups,
                                 scaling=config.privacy.scaling, norm=config.privacy.norm,
+                                augmult=config.data.augmult,
+                                weight_decay=config.optimizer.weight_decay,
+                                weight_average=weight_average,
                                 jit_compile=config.run.jit_compile, loss_fn=loss_fn)
-  state = checkpointing.RunState(config.run.output_dir, model, optimizer)
+  extra = {"ema": weight_average} if weight_average else {}
+  state = checkpointing.RunState(config.run.output_dir, model, optimizer, **extra)
   start_epoch, ledger, history = _restore_or_start(state, ledger)
-  evaluate = steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn)
+  evaluate = _with_weights(steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn),
+                          weight_average)
   _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
 
   writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
@@ -273,15 +294,28 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
   if config.run.export:
-    metrics["saved_model"] = export.export_saved_model(
-        model, test_preprocess, dataset.class_names,
-        os.path.join(config.run.output_dir, "saved_model"))
-    metrics["export_dir"] = export.export_saved_model(model, test_preprocess, dataset.class_names,
-                                                      _export_dir(config))
+    with _released_weights(weight_average):
+      metrics["saved_model"] = export.export_saved_model(
+          model, test_preprocess, dataset.class_names,
+          os.path.join(config.run.output_dir, "saved_model"))
+      metrics["export_dir"] = export.export_saved_model(
+          model, test_preprocess, dataset.class_names, _export_dir(config))
   atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
                     json.dumps(metrics, indent=2, sort_keys=True))
   print(f"Test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}; {ledger.statement()}")
   return metrics
+
+
+def _released_weights(weight_average):
+  """The weights a run evaluates and exports: the EMA's when it has one, else the live ones."""
+  return weight_average.applied() if weight_average else contextlib.nullcontext()
+
+
+def _with_weights(evaluate, weight_average):
+  def evaluate_released(images, labels):
+    with _released_weights(weight_average):
+      return evaluate(images, labels)
+  return evaluate_released
 
 
 def _epoch_record(epoch, ledger, stats, test_loss, test_accuracy) -> dict:
@@ -378,6 +412,12 @@ def _final_metrics(config, dataset, model, ledger, optimizer, test_loss, test_ac
       "parameters": models.count_params(model),
       "optimizer": config.optimizer.name,
       "learning_rate": config.optimizer.step_size,
+      "lr_schedule": config.optimizer.lr_schedule,
+      "weight_decay": config.optimizer.weight_decay,
+      "momentum": config.optimizer.momentum,
+      "augmult": config.data.augmult,
+      "augment": config.data.augment or dataset.augment,
+      "ema_decay": config.run.ema_decay,
       "clipping": config.privacy.clipping if private else None,
       "clip_groups": config.privacy.clip_groups if private else None,
       "clipping_mode": config.privacy.clipping_mode if private else None,

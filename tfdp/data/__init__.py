@@ -1,8 +1,8 @@
 """Data for tfdp: datasets by name, DP-SGD batch samplers and batch preprocessing."""
 
 from tfdp.data.datasets import DATASETS, DataError, Dataset, load_dataset, subset
-from tfdp.data.preprocess import make_preprocess
+from tfdp.data.preprocess import AUGMENTATIONS, make_preprocess
 from tfdp.data.sampling import SAMPLERS, PoissonSampler, ShuffleSampler, make_sampler
 
-__all__ = ['DATASETS', 'DataError', 'Dataset', 'PoissonSampler', 'ShuffleSampler', 'load_dataset',
+__all__ = ['AUGMENTATIONS', 'DATASETS', 'DataError', 'Dataset', 'PoissonSampler', 'ShuffleSampler', 'load_dataset',
            'make_preprocess', 'make_sampler', 'SAMPLERS', 'subset']

@@ -42,9 +42,40 @@ def _flip_crop(images: tf.Tensor) -> tf.Tensor:
     return tf.gather(crops, cols, axis=2, batch_dims=1)  # [B, H, W, C]
 
 
-AUGMENTATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
-    'none': _no_augment,
-    'flip_crop': _flip_crop,
+def _keras_cv(make_layer: Callable[[], Callable]) -> Callable[[], Callable[[tf.Tensor], tf.Tensor]]:
+    """A factory of a keras-cv augmentation on [0, 1] images; grayscale passes through RGB."""
+
+    def build() -> Callable[[tf.Tensor], tf.Tensor]:
+        layer = make_layer()
+
+        def augment(images: tf.Tensor) -> tf.Tensor:
+            if images.shape[-1] == 1:  # keras-cv's colour ops need three channels.
+                rgb = tf.image.grayscale_to_rgb(images)
+                return tf.image.rgb_to_grayscale(layer(rgb, training=True))
+            return layer(images, training=True)
+
+        return augment
+
+    return build
+
+
+def _randaugment():
+    import keras_cv  # pylint: disable=import-outside-toplevel  (slow import; only when asked)
+    return keras_cv.layers.RandAugment(value_range=(0, 1))
+
+
+def _augmix():
+    import keras_cv  # pylint: disable=import-outside-toplevel
+    return keras_cv.layers.AugMix(value_range=(0, 1))
+
+
+# name -> factory of a batch augmentation [B, H, W, C] float in [0, 1] -> same. Factories, because
+# the keras-cv layers hold their own random state and are built once per preprocessing function.
+AUGMENTATIONS: dict[str, Callable[[], Callable[[tf.Tensor], tf.Tensor]]] = {
+    'none': lambda: _no_augment,
+    'flip_crop': lambda: _flip_crop,
+    'randaugment': _keras_cv(_randaugment),  # keras-cv defaults: 3 ops per image, magnitude 0.5.
+    'augmix': _keras_cv(_augmix),  # keras-cv defaults: severity 0.3, 3 chains.
 }
 
 
@@ -70,7 +101,7 @@ def make_preprocess(mean: Sequence[float], std: Sequence[float], augment: str,
     if len(mean) != len(std) or not len(mean) or min(std) <= 0:
         raise ValueError(f'mean={tuple(mean)} and std={tuple(std)} need one value per channel '
                          'and a positive std.')
-    augment_fn = AUGMENTATIONS[augment] if training else _no_augment
+    augment_fn = AUGMENTATIONS[augment]() if training else _no_augment
     mean_t = tf.constant(mean, tf.float32)
     std_t = tf.constant(std, tf.float32)
 

@@ -120,33 +120,40 @@ class VectorizedEngine:
   norms = ("l2", "l1")
 
   def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,
-               scaling: groups_lib.Scaling = groups_lib.Scaling(), norm: str = "l2"):
+               scaling: groups_lib.Scaling = groups_lib.Scaling(), norm: str = "l2",
+               augmult: int = 1):
     self._model = model
     self._groups = groups_lib.variable_groups(model, clip_groups)
     self._scaling = scaling
     self._norm = norm
+    self._augmult = augmult
 
   def __call__(self, loss_fn, images, labels, mask, clip):
-    """(clipped sums per variable, losses [B], logits [B, K], whole-gradient norms [B])."""
+    """(clipped sums per variable, losses [R], logits [R, K], whole-gradient norms [B]).
+
+    images and labels hold R = B * augmult rows, example-major; example i's gradient is the mean
+    over its augmult copies, clipped as one; mask is [B].
+    """
     gradients, losses, logits = vectorized_per_example_gradients(self._model, loss_fn, images,
                                                                  labels)
+    gradients = [groups_lib.example_means(g, self._augmult) for g in gradients]
     terms = [_NORM_TERMS[self._norm](g) for g in gradients]
     weights = groups_lib.clip_weights(terms, self._groups, clip, mask, self._scaling, self._norm)
     sums = [tf.tensordot(w, g, axes=1) for w, g in zip(weights, gradients)]
     return sums, losses, logits, groups_lib.whole_norms(terms, self._norm)
 
 
-def _fast_engine(model, clip_groups=None, scaling=groups_lib.Scaling(), norm="l2"):
+def _fast_engine(model, clip_groups=None, scaling=groups_lib.Scaling(), norm="l2", augmult=1):
   from tfdp.dp import fast  # pylint: disable=import-outside-toplevel  (fast imports the models)
   if norm != "l2":
     raise ValueError(f"the fast clipping engine computes L2 norms only; {norm.upper()} clipping "
                      "(--noise=laplace) needs --clipping=vectorized")
-  return fast.FastEngine(model, clip_groups, scaling)
+  return fast.FastEngine(model, clip_groups, scaling, augmult)
 
 
-# name -> factory(model, clip_groups, scaling, norm) -> engine(loss_fn, images, labels, mask, clip)
-#   returning (clipped sums per trainable variable, per-example losses, logits, per-example norms
-#   of the whole gradient before clipping).
+# name -> factory(model, clip_groups, scaling, norm, augmult) -> engine(loss_fn, images, labels,
+#   mask, clip) returning (clipped sums per trainable variable, per-row losses, per-row logits,
+#   per-example norms of the whole gradient before clipping).
 CLIPPING_ENGINES: Dict[str, Callable] = {
     "fast": _fast_engine,
     "vectorized": VectorizedEngine,
@@ -154,9 +161,12 @@ CLIPPING_ENGINES: Dict[str, Callable] = {
 
 
 def make_engine(name: str, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,
-                scaling: groups_lib.Scaling = groups_lib.Scaling(), norm: str = "l2"):
+                scaling: groups_lib.Scaling = groups_lib.Scaling(), norm: str = "l2",
+                augmult: int = 1):
   if name not in CLIPPING_ENGINES:
     raise ValueError(f"unknown clipping engine {name!r}; valid: {sorted(CLIPPING_ENGINES)}")
   if norm not in groups_lib.NORMS:
     raise ValueError(f"unknown clipping norm {norm!r}; valid: {sorted(groups_lib.NORMS)}")
-  return CLIPPING_ENGINES[name](model, clip_groups, scaling, norm)
+  if augmult < 1:
+    raise ValueError(f"augmult must be >= 1, got {augmult}")
+  return CLIPPING_ENGINES[name](model, clip_groups, scaling, norm, augmult)

@@ -81,6 +81,20 @@ NORMS: Dict[str, Norm] = {
 }
 
 
+def repeat_rows(per_example: tf.Tensor, augmult: int) -> tf.Tensor:
+  """[B, ...] -> [B * augmult, ...], each example's value on each of its copies (example-major)."""
+  return per_example if augmult == 1 else tf.repeat(per_example, augmult, axis=0)
+
+
+def example_means(per_row: tf.Tensor, augmult: int) -> tf.Tensor:
+  """[B * augmult, ...] -> [B, ...], the mean over each example's copies."""
+  if augmult == 1:
+    return per_row
+  shape = tf.shape(per_row)
+  grouped = tf.reshape(per_row, tf.concat([[-1, augmult], shape[1:]], 0))
+  return tf.reduce_mean(grouped, axis=1)
+
+
 def whole_norms(norm_terms: Sequence[tf.Tensor], norm: str = "l2") -> tf.Tensor:
   """[B] norm of each example's whole gradient from per-variable terms (squared or L1)."""
   return NORMS[norm].combine(tf.add_n(list(norm_terms)))

@@ -16,12 +16,17 @@ class FastEngine:
     model: a functional (or Sequential) Keras model without BatchNorm.
     clip_groups: None (flat), an int K, or 'layer' (see tfdp.dp.groups).
     scaling: the per-example rule, clip or normalize (see tfdp.dp.groups).
+    augmult: copies per example (augmentation multiplicity): rows i*augmult .. i*augmult +
+      augmult - 1 of a batch are example i's augmented copies, and example i's gradient is the mean
+      of theirs, clipped as one. With augmult > 1 the norms come from materialized per-example
+      gradients, one layer at a time.
   """
 
   def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,
-               scaling: groups_lib.Scaling = groups_lib.Scaling()):
+               scaling: groups_lib.Scaling = groups_lib.Scaling(), augmult: int = 1):
     self._model = model
     self._scaling = scaling
+    self._augmult = augmult
     self._groups = groups_lib.variable_groups(model, clip_groups)
     layers = groups_lib.parameter_layers(model)
     self.fast_layers = [layer for layer in layers if rules.rule_for(layer) is not None]
@@ -37,20 +42,25 @@ class FastEngine:
     self._position = {v.ref(): i for i, v in enumerate(model.trainable_variables)}
 
   def __call__(self, loss_fn, images, labels, mask, l2_norm_clip):
-    """(clipped sums per variable, losses [B], logits [B, K], whole-gradient L2 norms [B]).
+    """(clipped sums per variable, losses [R], logits [R, K], whole-gradient L2 norms [B]).
+
+    Args:
+      images, labels: R = B * augmult rows, example-major.
+      mask: [B], 1 for real examples and 0 for padding.
 
     Each example's gradient is clipped (per group) so the sum has L2 sensitivity l2_norm_clip;
-    rows with mask 0 contribute nothing.
+    examples with mask 0 contribute nothing.
     """
     n = len(self.fast_layers)
+    row_mask = groups_lib.repeat_rows(mask, self._augmult)
     with tf.GradientTape(persistent=bool(self._fallback_variables)) as tape:
       tapped = self._tap(images, training=True)
       logits, inputs, outputs = tapped[0], tapped[1:1 + n], tapped[1 + n:]
       losses = loss_fn(labels, logits)
-      total = tf.reduce_sum(losses * mask)
+      total = tf.reduce_sum(losses * row_mask) / self._augmult  # Σ_i mask_i * mean_k loss_ik.
     output_grads = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    fallback_grads = (tape.jacobian(losses, self._fallback_variables,
-                                    unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    fallback_grads = ([groups_lib.example_means(g, self._augmult) for g in tape.jacobian(
+        losses, self._fallback_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
                       if self._fallback_variables else [])
     del tape
 
@@ -67,9 +77,17 @@ class FastEngine:
       ordered[self._position[variable.ref()]] = value
     return ordered
 
+  def _layer_squared_norms(self, layer, a, dz):
+    rule = rules.rule_for(layer)
+    if self._augmult == 1:
+      return rule.squared_norms(layer, a, dz)
+    # dz already carries the 1/augmult of the mean, so an example's gradient is its rows' sum.
+    return [rules._row_squared_norms(groups_lib.example_means(g, self._augmult) * self._augmult)  # pylint: disable=protected-access
+            for g in rule.per_example_gradients(layer, a, dz)]
+
   def _squared_norms(self, inputs, output_grads, fallback_grads):
     per_layer = [n for layer, a, dz in zip(self.fast_layers, inputs, output_grads)
-                 for n in rules.rule_for(layer).squared_norms(layer, a, dz)]
+                 for n in self._layer_squared_norms(layer, a, dz)]
     fallback = [rules._row_squared_norms(g) for g in fallback_grads]  # pylint: disable=protected-access
     return self._in_model_order(per_layer, fallback)
 
@@ -78,7 +96,8 @@ class FastEngine:
                  ((v, self._position[v.ref()]) for v in self._model.trainable_variables)}
     per_layer = []
     for layer, a, dz in zip(self.fast_layers, inputs, output_grads):
-      layer_weights = weight_of[layer.trainable_weights[0].ref()]  # One group per layer.
+      layer_weights = groups_lib.repeat_rows(weight_of[layer.trainable_weights[0].ref()],
+                                             self._augmult)  # One group per layer.
       per_layer.extend(rules.rule_for(layer).weighted_sum(layer, a, dz, layer_weights))
     fallback = [tf.tensordot(weight_of[v.ref()], g, axes=1)
                 for v, g in zip(self._fallback_variables, fallback_grads)]
