@@ -47,11 +47,11 @@ def _indexed_dataset(n=200):
 # Registry.
 
 def test_registry_holds_the_loaders():
-    assert sorted(data.DATASETS) == ['cifar10', 'digits', 'folder', 'synthetic']
+    assert sorted(data.DATASETS) == ['cifar10', 'digits', 'folder', 'npz', 'synthetic']
 
 
 def test_unknown_dataset_lists_valid_names():
-    valid = r"\['cifar10', 'digits', 'folder', 'synthetic'\]"
+    valid = r"\['cifar10', 'digits', 'folder', 'npz', 'synthetic'\]"
     with pytest.raises(ValueError, match=r"'mnistt'.*" + valid):
         data.load_dataset('mnistt')
 
@@ -282,3 +282,51 @@ def test_cifar10_with_mock_data(tmp_path):
 def test_cifar10_missing_suggests_folder(tmp_path):
     with pytest.raises(data.DataError, match='--dataset=folder --data_dir='):
         data.load_dataset('cifar10', data_dir=str(tmp_path), download=False)
+
+
+def _write_npz(path, train=12, test=6, shape=(5, 5), **overrides):
+    rng = np.random.default_rng(0)
+    arrays = {
+        'train_images': rng.integers(0, 256, (train, *shape)).astype(np.uint8),
+        'train_labels': (np.arange(train) % 2).reshape(-1, 1).astype(np.uint8),
+        'val_images': rng.integers(0, 256, (3, *shape)).astype(np.uint8),
+        'val_labels': np.zeros((3, 1), np.uint8),
+        'test_images': rng.integers(0, 256, (test, *shape)).astype(np.uint8),
+        'test_labels': (np.arange(test) % 2).reshape(-1, 1).astype(np.uint8),
+    }
+    arrays.update(overrides)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return str(path)
+
+
+def test_npz_reads_the_medmnist_layout(tmp_path):
+    path = _write_npz(tmp_path / 'tiny.npz')
+    dataset = data.load_dataset('npz', path)
+    assert dataset.train_images.shape == (12, 5, 5, 1) and dataset.test_images.shape == (6, 5, 5, 1)
+    assert dataset.train_labels.tolist() == [0, 1] * 6 and dataset.class_names == ('0', '1')
+    with np.load(path) as arrays:
+        np.testing.assert_array_equal(dataset.train_images[..., 0], arrays['train_images'])
+    assert data.load_dataset('npz', path, train_examples=5, seed=1).num_train == 5
+    colour = data.load_dataset('npz', _write_npz(tmp_path / 'rgb.npz', shape=(4, 4, 3)))
+    assert colour.input_shape == (4, 4, 3) and colour.mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'test_labels': None}, 'no test_images/test_labels'),
+    ({'train_images': np.zeros((12, 5, 5), np.float32)}, 'must be uint8'),
+    ({'train_labels': np.zeros((12, 3), np.uint8)}, 'single-label'),
+    ({'train_labels': np.zeros((11, 1), np.uint8)}, '12 images but 11 labels'),
+])
+def test_npz_errors_name_the_file_and_array(tmp_path, overrides, message):
+    path = _write_npz(tmp_path / 'bad.npz', **overrides)
+    with pytest.raises(data.DataError, match=message):
+        data.load_dataset('npz', path)
+
+
+def test_npz_missing_or_corrupt_file(tmp_path):
+    with pytest.raises(data.DataError, match='path of an .npz file'):
+        data.load_dataset('npz', str(tmp_path / 'absent.npz'))
+    corrupt = tmp_path / 'corrupt.npz'
+    corrupt.write_bytes(b'not a zip file')
+    with pytest.raises(data.DataError, match='cannot read'):
+        data.load_dataset('npz', str(corrupt))

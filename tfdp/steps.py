@@ -5,7 +5,7 @@ one shape, and a draw larger than a chunk is never truncated). Each chunk contri
 clipped gradient sum; once all chunks are in, the DP optimizer adds noise once and applies the update.
 """
 
-from typing import Callable, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -126,23 +126,43 @@ class TrainStep:
 
 
 def make_evaluate(model: tf.keras.Model, preprocess: Callable, batch_size: int = 500,
-                  loss_fn: Callable = clipping.per_example_loss, scaling=None):
-  """Returns evaluate(images uint8 [M,...], labels [M]) -> (mean loss, accuracy)."""
+                  loss_fn: Callable = clipping.per_example_loss):
+  """Returns evaluate(images uint8 [M,...], labels [M]) -> dict of held-out metrics.
+
+  The dict has test_loss (mean), test_accuracy, test_balanced_accuracy (mean per-class recall: the
+  honest number on imbalanced classes) and test_auc (ROC AUC of class 1 for two classes, macro
+  one-vs-rest otherwise; None when a class is absent from the labels).
+  """
 
   @tf.function
-  def batch_stats(images, labels):
+  def batch_outputs(images, labels):
     logits = model(preprocess(images), training=False)
-    losses = loss_fn(labels, logits)
-    correct = tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64))
-    return tf.reduce_sum(losses), tf.reduce_sum(tf.cast(correct, tf.float32))
+    return tf.reduce_sum(loss_fn(labels, logits)), tf.nn.softmax(logits)
 
-  def evaluate(images: np.ndarray, labels: np.ndarray) -> Tuple[float, float]:
-    loss_sum, correct = 0.0, 0.0
+  def evaluate(images: np.ndarray, labels: np.ndarray) -> Dict[str, Optional[float]]:
+    loss_sum, probabilities = 0.0, []
     for start in range(0, len(images), batch_size):
-      batch_loss, batch_correct = batch_stats(images[start:start + batch_size],
-                                              labels[start:start + batch_size])
+      batch_loss, batch_probabilities = batch_outputs(images[start:start + batch_size],
+                                                      labels[start:start + batch_size])
       loss_sum += float(batch_loss)
-      correct += float(batch_correct)
-    return loss_sum / len(images), correct / len(images)
+      probabilities.append(batch_probabilities.numpy())
+    return {"test_loss": loss_sum / len(images),
+            **classification_metrics(labels, np.concatenate(probabilities))}
 
   return evaluate
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray
+                           ) -> Dict[str, Optional[float]]:
+  """Accuracy, balanced accuracy and ROC AUC of predicted class probabilities [M, K]."""
+  from sklearn import metrics  # pylint: disable=import-outside-toplevel
+  predicted = np.argmax(probabilities, axis=1)
+  classes = probabilities.shape[1]
+  auc = None
+  if len(np.unique(labels)) == classes:
+    auc = float(metrics.roc_auc_score(labels, probabilities[:, 1]) if classes == 2 else
+                metrics.roc_auc_score(labels, probabilities, multi_class="ovr", average="macro",
+                                      labels=np.arange(classes)))
+  return {"test_accuracy": float(np.mean(predicted == labels)),
+          "test_balanced_accuracy": float(metrics.balanced_accuracy_score(labels, predicted)),
+          "test_auc": auc}

@@ -277,7 +277,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
     train_seconds += stats.seconds
     train_examples_seen += stats.examples
     final_evaluation = evaluate(dataset.test_images, dataset.test_labels)
-    record = _epoch_record(epoch + 1, ledger, stats, *final_evaluation)
+    record = _epoch_record(epoch + 1, ledger, stats, final_evaluation)
     history.append(record)
     _log_epoch(writer, record)
     state.save(epoch + 1, ledger, history)
@@ -289,8 +289,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
 
   if final_evaluation is None:
     final_evaluation = evaluate(dataset.test_images, dataset.test_labels)
-  test_loss, test_accuracy = final_evaluation
-  metrics = _final_metrics(config, dataset, model, ledger, optimizer, test_loss, test_accuracy,
+  metrics = _final_metrics(config, dataset, model, ledger, optimizer, final_evaluation,
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
   if config.run.export:
@@ -302,7 +301,9 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
           model, test_preprocess, dataset.class_names, _export_dir(config))
   atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
                     json.dumps(metrics, indent=2, sort_keys=True))
-  print(f"Test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}; {ledger.statement()}")
+  print(f"Test accuracy {metrics['test_accuracy']:.4f}, balanced "
+        f"{metrics['test_balanced_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
+        f"{ledger.statement()}")
   return metrics
 
 
@@ -318,9 +319,11 @@ def _with_weights(evaluate, weight_average):
   return evaluate_released
 
 
-def _epoch_record(epoch, ledger, stats, test_loss, test_accuracy) -> dict:
-  record = {"epoch": epoch, "steps": ledger.steps, "test_loss": test_loss,
-            "test_accuracy": test_accuracy, **{f"train_{k}": v for k, v in stats.values().items()}}
+def _epoch_record(epoch, ledger, stats, evaluation) -> dict:
+  record = {"epoch": epoch, "steps": ledger.steps,
+            **{k: v for k, v in evaluation.items() if v is not None},
+            **{f"train_{k}": v for k, v in stats.values().items()}}
+  test_accuracy = evaluation["test_accuracy"]
   if ledger.private:
     record.update(epsilon=ledger.epsilon(), epsilon_pld=ledger.epsilon("pld"))
     print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
@@ -371,14 +374,13 @@ def _schedule_text(ledger) -> str:
           f"{ledger.noise_multiplier * ledger.epoch_factors[-1]:.4f}")
 
 
-def _final_metrics(config, dataset, model, ledger, optimizer, test_loss, test_accuracy,
+def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
                    examples_per_second: Optional[float], budget_exhausted: bool,
                    history: list) -> dict:
   private = ledger.private
   optimizer_clip = optimizer.clip_norm() if private else None  # Adaptive: where the clip ended.
   return {
-      "test_accuracy": test_accuracy,
-      "test_loss": test_loss,
+      **evaluation,
       "epsilon": ledger.epsilon() if private else None,
       "epsilon_pld": ledger.epsilon("pld") if private else None,
       "target_epsilon": ledger.target_epsilon,

@@ -295,6 +295,63 @@ def load_folder(data_dir: str | None = None, train_examples: int | None = None,
                    augment='flip_crop' if channels == 3 else 'none')
 
 
+@register('npz')
+def load_npz(data_dir: str | None = None, train_examples: int | None = None,
+             seed: int = 0) -> Dataset:
+    """A MedMNIST-layout .npz: `train_images`, `train_labels`, `test_images`, `test_labels`.
+
+    Images are uint8 [N, H, W] (grayscale) or [N, H, W, C]; labels are integers [N] or [N, 1]
+    (single-label tasks only). A `val_*` split, if present, is not used: tfdp reports the held-out
+    test split. Class names come from an optional `class_names` array, else '0', '1', ....
+    Normalization is the public constant 0.5 per channel, never statistics of the private images.
+
+    Args:
+        data_dir: path of the .npz file (e.g. ../shared/data/pneumoniamnist.npz).
+        train_examples: if given, keep `subset(dataset, train_examples, seed)` of the train split.
+        seed: picks that subset.
+
+    Raises:
+        DataError: the file is missing or unreadable, or an array is absent or malformed; the
+            message names the file and the array.
+    """
+    if data_dir is None or not os.path.isfile(data_dir):
+        raise DataError(f'npz: --data_dir must be the path of an .npz file, got {data_dir!r}.')
+    try:
+        with np.load(data_dir, allow_pickle=False) as arrays:
+            contents = {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError) as error:
+        raise DataError(f'npz: cannot read {data_dir}: {error}') from None
+    splits = {split: _npz_split(contents, split, data_dir) for split in ('train', 'test')}
+    classes = int(max(splits['train'][1].max(), splits['test'][1].max())) + 1
+    names = contents.get('class_names')
+    class_names = (tuple(str(n) for n in names) if names is not None
+                   else tuple(str(c) for c in range(classes)))
+    channels = splits['train'][0].shape[-1]
+    dataset = Dataset(name='npz', train_images=splits['train'][0], train_labels=splits['train'][1],
+                      test_images=splits['test'][0], test_labels=splits['test'][1],
+                      class_names=class_names, mean=(0.5,) * channels, std=(0.5,) * channels,
+                      augment='none')  # Medical images: flips can change meaning; opt in.
+    return _maybe_subset(dataset, train_examples, seed)
+
+
+def _npz_split(contents: dict, split: str, path: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = contents.get(f'{split}_images'), contents.get(f'{split}_labels')
+    if images is None or labels is None:
+        raise DataError(f'npz: {path} has no {split}_images/{split}_labels arrays '
+                        f'(it has {sorted(contents)}).')
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DataError(f'npz: {path}: {split}_images must be uint8 [N, H, W] or [N, H, W, C], '
+                        f'got {images.dtype} {images.shape}.')
+    if labels.ndim == 2 and labels.shape[1] != 1:
+        raise DataError(f'npz: {path}: {split}_labels has shape {labels.shape}; only single-label '
+                        'tasks ([N] or [N, 1]) are supported.')
+    labels = labels.reshape(-1).astype(np.int64)
+    if len(labels) != len(images) or labels.min() < 0:
+        raise DataError(f'npz: {path}: {split} has {len(images)} images but {len(labels)} labels '
+                        'or negative labels.')
+    return (images[..., None] if images.ndim == 3 else images), labels
+
+
 def _scan_folder(data_dir: str | None) -> tuple:
     """Checks the folder layout; returns class_names and (paths, labels) for train and test."""
     if data_dir is None or not os.path.isdir(data_dir):
