@@ -11,7 +11,7 @@ from tfdp import checkpointing
 from tfdp import config as config_lib
 from tfdp import optimizers
 from tfdp import steps
-from tfdp import training
+from tfdp import planning
 from tfdp.dp import clipping
 from tfdp.privacy import ledger as ledger_lib
 
@@ -93,8 +93,8 @@ def _dice_config(**privacy):
 
 def test_noise_std_is_the_papers_and_the_summary_states_the_guarantee():
   config = _dice_config(dice_error_clip=C2)
-  ledger = training.plan_privacy(config, num_train=1000)
-  query = training.noise_query(config, ledger, ref.small_conv_model())
+  ledger = planning.plan_privacy(config, num_train=1000)
+  query = planning.noise_query(config, ledger, ref.small_conv_model())
   optimizer = optimizers.build_optimizer("dice_sgd", 0.1, dp_query=query, error_clip=C2)
   assert optimizer.noise_multiplier == pytest.approx(1.5 * math.sqrt(1 + 2 * C2 / C1))
   assert ledger.noise_multiplier == 1.5  # The accountant composes DP-SGD's σ, per the paper.

@@ -27,6 +27,8 @@ def test_there_is_a_flagfile_per_published_configuration():
     for optimizer in ("dp_sgd", "dp_rmsprop", "dp_adagrad"):
       assert f"cifar10_{model}_{optimizer}_eps3.flags" in names
   assert {"cifar10_efficientnet_b0_dp_adam_eps5.flags", "cifar10_wrn16_4_dp_sgd_eps1_de2022.flags",
+          "cifar10_convnet_dp_sgd_eps3.flags", "pneumoniamnist_convnet_dp_sgd_eps3.flags",
+          "pneumoniamnist_convnet_dp_sgd_eps1.flags", "pneumoniamnist_convnet_sgd_nonprivate.flags",
           "quickstart.flags"} <= names
 
 
@@ -35,9 +37,12 @@ def test_flagfile_is_a_valid_run(path):
   from tfdp import models
   from tfdp.dp import groups
   config = _config(path)
-  assert config.optimizer.private and config.privacy.epsilon is not None
+  private = "nonprivate" not in os.path.basename(path)
+  assert config.optimizer.private == private
+  assert (config.privacy.epsilon is not None) == private
   assert os.path.basename(config.run.output_dir) == os.path.basename(path)[:-len(".flags")]
-  shape, classes = ((8, 8, 1), 10) if config.data.dataset == "digits" else ((32, 32, 3), 10)
+  shape, classes = {"digits": ((8, 8, 1), 10), "npz": ((28, 28, 1), 2),
+                    "folder": ((32, 32, 3), 10)}[config.data.dataset]
   model = models.build_model(config.model.name, classes, shape, **config.model.kwargs)
   groups.variable_groups(model, config.privacy.clip_groups)  # Raises if K exceeds the layers.
   with open(path) as f:

@@ -2,7 +2,6 @@
 
 import math
 
-import dp_accounting
 import numpy as np
 import pytest
 

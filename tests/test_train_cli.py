@@ -46,7 +46,7 @@ def test_quick_digits_run_learns_within_budget(tmp_path):
               "train_examples", "examples_per_second", "model", "optimizer"):
     assert metrics[key] is not None, key
   assert os.path.exists(tmp_path / "run" / "saved_model" / "saved_model.pb")
-  assert os.path.exists(tmp_path / "run" / "export" / "saved_model.pb")
+  assert os.path.exists(tmp_path / "run" / "export" / "1" / "saved_model.pb")  # TF Serving layout.
   assert os.listdir(tmp_path / "run" / "tensorboard")
   assert "ε" in output and "trainable parameters" in output
   _assert_export_reproduces_accuracy(tmp_path / "run" / "saved_model", metrics["test_accuracy"])

@@ -45,3 +45,21 @@ class RunState:
     state = {"epoch": epoch, "checkpoint": os.path.basename(prefix),
              "ledger": json.loads(ledger.to_json()), "history": history}
     atomic.write_text(self._state_path, json.dumps(state, indent=2, sort_keys=True))
+
+
+def restore_weights(output_dir: str, model: tf.keras.Model, weight_average=None):
+  """Restores only the model (and EMA) of a run's last complete checkpoint, for export.
+
+  Returns:
+    (epochs done, ledger, history) from state.json. Raises ValueError if there is no checkpoint.
+  """
+  state_path = os.path.join(output_dir, "state.json")
+  if not os.path.exists(state_path):
+    raise ValueError(f"{output_dir} has no completed epoch to export (no state.json)")
+  with open(state_path) as f:
+    state = json.load(f)
+  extra = {"ema": weight_average} if weight_average is not None else {}
+  checkpoint = tf.train.Checkpoint(model=model, **extra)
+  prefix = os.path.join(output_dir, "checkpoints", state["checkpoint"])
+  checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+  return state["epoch"], ledger_lib.PrivacyLedger(**state["ledger"]), state["history"]

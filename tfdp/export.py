@@ -1,25 +1,61 @@
-"""SavedModel export with a serving signature that applies the training preprocessing in-graph."""
+"""SavedModel export for TF Serving, with the training preprocessing and a model card inside.
 
+Signatures (both return `probabilities` [batch, classes] float32, `classes` [batch] int32 and
+`class_names` [batch, classes] string):
+- `serving_default`: `image_bytes` [batch] tf.string of encoded JPEG/PNG/BMP/GIF files (a REST client
+  sends them base64 as {"b64": ...}); each is decoded, resized to the model's input size (bilinear,
+  rounded back to uint8 pixels) and preprocessed in-graph.
+- `predict_pixels`: `pixels` [batch, H, W, C] uint8.
+Only the model's weights are saved: no optimizer state, no data. The model card (tfdp.model_card) is
+an asset, assets/model_card.json, and is also written beside the version directory.
+
+Layout: `export_versioned(..., base_dir)` writes base_dir/<version>/ with the next free integer
+version, the layout TF Serving polls.
+
+  python -m tfdp.export --checkpoint_dir=runs/quickstart --export_dir=saved_models/quickstart
+"""
+
+import json
 import os
-from typing import Callable, Sequence
+import sys
+import tempfile
+from typing import Callable, Optional, Sequence
 
+from absl import app
+from absl import flags
 import tensorflow as tf
 
 from tfdp import atomic
 
+MODEL_CARD = "model_card.json"
+
 
 class _Classifier(tf.Module):
-  """Wraps a trained model: uint8 pixels -> class probabilities, with preprocessing inside."""
+  """Wraps a trained model: pixels or encoded images -> class probabilities, preprocessing inside."""
 
-  def __init__(self, model: tf.keras.Model, preprocess: Callable, class_names: Sequence[str]):
+  def __init__(self, model: tf.keras.Model, preprocess: Callable, class_names: Sequence[str],
+               model_card_path: Optional[str] = None):
     super().__init__()
     self.model = model
     self._preprocess = preprocess
     self.class_names = tf.constant(list(class_names))
-    height, width, channels = model.input_shape[1:]
-    self.predict_pixels = tf.function(
-        self._predict,
-        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="pixels")])
+    if model_card_path:
+      self.model_card = tf.saved_model.Asset(model_card_path)
+    self._height, self._width, self._channels = model.input_shape[1:]
+    self.predict_pixels = tf.function(self._predict, input_signature=[
+        tf.TensorSpec([None, self._height, self._width, self._channels], tf.uint8, name="pixels")])
+    self.predict_images = tf.function(self._predict_encoded, input_signature=[
+        tf.TensorSpec([None], tf.string, name="image_bytes")])
+
+  def _decode(self, encoded):
+    image = tf.io.decode_image(encoded, channels=self._channels, expand_animations=False)
+    resized = tf.image.resize(image, [self._height, self._width], method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+  def _predict_encoded(self, image_bytes):
+    pixels = tf.map_fn(self._decode, image_bytes, fn_output_signature=tf.TensorSpec(
+        [self._height, self._width, self._channels], tf.uint8))
+    return self._predict(pixels)
 
   def _predict(self, pixels):
     logits = self.model(self._preprocess(pixels), training=False)
@@ -33,16 +69,64 @@ class _Classifier(tf.Module):
 
 
 def export_saved_model(model: tf.keras.Model, preprocess: Callable, class_names: Sequence[str],
-                       export_dir: str) -> str:
-  """Writes a SavedModel to `export_dir` atomically (temp dir, then rename).
-
-  Signatures: `serving_default` and `predict_pixels`, both taking uint8 pixels [batch, H, W, C]
-  and returning `probabilities` [batch, classes] float32, `classes` [batch] int32 and
-  `class_names` [batch, classes] string. No optimizer state or data is exported.
-  """
-  module = _Classifier(model, preprocess, class_names)
+                       export_dir: str, model_card: Optional[dict] = None) -> str:
+  """Writes a SavedModel to `export_dir` atomically (temp dir, then rename); returns its path."""
   temp_dir = atomic.temp_dir_beside(export_dir)
-  signatures = {"serving_default": module.predict_pixels, "predict_pixels": module.predict_pixels}
-  tf.saved_model.save(module, temp_dir, signatures=signatures)
+  with tempfile.TemporaryDirectory() as scratch:
+    card_path = None
+    if model_card is not None:
+      card_path = os.path.join(scratch, MODEL_CARD)
+      with open(card_path, "w") as f:
+        json.dump(model_card, f, indent=2, sort_keys=True)
+    module = _Classifier(model, preprocess, class_names, card_path)
+    signatures = {"serving_default": module.predict_images,
+                  "predict_pixels": module.predict_pixels}
+    tf.saved_model.save(module, temp_dir, signatures=signatures)
   atomic.replace_dir(temp_dir, export_dir)
   return os.path.abspath(export_dir)
+
+
+def next_version(base_dir: str) -> int:
+  """1 + the largest integer-named subdirectory of base_dir (1 when there is none)."""
+  versions = [int(name) for name in (os.listdir(base_dir) if os.path.isdir(base_dir) else [])
+              if name.isdigit()]
+  return max(versions, default=0) + 1
+
+
+def export_versioned(model: tf.keras.Model, preprocess: Callable, class_names: Sequence[str],
+                     base_dir: str, model_card: Optional[dict] = None) -> str:
+  """Exports to base_dir/<next version>/ and writes the model card beside it; returns the path."""
+  path = export_saved_model(model, preprocess, class_names,
+                            os.path.join(base_dir, str(next_version(base_dir))), model_card)
+  if model_card is not None:
+    atomic.write_text(os.path.join(base_dir, MODEL_CARD),
+                      json.dumps(model_card, indent=2, sort_keys=True))
+  return path
+
+
+def latest_version(model_dir: str) -> str:
+  """`model_dir` itself if it holds a SavedModel, else its highest-numbered version directory."""
+  if os.path.exists(os.path.join(model_dir, "saved_model.pb")):
+    return model_dir
+  version = next_version(model_dir) - 1
+  if version < 1:
+    raise ValueError(f"{model_dir} holds no SavedModel (no saved_model.pb and no version dirs)")
+  return os.path.join(model_dir, str(version))
+
+
+def main(argv):
+  del argv
+  from tfdp import release  # pylint: disable=import-outside-toplevel  (it imports this module)
+  try:
+    path = release.export_run(flags.FLAGS.checkpoint_dir, flags.FLAGS.export_dir)
+  except (ValueError, OSError) as error:
+    sys.exit(f"tfdp.export: error: {error}")
+  print(f"Exported {path}")
+
+
+if __name__ == "__main__":
+  # Defined only when run as a program: tfdp.train, which imports this module, has --export_dir.
+  flags.DEFINE_string("checkpoint_dir", None, "A tfdp.train --output_dir (its last checkpoint).")
+  flags.DEFINE_string("export_dir", None, "Base directory; the next version number goes in it.")
+  flags.mark_flags_as_required(["checkpoint_dir", "export_dir"])
+  app.run(main)

@@ -5,15 +5,12 @@ planned steps spend at most ε (RDP accountant); with a given σ the ε is only 
 ledger is consulted before every step, and a step that would spend past the target is not taken.
 """
 
-import contextlib
 import json
-import math
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 
 from tfdp import atomic
@@ -23,16 +20,15 @@ from tfdp import data
 from tfdp import ema
 from tfdp import export
 from tfdp import losses
-from tfdp import lr_schedules
+from tfdp import model_card
 from tfdp import models
-from tfdp import optimizers
+from tfdp import planning
+from tfdp import release
 from tfdp import steps as steps_lib
 from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
-from tfdp.privacy import accounting
 from tfdp.privacy import ledger as ledger_lib
-from tfdp.privacy import mechanisms
-from tfdp.privacy import schedules
+
 
 def load_training_data(config: config_lib.Config) -> data.Dataset:
   """The dataset with its seeded training subset; checks what depends on N."""
@@ -45,97 +41,6 @@ def load_training_data(config: config_lib.Config) -> data.Dataset:
     raise ValueError(f"delta {config.privacy.delta:g} must be < 1/N = {1 / n:.3g} "
                      f"(N = {n} training examples)")
   return dataset
-
-
-def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.PrivacyLedger:
-  """A fresh ledger: σ calibrated to the target ε over the planned steps, or σ as given.
-
-  With a noise schedule, the schedule's base σ is calibrated so the whole schedule spends at most
-  the target. With Laplace noise, "σ" is the Laplace scale over the L1 clip, accounted by PLD.
-  """
-  q = config.run.batch_size / num_train
-  steps_per_epoch = math.ceil(num_train / config.run.batch_size)
-  planned_steps = config.run.epochs * steps_per_epoch
-  privacy = config.privacy
-  factors = (() if privacy.noise_schedule == "constant" else schedules.epoch_factors(
-      privacy.noise_schedule, config.run.epochs, privacy.schedule_params))
-  shape = [(f, steps_per_epoch) for f in factors] or [(1.0, planned_steps)]
-  accountant = "pld" if privacy.noise == "laplace" else "rdp"
-  if not config.optimizer.private:
-    sigma = 0.0
-  elif privacy.noise_multiplier is not None:
-    sigma = privacy.noise_multiplier
-  else:
-    sigma = accounting.calibrate_schedule(privacy.epsilon, privacy.delta, q, shape, accountant,
-                                          noise=privacy.noise)
-  ledger = ledger_lib.PrivacyLedger(
-      noise_multiplier=sigma, sampling_probability=q, delta=privacy.delta,
-      sampling=config.data.sampling, target_epsilon=privacy.epsilon, noise=privacy.noise,
-      schedule=privacy.noise_schedule, epoch_factors=list(factors),
-      steps_per_epoch=steps_per_epoch if factors else 0,
-      notes=mechanism_notes(config, sigma) if config.optimizer.private else [])
-  ledger.record("start", planned_steps=planned_steps,
-                calibrated=privacy.noise_multiplier is None and config.optimizer.private)
-  if ledger.max_steps() == 0 and ledger.private:
-    raise ValueError(f"noise_multiplier {sigma} spends more than epsilon {privacy.epsilon} in a "
-                     "single step; raise --noise_multiplier or drop it to calibrate")
-  return ledger
-
-
-def mechanism_notes(config: config_lib.Config, sigma: float) -> List[str]:
-  """What σ means for the configured mechanism, one sentence each; raises ValueError when the
-  mechanism cannot be built at this σ (adaptive clipping's count noise alone exceeding it)."""
-  privacy, notes = config.privacy, []
-  if privacy.layer_noise != "uniform":
-    notes.append(f"per-group noise ({privacy.layer_noise}): group stds s_k chosen so that the "
-                 f"effective σ = 1/sqrt(Σ C_k²/s_k²) is the σ above")
-  if privacy.adaptive_clip_quantile is not None:
-    count_std = config.adaptive_clip_count_stddev
-    split = mechanisms.adaptive_gradient_noise_multiplier(sigma, count_std)
-    notes.append(f"adaptive clipping (Andrew et al. 2021) to quantile "
-                 f"{privacy.adaptive_clip_quantile}: gradient σ_Δ = {split:.4f} and unclipped-count "
-                 f"noise std {count_std:g} combine into the σ above")
-  if config.optimizer.name == "dice_sgd":
-    c2 = privacy.dice_error_clip or privacy.l2_norm_clip
-    factor = mechanisms.dice_noise_factor(privacy.l2_norm_clip, c2)
-    notes.append(f"DiceSGD (Zhang et al. 2024), C1 = {privacy.l2_norm_clip:g}, C2 = {c2:g}: noise "
-                 f"std σ·C1·sqrt(1 + 2·C2/C1) = {sigma * privacy.l2_norm_clip * factor:.4f}; this "
-                 "ε is DP-SGD's at σ, which the paper's Rényi-DP analysis extends to the hidden "
-                 "error-feedback state (tfdp applies that theorem, it does not re-derive it)")
-  return notes
-
-
-def noise_query(config: config_lib.Config, ledger: ledger_lib.PrivacyLedger,
-                model: tf.keras.Model):
-  """The DPQuery that noises the clipped sums (tfdp.dp.noise), or None for non-private runs."""
-  privacy, sigma = config.privacy, ledger.noise_multiplier
-  if not config.optimizer.private:
-    return None
-  if privacy.noise == "laplace":
-    return noise.LaplaceSumQuery(privacy.l1_norm_clip, sigma * privacy.l1_norm_clip)
-  if privacy.adaptive_clip_quantile is not None:
-    return noise.adaptive(privacy.l2_norm_clip, sigma, privacy.adaptive_clip_quantile,
-                          privacy.adaptive_clip_learning_rate, config.adaptive_clip_count_stddev,
-                          config.run.batch_size)
-  if config.optimizer.name == "dice_sgd":
-    sigma *= mechanisms.dice_noise_factor(privacy.l2_norm_clip,
-                                          privacy.dice_error_clip or privacy.l2_norm_clip)
-  groups = dp_groups.variable_groups(model, privacy.clip_groups)
-  return noise.gaussian(privacy.l2_norm_clip, sigma, groups, privacy.layer_noise)
-
-
-def build_optimizer(config: config_lib.Config, ledger: ledger_lib.PrivacyLedger,
-                    model: tf.keras.Model, steps_per_epoch: int):
-  """The optimizer with its learning-rate schedule over the planned steps and its noise query."""
-  options = config.optimizer
-  learning_rate = lr_schedules.make_schedule(
-      options.lr_schedule, options.step_size, total_steps=ledger.history[0]["planned_steps"],
-      end_learning_rate=options.end_learning_rate,
-      warmup_steps=round(options.warmup_epochs * steps_per_epoch))
-  return optimizers.build_optimizer(
-      options.name, learning_rate, momentum=options.momentum,
-      hyperparameters=dict(options.hyperparameters), dp_query=noise_query(config, ledger, model),
-      error_clip=config.privacy.dice_error_clip)
 
 
 def _restore_or_start(state: checkpointing.RunState, planned: ledger_lib.PrivacyLedger):
@@ -224,7 +129,7 @@ def prepare(config: config_lib.Config):
     (dataset, ledger). Raises ValueError (or data.DataError) naming the problem.
   """
   dataset = load_training_data(config)
-  return dataset, plan_privacy(config, dataset.num_train)
+  return dataset, planning.plan_privacy(config, dataset.num_train)
 
 
 def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
@@ -241,7 +146,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   loss_fn = losses.get(config.model.loss)
   sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
                               config.chunk_size, config.run.seed)
-  optimizer = build_optimizer(config, ledger, model, sampler.steps_per_epoch)
+  optimizer = planning.build_optimizer(config, ledger, model, sampler.steps_per_epoch)
   augment = config.data.augment or dataset.augment
   train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
   test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
@@ -260,7 +165,8 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   extra = {"ema": weight_average} if weight_average else {}
   state = checkpointing.RunState(config.run.output_dir, model, optimizer, **extra)
   start_epoch, ledger, history = _restore_or_start(state, ledger)
-  evaluate = _with_weights(steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn),
+  release.write_run_spec(config, dataset)
+  evaluate = release.with_weights(steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn),
                           weight_average)
   _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
 
@@ -293,30 +199,19 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
   if config.run.export:
-    with _released_weights(weight_average):
+    card = model_card.build(metrics)
+    with release.released_weights(weight_average):
       metrics["saved_model"] = export.export_saved_model(
           model, test_preprocess, dataset.class_names,
-          os.path.join(config.run.output_dir, "saved_model"))
-      metrics["export_dir"] = export.export_saved_model(
-          model, test_preprocess, dataset.class_names, _export_dir(config))
+          os.path.join(config.run.output_dir, "saved_model"), card)
+      metrics["export_dir"] = export.export_versioned(
+          model, test_preprocess, dataset.class_names, _export_dir(config), card)
   atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
                     json.dumps(metrics, indent=2, sort_keys=True))
   print(f"Test accuracy {metrics['test_accuracy']:.4f}, balanced "
         f"{metrics['test_balanced_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
         f"{ledger.statement()}")
   return metrics
-
-
-def _released_weights(weight_average):
-  """The weights a run evaluates and exports: the EMA's when it has one, else the live ones."""
-  return weight_average.applied() if weight_average else contextlib.nullcontext()
-
-
-def _with_weights(evaluate, weight_average):
-  def evaluate_released(images, labels):
-    with _released_weights(weight_average):
-      return evaluate(images, labels)
-  return evaluate_released
 
 
 def _epoch_record(epoch, ledger, stats, evaluation) -> dict:

@@ -1,0 +1,108 @@
+"""The privacy plan of a run, decided before any training: σ (calibrated or given), the noise
+schedule, what σ means for the configured mechanism, the noise DPQuery and the optimizer."""
+
+import math
+from typing import List
+
+import tensorflow as tf
+
+from tfdp import config as config_lib
+from tfdp import lr_schedules
+from tfdp import optimizers
+from tfdp.dp import groups as dp_groups
+from tfdp.dp import noise
+from tfdp.privacy import accounting
+from tfdp.privacy import ledger as ledger_lib
+from tfdp.privacy import mechanisms
+from tfdp.privacy import schedules
+
+
+def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.PrivacyLedger:
+  """A fresh ledger: σ calibrated to the target ε over the planned steps, or σ as given.
+
+  With a noise schedule, the schedule's base σ is calibrated so the whole schedule spends at most
+  the target. With Laplace noise, "σ" is the Laplace scale over the L1 clip, accounted by PLD.
+  """
+  q = config.run.batch_size / num_train
+  steps_per_epoch = math.ceil(num_train / config.run.batch_size)
+  planned_steps = config.run.epochs * steps_per_epoch
+  privacy = config.privacy
+  factors = (() if privacy.noise_schedule == "constant" else schedules.epoch_factors(
+      privacy.noise_schedule, config.run.epochs, privacy.schedule_params))
+  shape = [(f, steps_per_epoch) for f in factors] or [(1.0, planned_steps)]
+  accountant = "pld" if privacy.noise == "laplace" else "rdp"
+  if not config.optimizer.private:
+    sigma = 0.0
+  elif privacy.noise_multiplier is not None:
+    sigma = privacy.noise_multiplier
+  else:
+    sigma = accounting.calibrate_schedule(privacy.epsilon, privacy.delta, q, shape, accountant,
+                                          noise=privacy.noise)
+  ledger = ledger_lib.PrivacyLedger(
+      noise_multiplier=sigma, sampling_probability=q, delta=privacy.delta,
+      sampling=config.data.sampling, target_epsilon=privacy.epsilon, noise=privacy.noise,
+      schedule=privacy.noise_schedule, epoch_factors=list(factors),
+      steps_per_epoch=steps_per_epoch if factors else 0,
+      notes=mechanism_notes(config, sigma) if config.optimizer.private else [])
+  ledger.record("start", planned_steps=planned_steps,
+                calibrated=privacy.noise_multiplier is None and config.optimizer.private)
+  if ledger.max_steps() == 0 and ledger.private:
+    raise ValueError(f"noise_multiplier {sigma} spends more than epsilon {privacy.epsilon} in a "
+                     "single step; raise --noise_multiplier or drop it to calibrate")
+  return ledger
+
+
+def mechanism_notes(config: config_lib.Config, sigma: float) -> List[str]:
+  """What σ means for the configured mechanism, one sentence each; raises ValueError when the
+  mechanism cannot be built at this σ (adaptive clipping's count noise alone exceeding it)."""
+  privacy, notes = config.privacy, []
+  if privacy.layer_noise != "uniform":
+    notes.append(f"per-group noise ({privacy.layer_noise}): group stds s_k chosen so that the "
+                 f"effective σ = 1/sqrt(Σ C_k²/s_k²) is the σ above")
+  if privacy.adaptive_clip_quantile is not None:
+    count_std = config.adaptive_clip_count_stddev
+    split = mechanisms.adaptive_gradient_noise_multiplier(sigma, count_std)
+    notes.append(f"adaptive clipping (Andrew et al. 2021) to quantile "
+                 f"{privacy.adaptive_clip_quantile}: gradient σ_Δ = {split:.4f} and unclipped-count "
+                 f"noise std {count_std:g} combine into the σ above")
+  if config.optimizer.name == "dice_sgd":
+    c2 = privacy.dice_error_clip or privacy.l2_norm_clip
+    factor = mechanisms.dice_noise_factor(privacy.l2_norm_clip, c2)
+    notes.append(f"DiceSGD (Zhang et al. 2024), C1 = {privacy.l2_norm_clip:g}, C2 = {c2:g}: noise "
+                 f"std σ·C1·sqrt(1 + 2·C2/C1) = {sigma * privacy.l2_norm_clip * factor:.4f}; this "
+                 "ε is DP-SGD's at σ, which the paper's Rényi-DP analysis extends to the hidden "
+                 "error-feedback state (tfdp applies that theorem, it does not re-derive it)")
+  return notes
+
+
+def noise_query(config: config_lib.Config, ledger: ledger_lib.PrivacyLedger,
+                model: tf.keras.Model):
+  """The DPQuery that noises the clipped sums (tfdp.dp.noise), or None for non-private runs."""
+  privacy, sigma = config.privacy, ledger.noise_multiplier
+  if not config.optimizer.private:
+    return None
+  if privacy.noise == "laplace":
+    return noise.LaplaceSumQuery(privacy.l1_norm_clip, sigma * privacy.l1_norm_clip)
+  if privacy.adaptive_clip_quantile is not None:
+    return noise.adaptive(privacy.l2_norm_clip, sigma, privacy.adaptive_clip_quantile,
+                          privacy.adaptive_clip_learning_rate, config.adaptive_clip_count_stddev,
+                          config.run.batch_size)
+  if config.optimizer.name == "dice_sgd":
+    sigma *= mechanisms.dice_noise_factor(privacy.l2_norm_clip,
+                                          privacy.dice_error_clip or privacy.l2_norm_clip)
+  groups = dp_groups.variable_groups(model, privacy.clip_groups)
+  return noise.gaussian(privacy.l2_norm_clip, sigma, groups, privacy.layer_noise)
+
+
+def build_optimizer(config: config_lib.Config, ledger: ledger_lib.PrivacyLedger,
+                    model: tf.keras.Model, steps_per_epoch: int):
+  """The optimizer with its learning-rate schedule over the planned steps and its noise query."""
+  options = config.optimizer
+  learning_rate = lr_schedules.make_schedule(
+      options.lr_schedule, options.step_size, total_steps=ledger.history[0]["planned_steps"],
+      end_learning_rate=options.end_learning_rate,
+      warmup_steps=round(options.warmup_epochs * steps_per_epoch))
+  return optimizers.build_optimizer(
+      options.name, learning_rate, momentum=options.momentum,
+      hyperparameters=dict(options.hyperparameters), dp_query=noise_query(config, ledger, model),
+      error_clip=config.privacy.dice_error_clip)
