@@ -1,5 +1,7 @@
 """Configs reject bad values with messages that name them."""
 
+import re
+
 import pytest
 
 from tfdp import config
@@ -35,3 +37,32 @@ def test_default_chunk_follows_the_engine():
 def test_clip_groups_validation(bad):
   with pytest.raises(ValueError, match="clip_groups"):
     config.PrivacyConfig(clip_groups=bad)
+
+
+@pytest.mark.parametrize("argv,message", [
+    ("--noise=laplace", "--clipping=vectorized"),
+    ("--layer_noise=depth_decay", "needs --clip_groups"),
+    ("--adaptive_clip_quantile=0.5 --noise_schedule=cosine", "cannot be combined"),
+    ("--adaptive_clip_quantile=1.5", "adaptive_clip_quantile must be in (0, 1)"),
+    ("--dice_error_clip=2", "needs --optimizer=dice_sgd"),
+    ("--optimizer=dice_sgd --dice_error_clip=0.5", "must be >= l2_norm_clip"),
+    ("--epsilon_adam=0.001", "does not take epsilon"),
+    ("--optimizer=dp_adam --rho=0.9", "does not take rho"),
+    ("--noise_schedule=step --noise_schedule_step_epochs=0", "noise_schedule_step_epochs"),
+    ("--noise_schedule=cosine --noise_schedule_end_factor=0", "end_factor"),
+    ("--augmult=0", "augmult must be >= 1"),
+    ("--ema_decay=1", "ema_decay must be in (0, 1)"),
+    ("--lr_schedule=warmup_cosine --warmup_epochs=5", "must be shorter than the run"),
+    ("--weight_decay=-1", "weight_decay must be >= 0"),
+])
+def test_flag_combinations_are_refused_naming_the_problem(argv, message):
+  """In-process: the command-line path (one line, exit non-zero) is tested in test_train_cli.py."""
+  from absl import flags
+  from tfdp import train
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS(["tfdp.train", "--epsilon=3", *argv.split()])
+    with pytest.raises(ValueError, match=re.escape(message)):
+      train.config_from_flags()
+  finally:
+    flags.FLAGS.unparse_flags()

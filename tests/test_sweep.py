@@ -59,11 +59,15 @@ def test_tiny_grid_runs_resumes_and_its_tables_and_plots_agree(tmp_path):
   assert "0 runs executed, 4 reused" in output and output.count("skipped") == 4
 
 
-def test_bad_grids_fail_with_one_line(tmp_path):
-  for grid, message in [("--grid=learning_rate", "flag=v1,v2"), ("--grid=warp=1,2", "warp"),
-                        ("--grid=seed=1,2", "--seeds")]:
-    code, output = _sweep(tmp_path, grid)
-    assert code != 0 and message in output, output
+def test_bad_grids_are_refused_naming_the_problem(tmp_path):
+  known = ["epsilon", "learning_rate", "seed"]
+  for grid, message in [("learning_rate", "flag=v1,v2"), ("warp=1,2", "warp"),
+                        ("seed=1,2", "--seeds")]:
+    with pytest.raises(ValueError, match=message):
+      sweep.parse_grid(grid, known)
+  code, output = _sweep(tmp_path, "--grid=warp=1,2")  # The command line says it in one line.
+  assert code != 0 and "tfdp.sweep: error: --grid names 'warp'" in output, output
+  assert not (tmp_path / "runs").exists()
 
 
 def test_spread_and_runs_of_a_grid():

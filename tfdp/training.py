@@ -152,22 +152,13 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
   weight_average = (ema.WeightAverage(model, config.run.ema_decay) if config.run.ema_decay
                     else None)
-  step_fn = steps_lib.TrainStep(model, optimizer, train_preprocess,
-                                private=config.optimizer.private,
-                                expected_batch_size=config.run.batch_size,
-                                engine=config.privacy.clipping,
-                                clip_groups=config.privacy.clip_groups,
-                                scaling=config.privacy.scaling, norm=config.privacy.norm,
-                                augmult=config.data.augmult,
-                                weight_decay=config.optimizer.weight_decay,
-                                weight_average=weight_average,
-                                jit_compile=config.run.jit_compile, loss_fn=loss_fn)
+  step_fn = _make_step(config, model, optimizer, train_preprocess, weight_average, loss_fn)
   extra = {"ema": weight_average} if weight_average else {}
   state = checkpointing.RunState(config.run.output_dir, model, optimizer, **extra)
   start_epoch, ledger, history = _restore_or_start(state, ledger)
   release.write_run_spec(config, dataset)
-  evaluate = release.with_weights(steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn),
-                          weight_average)
+  evaluate = release.with_weights(
+      steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn), weight_average)
   _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
 
   writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
@@ -199,19 +190,36 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
   if config.run.export:
-    card = model_card.build(metrics)
-    with release.released_weights(weight_average):
-      metrics["saved_model"] = export.export_saved_model(
-          model, test_preprocess, dataset.class_names,
-          os.path.join(config.run.output_dir, "saved_model"), card)
-      metrics["export_dir"] = export.export_versioned(
-          model, test_preprocess, dataset.class_names, _export_dir(config), card)
+    metrics.update(_export(config, model, test_preprocess, dataset.class_names, weight_average,
+                           model_card.build(metrics)))
   atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
                     json.dumps(metrics, indent=2, sort_keys=True))
   print(f"Test accuracy {metrics['test_accuracy']:.4f}, balanced "
         f"{metrics['test_balanced_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
         f"{ledger.statement()}")
   return metrics
+
+
+def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn):
+  return steps_lib.TrainStep(model, optimizer, preprocess, private=config.optimizer.private,
+                             expected_batch_size=config.run.batch_size,
+                             engine=config.privacy.clipping, clip_groups=config.privacy.clip_groups,
+                             scaling=config.privacy.scaling, norm=config.privacy.norm,
+                             augmult=config.data.augmult,
+                             weight_decay=config.optimizer.weight_decay,
+                             weight_average=weight_average, jit_compile=config.run.jit_compile,
+                             loss_fn=loss_fn)
+
+
+def _export(config, model, preprocess, class_names, weight_average, card) -> dict:
+  """The run's own SavedModel and the next version under the export dir, with the released
+  weights (EMA when used) and the model card."""
+  with release.released_weights(weight_average):
+    return {"saved_model": export.export_saved_model(
+                model, preprocess, class_names,
+                os.path.join(config.run.output_dir, "saved_model"), card),
+            "export_dir": export.export_versioned(model, preprocess, class_names,
+                                                  _export_dir(config), card)}
 
 
 def _epoch_record(epoch, ledger, stats, evaluation) -> dict:
