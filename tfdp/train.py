@@ -127,7 +127,8 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/default",
                                   "Run directory: checkpoints, metrics.json, TensorBoard, "
                                   "SavedModel. An existing run there is resumed.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None,
-                                  "SavedModel copy; default saved_models/<run name>.")
+                                  "TF Serving base directory: each export is its next version "
+                                  "<export_dir>/<N>/; default saved_models/<run name>.")
 _EXPORT = flags.DEFINE_bool("export", True, "Write the SavedModel (and its copy).")
 _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile the per-chunk step with XLA.")
 
