@@ -142,6 +142,8 @@ def summarize(runs: List[Run], metrics: Dict[Run, dict]) -> List[dict]:
   for cell, members in itertools.groupby(runs, key=lambda r: r.cell):
     members = list(members)
     row = dict(cell)
+    for name in ("accountant", "sampling"):  # Which ε this is: the same for every seed of a cell.
+      row[name] = metrics[members[0]].get(name)
     for name in SUMMARY_METRICS:
       values = [metrics[r][name] for r in members if metrics[r].get(name) is not None]
       if values:
@@ -151,14 +153,17 @@ def summarize(runs: List[Run], metrics: Dict[Run, dict]) -> List[dict]:
 
 
 def summary_markdown(rows: List[dict], swept: List[str]) -> str:
-  header = swept + ["test accuracy median [min, max] (MAD)", "ε median", "runs"]
+  header = swept + ["test accuracy median [min, max] (MAD)", "ε median", "accountant, sampling",
+                    "runs"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     accuracy = (f"{row['test_accuracy.median']:.4f} [{row['test_accuracy.min']:.4f}, "
                 f"{row['test_accuracy.max']:.4f}] ({row['test_accuracy.mad']:.4f})")
     epsilon = f"{row['epsilon.median']:.3f}" if "epsilon.median" in row else "∞"
+    provenance = f"{row['accountant']}, {row['sampling']}" if row["accountant"] else "-"
     lines.append("| " + " | ".join([str(row[name]) for name in swept]
-                                    + [accuracy, epsilon, str(row["test_accuracy.runs"])]) + " |")
+                                    + [accuracy, epsilon, provenance,
+                                       str(row["test_accuracy.runs"])]) + " |")
   return "\n".join(lines) + "\n"
 
 
