@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdp.dp import clipping
+from tfdp.dp import randomness
 
 
 def per_example_gradient(model, image, label):
@@ -97,3 +98,8 @@ def l1_clipped_sum(model, images, labels, mask, l1_norm_clip):
   """sum over real rows of g_i * min(1, C / ||g_i||_1), each g_i computed alone (Laplace noise)."""
   return scaled_sum(model, images, labels, mask,
                     lambda grads: min(1.0, l1_norm_clip / l1_norm(grads)))
+
+
+def noise_key():
+  """A fresh secret noise key, as the training step passes to noised_mean."""
+  return tf.constant(randomness.SecretCoins().noise_seed(0), tf.int64)

@@ -8,6 +8,7 @@ from tests import dp_reference as ref
 from tfdp import optimizers
 from tfdp import steps
 from tfdp.dp import clipping
+from tfdp.dp import randomness
 
 # DiceSGD also needs the unclipped sum and has its own tests (tests/test_dice_sgd.py).
 DP_OPTIMIZERS = sorted(n for n in optimizers.OPTIMIZERS
@@ -83,7 +84,8 @@ def test_each_dp_optimizer_without_noise_returns_brute_force_mean(name):
   expected = ref.clipped_sum(model, images, labels, mask, 0.5)
   optimizer = optimizers.build_optimizer(name, 0.1, l2_norm_clip=0.5, noise_multiplier=0.0)
   sums = _vectorized(model, images, labels, mask, 0.5)
-  _assert_sums_close(optimizer.noised_mean([tf.constant(s) for s in sums], 8.0),
+  _assert_sums_close(optimizer.noised_mean([tf.constant(s) for s in sums], 8.0,
+                                           noise_seed=ref.noise_key()),
                      [e / 8.0 for e in expected])
   assert optimizer.noise_multiplier == 0.0 and optimizer.l2_norm_clip == 0.5
 
@@ -131,12 +133,12 @@ def test_chunked_step_equals_one_chunk(engine):
 def test_noise_has_the_std_the_accountant_assumes(name):
   sigma, clip, size = 1.3, 0.7, 200_000
   optimizer = optimizers.build_optimizer(name, 0.1, l2_norm_clip=clip, noise_multiplier=sigma)
-  noise = optimizer.noised_mean([tf.zeros([size])], 1.0)[0].numpy()
+  noise = optimizer.noised_mean([tf.zeros([size])], 1.0, noise_seed=ref.noise_key())[0].numpy()
   # The sample std of 200k normals is within 0.5% of the truth with overwhelming probability
   # (its relative std is 1/sqrt(2 * 200k) = 0.16%); a wrong scale (e.g. σ instead of σC) is far off.
   assert np.std(noise) == pytest.approx(sigma * clip, rel=0.005)
   assert abs(np.mean(noise)) < 5 * sigma * clip / np.sqrt(size)
-  again = optimizer.noised_mean([tf.zeros([size])], 1.0)[0].numpy()
+  again = optimizer.noised_mean([tf.zeros([size])], 1.0, noise_seed=ref.noise_key())[0].numpy()
   assert not np.allclose(noise, again)  # Fresh noise every step.
 
 
@@ -147,6 +149,7 @@ def test_matches_tf_privacys_own_compute_gradients():
   optimizer = optimizers.build_optimizer("dp_sgd", 0.1, l2_norm_clip=0.5, noise_multiplier=0.0)
   with tf.GradientTape() as tape:
     losses = clipping.per_example_loss(labels, model(images, training=True))
-  theirs = optimizer._compute_gradients(losses, model.trainable_variables, tape=tape)
+  with randomness.keyed_noise(ref.noise_key()):  # Its noise too comes from our keyed samplers.
+    theirs = optimizer._compute_gradients(losses, model.trainable_variables, tape=tape)
   ours = _vectorized(model, images, labels, np.ones(len(images), np.float32), 0.5)
   _assert_sums_close([g.numpy() for g, _ in theirs], [o / len(images) for o in ours])

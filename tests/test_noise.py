@@ -9,20 +9,21 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_privacy.privacy.dp_query import quantile_adaptive_clip_sum_query
 
 from tests import dp_reference as ref
 from tfdp import optimizers
 from tfdp import steps
 from tfdp.dp import clipping
 from tfdp.dp import noise
+from tfdp.dp import randomness
 from tfdp.privacy import mechanisms
 
 SIZE = 200_000  # Sample std of 200k draws: relative error ~0.16% (Gaussian), ~0.3% (Laplace).
 
 
 def _noise_of(optimizer, shapes):
-  return [n.numpy() for n in optimizer.noised_mean([tf.zeros(s) for s in shapes], 1.0)]
+  return [n.numpy() for n in optimizer.noised_mean([tf.zeros(s) for s in shapes], 1.0,
+                                                   noise_seed=ref.noise_key())]
 
 
 def test_per_group_noise_has_each_groups_std_and_the_effective_sigma():
@@ -54,8 +55,9 @@ def test_laplace_noise_has_scale_b_per_coordinate():
   assert np.mean(np.abs(values)) == pytest.approx(3.0, rel=0.01)  # E|X| = b.
   assert np.std(values) == pytest.approx(math.sqrt(2) * 3.0, rel=0.01)  # Var = 2 b².
   assert abs(np.median(values)) < 0.05
-  _, _, event = noise.LaplaceSumQuery(2.0, 3.0).get_noised_result(
-      [tf.zeros([3])], noise.LaplaceSumQuery(2.0, 3.0).initial_global_state())
+  with randomness.keyed_noise(ref.noise_key()):
+    _, _, event = noise.LaplaceSumQuery(2.0, 3.0).get_noised_result(
+        [tf.zeros([3])], noise.LaplaceSumQuery(2.0, 3.0).initial_global_state())
   assert float(event.noise_multiplier) == pytest.approx(1.5)  # b / L1 sensitivity.
 
 
@@ -101,7 +103,7 @@ def test_adaptive_clipping_sum_and_clip_update_against_brute_force(engine):
   real = sorted(n for n, m in zip(norms, mask) if m)
   clip = (real[2] + real[3]) / 2  # 3 of 4 unclipped: the clip must shrink.
   initial = clip
-  query = quantile_adaptive_clip_sum_query.QuantileAdaptiveClipSumQuery(
+  query = noise.SecretAdaptiveClipSumQuery(
       clip, noise_multiplier=0.0, target_unclipped_quantile=0.5, learning_rate=0.2,
       clipped_count_stddev=0.0, expected_num_records=4.0, geometric_update=True)
   optimizer = optimizers.build_optimizer("dp_sgd", 0.1, dp_query=query)
@@ -112,7 +114,7 @@ def test_adaptive_clipping_sum_and_clip_update_against_brute_force(engine):
     wanted = ref.clipped_sum(model, images, labels, mask, clip)
     for actual, expected in zip(total, wanted):
       np.testing.assert_allclose(actual.numpy(), expected, rtol=1e-4, atol=1e-5)
-    mean = optimizer.noised_mean(total, 4.0, **extras)
+    mean = optimizer.noised_mean(total, 4.0, noise_seed=ref.noise_key(), **extras)
     np.testing.assert_allclose(mean[0].numpy(), wanted[0] / 4.0, rtol=1e-4, atol=1e-6)
     unclipped = sum(1 for n, m in zip(norms, mask) if m and n <= clip)
     clip *= math.exp(-0.2 * (unclipped / 4.0 - 0.5))
@@ -124,7 +126,7 @@ def test_adaptive_query_splits_the_noise():
   query = noise.adaptive(1.0, noise_multiplier=1.5, target_quantile=0.5, learning_rate=0.2,
                          count_stddev=3.2, expected_batch_size=64)
   optimizer = optimizers.build_optimizer("dp_sgd", 0.1, dp_query=query)
-  drawn = optimizer.noised_mean([tf.zeros([SIZE])], 1.0,
+  drawn = optimizer.noised_mean([tf.zeros([SIZE])], 1.0, noise_seed=ref.noise_key(),
                                 centered_unclipped_count=tf.constant(0.0))[0].numpy()
   expected = mechanisms.adaptive_gradient_noise_multiplier(1.5, 3.2) * 1.0
   assert np.std(drawn) == pytest.approx(expected, rel=0.01)

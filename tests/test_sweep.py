@@ -50,6 +50,8 @@ def test_tiny_grid_runs_resumes_and_its_tables_and_plots_agree(tmp_path):
     assert float(cell["test_accuracy.min"]) == pytest.approx(min(accuracies))
     assert float(cell["test_accuracy.max"]) == pytest.approx(max(accuracies))
   assert "| epsilon |" in (tmp_path / "summary.md").read_text()
+  assert all(cell["selection"].startswith("selection among 4 runs") for cell in summary)
+  assert "selection among 4 runs on the same private data" in (tmp_path / "summary.md").read_text()
   for plot in ("accuracy_vs_epsilon_spent.png", "accuracy_vs_epoch.png",
                "accuracy_vs_flag_epsilon.png"):
     assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
@@ -76,3 +78,55 @@ def test_spread_and_runs_of_a_grid():
   runs = sweep.make_runs([("a", ["1", "2"]), ("b", ["x"])], seeds=2)
   assert [(r.cell_name, r.seed) for r in runs] == [("a=1,b=x", 0), ("a=1,b=x", 1),
                                                    ("a=2,b=x", 0), ("a=2,b=x", 1)]
+
+
+def _fake_sweep(cells):
+  """Runs and metrics of a sweep whose cells are {cell value: metrics of each seed}."""
+  runs, metrics = [], {}
+  for value, seeds in cells.items():
+    for seed, values in enumerate(seeds):
+      run = sweep.Run((("optimizer", value),), seed)
+      runs.append(run)
+      metrics[run] = {"test_accuracy": 0.5, "accountant": "rdp", "sampling": "poisson",
+                      "history": [{"epoch": 1, "test_accuracy": 0.5}], **values}
+  return runs, metrics
+
+
+def test_summaries_say_that_choosing_among_runs_costs_privacy_and_label_unproven_cells(tmp_path):
+  runs, metrics = _fake_sweep({
+      "dp_sgd": [{"epsilon": 2.0, "dp_guarantee": "proven"}] * 2,
+      "dice_sgd": [{"epsilon": None, "epsilon_if_dp_sgd": 2.5, "dp_guarantee": "unproven"}] * 2,
+      "shuffled": [{"epsilon": 2.0, "dp_guarantee": "shuffle"}] * 2})
+  rows = sweep.summarize(runs, metrics)
+  note = sweep.SELECTION_NOTE.format(runs=6)
+  assert [row["selection"] for row in rows] == [note] * 3 and "higher than its own" in note
+  text = sweep.summary_markdown(rows, ["optimizer"])
+  assert text.startswith(f"**Note: {note}.**")
+  lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+  assert "| 2.000 |" in lines["| dp_sgd"]
+  assert "no proven DP guarantee (DP-SGD's would be 2.500)" in lines["| dice_sgd"]
+  assert "2.000 (approximation: shuffled batches)" in lines["| shuffled"]
+  sweep.write_csv(str(tmp_path / "summary.csv"), rows)
+  assert [r["selection"] for r in _read_csv(tmp_path / "summary.csv")] == [note] * 3
+
+
+def test_epoch_plot_shows_train_accuracy_only_where_runs_released_it(tmp_path, monkeypatch):
+  from tfdp import sweep_plots
+  from matplotlib import pyplot
+  runs, metrics = _fake_sweep({
+      "dp_sgd": [{"history": [{"epoch": 1, "test_accuracy": 0.5}]}],
+      "monitored": [{"history": [{"epoch": 1, "test_accuracy": 0.5,
+                                  "not_private/train_accuracy": 0.6}]}],
+      "sgd": [{"history": [{"epoch": 1, "test_accuracy": 0.5, "train_accuracy": 0.7}]}]})
+  labels = []
+  original = pyplot.Axes.legend
+
+  def record_legend(axes, *args, **kwargs):
+    labels.extend(axes.get_legend_handles_labels()[1])
+    return original(axes, *args, **kwargs)
+
+  monkeypatch.setattr(pyplot.Axes, "legend", record_legend)
+  sweep_plots.accuracy_vs_epoch(str(tmp_path), runs, metrics)
+  assert labels == ["optimizer=dp_sgd test", "optimizer=monitored test",
+                    "optimizer=monitored train (NOT PRIVATE)", "optimizer=sgd test",
+                    "optimizer=sgd train"]

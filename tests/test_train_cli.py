@@ -101,6 +101,9 @@ def test_shuffled_batches_are_reported_as_such(tmp_path):
   assert metrics["sampling"] == "shuffle"
   assert "shuffling" in metrics["privacy_statement"]
   assert "not a proof" in metrics["privacy_statement"]
+  with open(os.path.join(tmp_path, "run", "export", "model_card.json")) as f:
+    card = json.load(f)
+  assert card["dp_guarantee"] == "shuffle" and card["guarantee"].startswith("NOT A PROOF")
 
 
 @pytest.mark.parametrize("flag,message", [
@@ -118,6 +121,7 @@ def test_shuffled_batches_are_reported_as_such(tmp_path):
     ("--optimizer=dp_lion", "dp_lion"),
     ("--dataset=mnist_on_mars", "mnist_on_mars"),
     ("--noise=laplace", "--clipping=vectorized"),  # The rest of the new checks: test_config.py.
+    ("--optimizer=dice_sgd", "no proven DP guarantee"),  # Its runs: tests/test_dice_sgd.py.
 ])
 def test_invalid_flags_fail_fast_with_one_line(tmp_path, flag, message):
   start = time.monotonic()
@@ -178,8 +182,6 @@ VARIANTS = {
                      "--epochs=2"], {"layer_noise": "depth_decay"}),
     "adaptive": (["--adaptive_clip_quantile=0.5", "--epochs=3"], {"adaptive_clip_quantile": 0.5}),
     "normalize": (["--clipping_mode=normalize", "--epochs=2"], {"clipping_mode": "normalize"}),
-    "dice_sgd": (["--optimizer=dice_sgd", "--dice_error_clip=2", "--epochs=3"],
-                 {"optimizer": "dice_sgd"}),
     "laplace": (["--noise=laplace", "--clipping=vectorized", "--l1_norm_clip=5", "--epochs=3"],
                 {"noise": "laplace", "accountant": "pld"}),
     "schedule": (["--noise_schedule=linear_decay", "--noise_schedule_end_factor=0.6",

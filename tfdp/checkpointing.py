@@ -4,6 +4,11 @@ Layout under the run's output_dir:
   checkpoints/ckpt-E.*   model and optimizer state after epoch E (tf.train.CheckpointManager)
   state.json             {"epoch": E, "checkpoint": "ckpt-E", "ledger": {...}, "history": [...]}, written atomically
                          *after* the checkpoint, so it never names a checkpoint that is not complete.
+                         The history holds what the run releases per epoch (tfdp.training): no
+                         training-batch figures of a private run unless --monitor_private_metrics
+                         asked for them, under keys marked not private.
+Optimizer state that must not be released (DiceSGD's error) is kept out of checkpoints; such an
+optimizer names it in `not_checkpointed`, and a resume restarts it.
 """
 
 import json
@@ -21,6 +26,8 @@ class RunState:
 
   def __init__(self, output_dir: str, model: tf.keras.Model, optimizer, **extra):
     """`extra`: further trackables saved with the model (e.g. ema=WeightAverage)."""
+    # The optimizer's state that checkpoints leave out, one sentence each (a resume restarts it).
+    self.not_checkpointed = tuple(getattr(optimizer, "not_checkpointed", ()))
     self._state_path = os.path.join(output_dir, "state.json")
     self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
     self._directory = os.path.join(output_dir, "checkpoints")

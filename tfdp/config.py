@@ -75,6 +75,9 @@ class PrivacyConfig:
   normalize_gamma: float = 0.01  # Bu et al. 2022's default.
   noise: str = "gaussian"  # "laplace": L1 clipping to l1_norm_clip, Laplace noise, PLD accountant.
   l1_norm_clip: float = 1.0  # Per-example L1 clip norm (noise="laplace" only).
+  # noise="discrete_gaussian": the integer grid is fine enough that rounding the clipped sum
+  # inflates its sensitivity by this fraction (1% costs 1% more noise).
+  discrete_rounding_inflation: float = 0.01
   layer_noise: str = "uniform"  # "depth_decay": group k's noise std ∝ 1/(k+1); needs clip_groups.
   adaptive_clip_quantile: Optional[float] = None  # Andrew et al. 2021; 0.5 clips to the median.
   adaptive_clip_learning_rate: float = 0.2  # Andrew et al.'s geometric-update rate.
@@ -83,7 +86,9 @@ class PrivacyConfig:
   noise_schedule_end_factor: float = 0.5  # linear_decay/cosine: last epoch's σ over the first's.
   noise_schedule_step_epochs: int = 1  # step: epochs between two steps.
   noise_schedule_step_gamma: float = 0.9  # step: σ factor at each step.
-  dice_error_clip: Optional[float] = None  # DiceSGD's C2 >= C1 = l2_norm_clip; None: C2 = C1.
+  # DiceSGD's C2 >= C1 = l2_norm_clip, bounding the error of the summed gradient: the paper's C2
+  # (on the averaged error) times the batch size. None: C2 = C1.
+  dice_error_clip: Optional[float] = None
 
   def __post_init__(self):
     from tfdp.dp import clipping
@@ -105,6 +110,9 @@ class PrivacyConfig:
     _require(self.noise in accounting.NOISES,
              f"unknown noise {self.noise!r}; valid: {', '.join(accounting.NOISES)}")
     _require(self.l1_norm_clip > 0, f"l1_norm_clip must be > 0, got {self.l1_norm_clip}")
+    _require(0 < self.discrete_rounding_inflation <= 1,
+             f"discrete_rounding_inflation must be in (0, 1], got "
+             f"{self.discrete_rounding_inflation}")
     _require(self.layer_noise in mechanisms.LAYER_NOISE,
              f"unknown layer_noise {self.layer_noise!r}; valid: "
              f"{', '.join(mechanisms.LAYER_NOISE)}")
@@ -123,6 +131,9 @@ class PrivacyConfig:
     _require(self.layer_noise == "uniform" or (self.clip_groups is not None and not laplace),
              f"--layer_noise={self.layer_noise} scales the Gaussian noise per clipping group: it "
              "needs --clip_groups (K or layer) and --noise=gaussian")
+    _require(self.noise != "discrete_gaussian" or (self.layer_noise == "uniform" and not adaptive),
+             "--noise=discrete_gaussian adds one integer-grid noise scale to the whole clipped "
+             "sum: it cannot be combined with --layer_noise or --adaptive_clip_quantile")
     if adaptive:
       _require(0 < self.adaptive_clip_quantile < 1,
                f"adaptive_clip_quantile must be in (0, 1), got {self.adaptive_clip_quantile}")
@@ -201,6 +212,12 @@ class OptimizerConfig:
     from tfdp import optimizers
     return self.learning_rate or optimizers.default_learning_rate(self.name)
 
+  @property
+  def proven(self) -> bool:
+    """False for a private optimizer whose reported ε no proof backs (DiceSGD)."""
+    from tfdp import optimizers
+    return not self.private or optimizers.has_privacy_proof(self.name)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
@@ -213,6 +230,12 @@ class RunConfig:
   export: bool = True  # Write the SavedModels (off for quick experiments: export is slow).
   jit_compile: bool = False
   ema_decay: Optional[float] = None  # EMA of the weights for evaluation and export; None: off.
+  # Draw sampling and noise from the public seed instead of a secure source: for tests and
+  # debugging only, such a run has no DP guarantee against anyone who knows the seed.
+  reproducible_noise: bool = False
+  # Private runs: also release the training batches' loss and accuracy, computed from the private
+  # data without noise and labelled as not private wherever they appear. Off: nothing uncovered.
+  monitor_private_metrics: bool = False
 
   def __post_init__(self):
     _require(self.ema_decay is None or 0 < self.ema_decay < 1,
@@ -258,6 +281,12 @@ class Config:
                           and self.privacy.adaptive_clip_quantile is None),
              "--optimizer=dice_sgd uses Gaussian noise with a fixed clip: it cannot be combined "
              "with --noise=laplace or --adaptive_clip_quantile")
+    _require(not dice or self.privacy.epsilon is None,
+             f"--optimizer=dice_sgd cannot take --epsilon={self.privacy.epsilon}: DiceSGD has no "
+             "proven DP guarantee (its hidden error re-releases the unclipped part of earlier "
+             "gradients at later steps, unamplified by sampling, so no finite ε holds for "
+             "unbounded gradients). Give --noise_multiplier instead; the run then reports DP-SGD's "
+             "ε at that σ for comparison only, not as a guarantee")
 
   @property
   def adaptive_clip_count_stddev(self) -> float:

@@ -2,12 +2,13 @@
 schedule, what σ means for the configured mechanism, the noise DPQuery and the optimizer."""
 
 import math
-from typing import List
+from typing import Any, Dict, List
 
 import tensorflow as tf
 
 from tfdp import config as config_lib
 from tfdp import lr_schedules
+from tfdp import models
 from tfdp import optimizers
 from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
@@ -43,7 +44,9 @@ def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.Privac
       sampling=config.data.sampling, target_epsilon=privacy.epsilon, noise=privacy.noise,
       schedule=privacy.noise_schedule, epoch_factors=list(factors),
       steps_per_epoch=steps_per_epoch if factors else 0,
-      notes=mechanism_notes(config, sigma) if config.optimizer.private else [])
+      notes=mechanism_notes(config, sigma) if config.optimizer.private else [],
+      randomness="reproducible" if config.run.reproducible_noise else "secret",
+      proven=config.optimizer.proven, mechanism=mechanism_fields(config))
   ledger.record("start", planned_steps=planned_steps,
                 calibrated=privacy.noise_multiplier is None and config.optimizer.private)
   if ledger.max_steps() == 0 and ledger.private:
@@ -52,10 +55,40 @@ def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.Privac
   return ledger
 
 
+def mechanism_fields(config: config_lib.Config) -> Dict[str, Any]:
+  """Every setting, beyond σ, q, δ, the noise and its schedule (ledger fields of their own), that
+  changes what the noisy steps release: a resumed run must match them all (JSON values).
+
+  A setting that the configured mechanism does not use is None, so changing it changes nothing.
+  """
+  privacy, dice = config.privacy, config.optimizer.name == "dice_sgd"
+  adaptive, l1 = privacy.adaptive_clip_quantile is not None, privacy.norm == "l1"
+  return {
+      "optimizer": config.optimizer.name,
+      "l2_norm_clip": None if l1 else privacy.l2_norm_clip,
+      "l1_norm_clip": privacy.l1_norm_clip if l1 else None,
+      "dice_error_clip": (privacy.dice_error_clip or privacy.l2_norm_clip) if dice else None,
+      "clip_groups": privacy.clip_groups,
+      "clipping_mode": privacy.clipping_mode,
+      "normalize_gamma": privacy.normalize_gamma if privacy.clipping_mode == "normalize" else None,
+      "layer_noise": privacy.layer_noise,
+      "adaptive_clip_quantile": privacy.adaptive_clip_quantile,
+      "adaptive_clip_learning_rate": privacy.adaptive_clip_learning_rate if adaptive else None,
+      "adaptive_clip_count_stddev": config.adaptive_clip_count_stddev if adaptive else None,
+      "discrete_rounding_inflation": (privacy.discrete_rounding_inflation
+                                      if privacy.noise == "discrete_gaussian" else None),
+      "augmult": config.data.augmult,
+  }
+
+
 def mechanism_notes(config: config_lib.Config, sigma: float) -> List[str]:
   """What σ means for the configured mechanism, one sentence each; raises ValueError when the
   mechanism cannot be built at this σ (adaptive clipping's count noise alone exceeding it)."""
   privacy, notes = config.privacy, []
+  if privacy.noise == "discrete_gaussian":
+    notes.append(f"discrete Gaussian: the clipped sum is rounded to an integer grid fine enough "
+                 f"that the sensitivity grows by {privacy.discrete_rounding_inflation:.0%}, and σ "
+                 "above is relative to that inflated sensitivity")
   if privacy.layer_noise != "uniform":
     notes.append(f"per-group noise ({privacy.layer_noise}): group stds s_k chosen so that the "
                  f"effective σ = 1/sqrt(Σ C_k²/s_k²) is the σ above")
@@ -68,10 +101,13 @@ def mechanism_notes(config: config_lib.Config, sigma: float) -> List[str]:
   if config.optimizer.name == "dice_sgd":
     c2 = privacy.dice_error_clip or privacy.l2_norm_clip
     factor = mechanisms.dice_noise_factor(privacy.l2_norm_clip, c2)
-    notes.append(f"DiceSGD (Zhang et al. 2024), C1 = {privacy.l2_norm_clip:g}, C2 = {c2:g}: noise "
-                 f"std σ·C1·sqrt(1 + 2·C2/C1) = {sigma * privacy.l2_norm_clip * factor:.4f}; this "
-                 "ε is DP-SGD's at σ, which the paper's Rényi-DP analysis extends to the hidden "
-                 "error-feedback state (tfdp applies that theorem, it does not re-derive it)")
+    notes.append(f"DiceSGD (Zhang et al. 2024), C1 = {privacy.l2_norm_clip:g}, C2 = {c2:g} "
+                 f"(summed-gradient units): noise std σ·C1·sqrt(1 + 2·C2/C1) = "
+                 f"{sigma * privacy.l2_norm_clip * factor:.4f}, the paper's sizing. NO PROVEN DP "
+                 "GUARANTEE: the hidden error feeds the unclipped part of a sampled example's "
+                 "gradient into later releases where it is not sampled, about (R - C1)/C2 of them "
+                 "for gradient norm R, unamplified by sampling and unbounded for unbounded "
+                 "gradients; the ε shown is DP-SGD's at σ, for comparison only")
   return notes
 
 
@@ -83,11 +119,15 @@ def noise_query(config: config_lib.Config, ledger: ledger_lib.PrivacyLedger,
     return None
   if privacy.noise == "laplace":
     return noise.LaplaceSumQuery(privacy.l1_norm_clip, sigma * privacy.l1_norm_clip)
+  if privacy.noise == "discrete_gaussian":
+    return noise.DiscreteGaussianSumQuery(privacy.l2_norm_clip, sigma,
+                                          models.count_params(model),
+                                          privacy.discrete_rounding_inflation)
   if privacy.adaptive_clip_quantile is not None:
     return noise.adaptive(privacy.l2_norm_clip, sigma, privacy.adaptive_clip_quantile,
                           privacy.adaptive_clip_learning_rate, config.adaptive_clip_count_stddev,
                           config.run.batch_size)
-  if config.optimizer.name == "dice_sgd":
+  if config.optimizer.name == "dice_sgd":  # The paper's noise sizing; no proof (see DiceSGD).
     sigma *= mechanisms.dice_noise_factor(privacy.l2_norm_clip,
                                           privacy.dice_error_clip or privacy.l2_norm_clip)
   groups = dp_groups.variable_groups(model, privacy.clip_groups)

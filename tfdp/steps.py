@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tfdp.dp import clipping
 from tfdp.dp import groups as groups_lib
+from tfdp.dp import randomness
 
 
 class TrainStep:
@@ -34,13 +35,16 @@ class TrainStep:
     weight_average: a tfdp.ema.WeightAverage updated after every step, or None.
     jit_compile: compile the chunk computation with XLA.
     loss_fn: per-example loss (tfdp.losses).
+    coins: the mechanism's coins (tfdp.dp.randomness); each step's noise is keyed by
+      coins.noise_seed(step). Default: fresh SecretCoins.
   """
 
   def __init__(self, model: tf.keras.Model, optimizer, preprocess: Callable, *, private: bool,
                expected_batch_size: float = 1.0, engine: str = "fast", clip_groups=None,
                scaling=None, norm: str = "l2", augmult: int = 1, weight_decay: float = 0.0,
                weight_average=None, jit_compile: bool = False,
-               loss_fn: Callable = clipping.per_example_loss):
+               loss_fn: Callable = clipping.per_example_loss,
+               coins: Optional[randomness.Coins] = None):
     self._model = model
     self._optimizer = optimizer
     self._preprocess = preprocess
@@ -50,6 +54,8 @@ class TrainStep:
     self._augmult = augmult
     self._weight_decay = weight_decay
     self._weight_average = weight_average
+    self._coins = coins or randomness.SecretCoins()
+    self._steps_taken = 0  # Keys the noise when the caller does not say which step this is.
     self.engine = None
     if private:
       self.engine = clipping.make_engine(engine, model, clip_groups,
@@ -79,9 +85,10 @@ class TrainStep:
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64)), tf.float32)
     return sums, extras, tf.reduce_sum(losses * row_weight), tf.reduce_sum(correct * row_weight)
 
-  def _apply_update(self, sums, extras, count):
+  def _apply_update(self, sums, extras, count, noise_seed):
     if self._private:
-      gradients = self._optimizer.noised_mean(sums, self._expected_batch_size, **extras)
+      gradients = self._optimizer.noised_mean(sums, self._expected_batch_size,
+                                              noise_seed=noise_seed, **extras)
     else:
       gradients = [s / tf.maximum(count, 1.0) for s in sums]
     if self._weight_decay:  # Data-independent, applied after the noise.
@@ -113,15 +120,21 @@ class TrainStep:
     total, _, loss_sum, correct, count = self.accumulate(chunks)
     return total, loss_sum, correct, count
 
-  def __call__(self, chunks) -> Tuple[float, float, float]:
+  def __call__(self, chunks, step: Optional[int] = None) -> Tuple[float, float, float]:
     """One logical step over `chunks` of (uint8 images [P,...], labels [P], mask [P]).
+
+    `step` (default: the calls so far) selects the noise key under reproducible coins; secret
+    coins ignore it and draw a fresh key.
 
     Returns:
       (loss sum, correct predictions, real examples) over the step, for monitoring only: these
       are computed from private data without noise and never feed back into training.
     """
     total, extras, loss_sum, correct, count = self.accumulate(chunks)
-    self._apply(total, extras, tf.constant(count, tf.float32))
+    step = self._steps_taken if step is None else step
+    self._apply(total, extras, tf.constant(count, tf.float32),
+                tf.constant(self._coins.noise_seed(step), tf.int64))
+    self._steps_taken += 1
     return loss_sum, correct, count
 
 

@@ -10,7 +10,13 @@ exists is not rerun, and an interrupted run resumes from its checkpoint, so a sw
 
 Outputs in sweep_dir: results.csv (one row per run: every tfdp.train flag, then every scalar metric),
 summary.csv and summary.md (min / max / median / MAD over seeds per cell), and PNG plots: test
-accuracy vs ε, accuracy vs epoch (train and test), and accuracy vs each swept flag.
+accuracy vs ε, accuracy vs epoch, and accuracy vs each swept flag. Train accuracy appears only for
+non-private runs, or labelled not private for runs with --monitor_private_metrics.
+
+Every run of a sweep trains on the same private data, so choosing among them costs privacy: the ε of
+a run picked by looking at these tables is higher than its own ε. summary.md and summary.csv say so
+(SELECTION_NOTE); the README's "Choosing among runs" gives the accounted alternative
+(tfdp.privacy.tuning).
 """
 
 import csv
@@ -35,7 +41,10 @@ _SEEDS = flags.DEFINE_integer("seeds", 1, "Seeds per cell (0 .. seeds-1).")
 _SWEEP_DIR = flags.DEFINE_string("sweep_dir", "sweeps/default", "Where runs and tables go.")
 
 SUMMARY_METRICS = ("test_accuracy", "test_balanced_accuracy", "test_auc", "epsilon", "epsilon_pld",
-                   "examples_per_second")
+                   "epsilon_if_dp_sgd", "examples_per_second")
+SELECTION_NOTE = ("selection among {runs} runs on the same private data: the ε of a run chosen by "
+                  "looking at these results is higher than its own ε; see README, \"Choosing among "
+                  "runs\"")
 _NOT_TABULATED = ("history", "ledger_history")  # Per-epoch lists: in the plots, not the CSV.
 
 
@@ -142,24 +151,38 @@ def summarize(runs: List[Run], metrics: Dict[Run, dict]) -> List[dict]:
   for cell, members in itertools.groupby(runs, key=lambda r: r.cell):
     members = list(members)
     row = dict(cell)
-    for name in ("accountant", "sampling"):  # Which ε this is: the same for every seed of a cell.
+    for name in ("accountant", "sampling", "dp_guarantee"):  # Which ε this is: same for all seeds.
       row[name] = metrics[members[0]].get(name)
     for name in SUMMARY_METRICS:
       values = [metrics[r][name] for r in members if metrics[r].get(name) is not None]
       if values:
         row.update({f"{name}.{stat}": value for stat, value in spread(values).items()})
+    row["selection"] = SELECTION_NOTE.format(runs=len(runs))
     rows.append(row)
   return rows
+
+
+def _epsilon_text(row: dict) -> str:
+  """The cell's ε column: the median ε, labelled when no proven guarantee stands behind it."""
+  if "epsilon_if_dp_sgd.median" in row:
+    return f"no proven DP guarantee (DP-SGD's would be {row['epsilon_if_dp_sgd.median']:.3f})"
+  if "epsilon.median" not in row:
+    return "∞"
+  label = {"reproducible": " (no guarantee: reproducible noise)",
+           "shuffle": " (approximation: shuffled batches)"}.get(row.get("dp_guarantee"), "")
+  return f"{row['epsilon.median']:.3f}{label}"
 
 
 def summary_markdown(rows: List[dict], swept: List[str]) -> str:
   header = swept + ["test accuracy median [min, max] (MAD)", "ε median", "accountant, sampling",
                     "runs"]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  runs = sum(row["test_accuracy.runs"] for row in rows)
+  lines = [f"**Note: {SELECTION_NOTE.format(runs=runs)}.**", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     accuracy = (f"{row['test_accuracy.median']:.4f} [{row['test_accuracy.min']:.4f}, "
                 f"{row['test_accuracy.max']:.4f}] ({row['test_accuracy.mad']:.4f})")
-    epsilon = f"{row['epsilon.median']:.3f}" if "epsilon.median" in row else "∞"
+    epsilon = _epsilon_text(row)
     provenance = f"{row['accountant']}, {row['sampling']}" if row["accountant"] else "-"
     lines.append("| " + " | ".join([str(row[name]) for name in swept]
                                     + [accuracy, epsilon, provenance,

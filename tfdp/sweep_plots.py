@@ -46,7 +46,14 @@ def accuracy_vs_epsilon(sweep_dir: str, runs, metrics) -> str:
   return _save(figure, os.path.join(sweep_dir, "accuracy_vs_epsilon_spent.png"))
 
 
+# Training-batch accuracy as runs record it: non-private runs under its own name, private runs only
+# with --monitor_private_metrics and marked not private (it is computed without noise).
+_TRAIN_CURVES = (("train_accuracy", "train"),
+                 ("not_private/train_accuracy", "train (NOT PRIVATE)"))
+
+
 def accuracy_vs_epoch(sweep_dir: str, runs, metrics) -> str:
+  """Test accuracy per epoch (median over seeds); train accuracy where the runs released it."""
   figure, axes = pyplot.subplots(figsize=(6, 4))
   for cell, members in _cells(runs).items():
     histories = [metrics[r]["history"] for r in members]
@@ -55,8 +62,10 @@ def accuracy_vs_epoch(sweep_dir: str, runs, metrics) -> str:
     name = ",".join(f"{n}={v}" for n, v in cell) or "base"
     test = [statistics.median([h[e]["test_accuracy"] for h in histories]) for e in range(epochs)]
     line, = axes.plot(x, test, label=f"{name} test")
-    trained = [statistics.median([h[e]["train_accuracy"] for h in histories]) for e in range(epochs)]
-    axes.plot(x, trained, linestyle="--", color=line.get_color(), label=f"{name} train")
+    for key, label in _TRAIN_CURVES:
+      if all(key in h[e] for h in histories for e in range(epochs)):
+        trained = [statistics.median([h[e][key] for h in histories]) for e in range(epochs)]
+        axes.plot(x, trained, linestyle="--", color=line.get_color(), label=f"{name} {label}")
   axes.set_xlabel("epoch")
   axes.set_ylabel("accuracy (median over seeds)")
   axes.legend(fontsize=6)

@@ -27,8 +27,9 @@ from tfdp.privacy import schedules
 _DATASET = flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Dataset name.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset directory (folder: train/ and test/).")
 _TRAIN_EXAMPLES = flags.DEFINE_integer(
-    "train_examples", None, "Keep a seeded subset of this many training examples; the accountant "
-    "uses this N.")
+    "train_examples", None, "Keep a subset of this many training examples, chosen by the public "
+    "--seed: which examples are in it is public, and the guarantee covers the examples in it. The "
+    "accountant uses this N.")
 _SAMPLING = flags.DEFINE_enum("sampling", "poisson", list(config_lib.SAMPLINGS),
                               "poisson (what the accountant assumes) or shuffle (reported as such).")
 _AUGMENT = flags.DEFINE_enum("augment", None, sorted(data.AUGMENTATIONS),
@@ -45,8 +46,10 @@ _GROUPNORM_GROUPS = flags.DEFINE_integer("groupnorm_groups", None,
 _ACTIVATION = flags.DEFINE_string("activation", None, "Activation (e.g. relu, tanh, silu).")
 _WEIGHT_STANDARDIZATION = flags.DEFINE_bool("weight_standardization", None,
                                             "Weight-standardized convolutions (WSConv2D).")
-_WEIGHTS = flags.DEFINE_string("weights", None,
-                               "Local pretrained weights file (models that take one).")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", None, "Local pretrained weights file (models that take one). Assumed public and "
+    "independent of the private training data; its path and sha256 go into the metrics and model "
+    "card. Weights of an earlier private tfdp run are refused (their cost would need composing).")
 _LOSS = flags.DEFINE_enum("loss", "cross_entropy", sorted(losses.LOSSES),
                           "Per-example loss; hinge with --model=linear is a linear SVM.")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "dp_sgd", sorted(optimizers.OPTIMIZERS),
@@ -84,8 +87,14 @@ _CLIP_GROUPS = flags.DEFINE_string("clip_groups", None,
                                    "each group is clipped to C/sqrt(groups), total sensitivity C.")
 _NOISE = flags.DEFINE_enum(
     "noise", "gaussian", list(accounting.NOISES),
-    "gaussian, or laplace: per-example L1 clipping to --l1_norm_clip and Laplace noise per "
-    "coordinate, accounted by PLD (needs --clipping=vectorized).")
+    "gaussian (float64, truncated at 8.57σ: its missing tail is added to δ); discrete_gaussian: "
+    "the clipped sum rounded to an integer grid plus discrete Gaussian noise, exact against "
+    "floating-point attacks, accounted by RDP with a general subsampling bound (a larger ε at "
+    "the same σ); or laplace: per-example L1 clipping to --l1_norm_clip and Laplace noise per "
+    "coordinate, accounted by PLD, not hardened (needs --clipping=vectorized).")
+_DISCRETE_ROUNDING_INFLATION = flags.DEFINE_float(
+    "discrete_rounding_inflation", 0.01, "--noise=discrete_gaussian: grid step chosen so that "
+    "rounding inflates the sensitivity by this fraction (the noise grows with it).")
 _L1_NORM_CLIP = flags.DEFINE_float("l1_norm_clip", 1.0, "Per-example L1 clip norm (--noise=laplace).")
 _LAYER_NOISE = flags.DEFINE_enum(
     "layer_noise", "uniform", list(mechanisms.LAYER_NOISE),
@@ -107,8 +116,10 @@ _NOISE_SCHEDULE_STEP_EPOCHS = flags.DEFINE_integer("noise_schedule_step_epochs",
                                                    "step schedule: epochs between steps.")
 _NOISE_SCHEDULE_STEP_GAMMA = flags.DEFINE_float("noise_schedule_step_gamma", 0.9,
                                                 "step schedule: σ factor at each step.")
-_DICE_ERROR_CLIP = flags.DEFINE_float("dice_error_clip", None,
-                                      "DiceSGD's error clip C2 >= --l2_norm_clip; default C2 = C1.")
+_DICE_ERROR_CLIP = flags.DEFINE_float(
+    "dice_error_clip", None, "DiceSGD's error clip C2 >= --l2_norm_clip, on the error of the summed "
+    "gradient (the paper's C2 times the batch size); default C2 = C1. DiceSGD has no proven DP "
+    "guarantee: it takes --noise_multiplier, not --epsilon.")
 _EPSILON_ADAM = flags.DEFINE_float(
     "epsilon_adam", None, "Numerical epsilon of Adam/RMSProp/Adagrad (post-processing: no privacy "
     "cost). DP-Adam often wants it larger than Keras's 1e-7, as the noise dominates small moments.")
@@ -122,7 +133,14 @@ _PHYSICAL_BATCH_SIZE = flags.DEFINE_integer(
     "physical_batch_size", None, "Rows per compiled chunk (bounds memory); default "
     "min(batch_size, 64) (8 with --clipping=vectorized). Changes speed, never the mechanism.")
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs (steps per epoch = ceil(N / batch_size)).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed for initialization, sampling and subsets.")
+_SEED = flags.DEFINE_integer(
+    "seed", 0, "Public seed: initialization, augmentation, the --train_examples subset and "
+    "evaluation order only. The mechanism's sampling and noise never depend on it (they come from "
+    "a secure random source) unless --reproducible_noise is given.")
+_REPRODUCIBLE_NOISE = flags.DEFINE_bool(
+    "reproducible_noise", False, "Debugging only: derive Poisson sampling and noise from --seed "
+    "so two runs repeat exactly. Such a run has NO differential-privacy guarantee against anyone "
+    "who knows the seed, and its metrics and model card say so.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "runs/default",
                                   "Run directory: checkpoints, metrics.json, TensorBoard, "
                                   "SavedModel. An existing run there is resumed.")
@@ -130,6 +148,11 @@ _EXPORT_DIR = flags.DEFINE_string("export_dir", None,
                                   "TF Serving base directory: each export is its next version "
                                   "<export_dir>/<N>/; default saved_models/<run name>.")
 _EXPORT = flags.DEFINE_bool("export", True, "Write the SavedModel (and its copy).")
+_MONITOR_PRIVATE_METRICS = flags.DEFINE_bool(
+    "monitor_private_metrics", False, "Private runs: also show and record the training batches' "
+    "loss and accuracy. They are computed from the private data without noise, so the guarantee "
+    "does not cover them; they are labelled NOT PRIVATE in the logs, TensorBoard, metrics.json "
+    "and the model card. Off by default: a private run releases only what the guarantee covers.")
 _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile the per-chunk step with XLA.")
 
 
@@ -186,6 +209,8 @@ def config_from_flags() -> config_lib.Config:
                                        clipping_mode=_CLIPPING_MODE.value,
                                        normalize_gamma=_NORMALIZE_GAMMA.value,
                                        noise=_NOISE.value, l1_norm_clip=_L1_NORM_CLIP.value,
+                                       discrete_rounding_inflation=(
+                                           _DISCRETE_ROUNDING_INFLATION.value),
                                        layer_noise=_LAYER_NOISE.value,
                                        adaptive_clip_quantile=_ADAPTIVE_CLIP_QUANTILE.value,
                                        adaptive_clip_learning_rate=(
@@ -211,7 +236,9 @@ def config_from_flags() -> config_lib.Config:
                                epochs=_EPOCHS.value, seed=_SEED.value,
                                output_dir=_OUTPUT_DIR.value, export_dir=_EXPORT_DIR.value,
                                export=_EXPORT.value,
-                               jit_compile=_JIT_COMPILE.value, ema_decay=_EMA_DECAY.value))
+                               jit_compile=_JIT_COMPILE.value, ema_decay=_EMA_DECAY.value,
+                               reproducible_noise=_REPRODUCIBLE_NOISE.value,
+                               monitor_private_metrics=_MONITOR_PRIVATE_METRICS.value))
 
 
 def main(argv):

@@ -27,6 +27,7 @@ from tfdp import release
 from tfdp import steps as steps_lib
 from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
+from tfdp.dp import randomness
 from tfdp.privacy import ledger as ledger_lib
 
 
@@ -48,29 +49,62 @@ def _restore_or_start(state: checkpointing.RunState, planned: ledger_lib.Privacy
   if restored is None:
     return 0, planned, []
   epoch, ledger, history = restored
-  if not ledger.same_mechanism(planned):
-    raise ValueError("the output_dir holds a run with a different privacy mechanism "
-                     f"({ledger.describe()}); use a new --output_dir")
-  ledger.record("resume", epoch=epoch)
+  changes = ledger.mechanism_changes(planned)
+  if changes:
+    raise ValueError("the output_dir holds a run with a different privacy mechanism (recorded -> "
+                     f"now: {'; '.join(changes)}); use a new --output_dir")
+  reset = list(state.not_checkpointed)
+  ledger.record("resume", epoch=epoch, **({"reset": reset} if reset else {}))
   print(f"Resumed after epoch {epoch} from its checkpoint: {ledger.describe()}")
+  for note in reset:
+    print(f"  {note}")
   return epoch, ledger, history
 
 
+NOT_PRIVATE = "not_private/"  # Prefix of the training-batch figures of --monitor_private_metrics.
+NOT_PRIVATE_NOTE = ("computed from the private training batches without noise "
+                    "(--monitor_private_metrics): NOT covered by the privacy guarantee")
+
+
+def _monitor_prefix(config: config_lib.Config) -> Optional[str]:
+  """How the training batches' loss and accuracy are released: under their own names for
+  non-private runs, prefixed NOT_PRIVATE for private runs with --monitor_private_metrics, else not
+  at all (None): they are computed from the private data without noise."""
+  if not config.optimizer.private:
+    return ""
+  return NOT_PRIVATE if config.run.monitor_private_metrics else None
+
+
+def _epsilon_key(ledger: ledger_lib.PrivacyLedger) -> str:
+  """Where the accountant's ε goes: 'epsilon', or for a mechanism without a proof (DiceSGD)
+  'epsilon_if_dp_sgd', DP-SGD's ε at the same σ, which is no guarantee."""
+  return "epsilon" if ledger.proven else "epsilon_if_dp_sgd"
+
+
 class _EpochStats:
-  """Running loss/accuracy of the training batches (monitoring only; not privatized)."""
+  """An epoch's steps and seconds, and its training batches' loss, accuracy and drawn size.
+
+  The last three come from the private batches without noise: only `monitoring` exposes them, and
+  only under the prefix _monitor_prefix allows. Speed is reported from the steps and the expected
+  batch size, never from the drawn sizes.
+  """
 
   def __init__(self):
-    self.loss, self.correct, self.examples, self.seconds = 0.0, 0.0, 0.0, 0.0
+    self.loss, self.correct, self.examples, self.seconds, self.steps = 0.0, 0.0, 0.0, 0.0, 0
 
   def add(self, loss: float, correct: float, examples: float, seconds: float):
     self.loss += loss
     self.correct += correct
     self.examples += examples
     self.seconds += seconds
+    self.steps += 1
 
-  def values(self):
+  def monitoring(self, prefix: Optional[str]) -> dict:
+    """Running train_loss and train_accuracy, keys prefixed by `prefix`; {} when it is None."""
+    if prefix is None:
+      return {}
     n = max(self.examples, 1.0)
-    return {"loss": self.loss / n, "accuracy": self.correct / n}
+    return {f"{prefix}train_loss": self.loss / n, f"{prefix}train_accuracy": self.correct / n}
 
 
 class _LogLines:
@@ -91,27 +125,29 @@ class _LogLines:
 
 def _progress(target: int):
   if sys.stdout.isatty():
-    return tf.keras.utils.Progbar(target, stateful_metrics=["loss", "accuracy", "epsilon"])
+    shown = [p + k for p in ("", NOT_PRIVATE) for k in ("train_loss", "train_accuracy")]
+    return tf.keras.utils.Progbar(target, stateful_metrics=shown + ["epsilon", "epsilon_if_dp_sgd"])
   return _LogLines(target)
 
 
-def _run_epoch(step_fn, sampler, dataset, ledger, max_steps):
+def _run_epoch(step_fn, sampler, dataset, ledger, max_steps, monitor: Optional[str] = None):
+  """One epoch of steps; progress lines show ε and the monitoring `monitor` allows."""
   stats = _EpochStats()
   progbar = _progress(sampler.steps_per_epoch)
   for i in range(sampler.steps_per_epoch):
     if max_steps is not None and ledger.steps >= max_steps:
       return stats, True
-    chunks = [(dataset.train_images[c.indices], dataset.train_labels[c.indices], c.mask)
+    chunks = [data.sampling.gather_chunk(dataset.train_images, dataset.train_labels, c)
               for c in sampler.chunks(ledger.steps)]
     if ledger.private:
       step_fn.set_noise_factor(ledger.noise_multiplier_at(ledger.steps) / ledger.noise_multiplier)
     start = time.perf_counter()
-    loss, correct, examples = step_fn(chunks)
+    loss, correct, examples = step_fn(chunks, step=ledger.steps)
     stats.add(loss, correct, examples, time.perf_counter() - start)
     ledger.steps += 1
-    values = list(stats.values().items())
+    values = list(stats.monitoring(monitor).items())
     if ledger.private and ledger.accountant == "rdp":  # PLD is too slow to run every step.
-      values.append(("epsilon", ledger.epsilon()))
+      values.append((_epsilon_key(ledger), ledger.epsilon()))
     progbar.update(i + 1, values=values)
   return stats, False
 
@@ -126,8 +162,10 @@ def prepare(config: config_lib.Config):
   """Loads the data and plans privacy: every check that can reject the run, before any training.
 
   Returns:
-    (dataset, ledger). Raises ValueError (or data.DataError) naming the problem.
+    (dataset, ledger). Raises ValueError (or data.DataError) naming the problem, including
+    --weights from an earlier private run (release.weights_provenance).
   """
+  release.weights_provenance(config.model.kwargs.get("weights"))
   dataset = load_training_data(config)
   return dataset, planning.plan_privacy(config, dataset.num_train)
 
@@ -139,23 +177,25 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
     config: the run.
     prepared: the result of `prepare(config)`, when the caller already has it.
   """
-  tf.keras.utils.set_random_seed(config.run.seed)
+  tf.keras.utils.set_random_seed(config.run.seed)  # Public: initialization and augmentation only.
+  coins = randomness.make_coins(config.run.reproducible_noise, config.run.seed)
   dataset, ledger = prepared or prepare(config)
   model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape,
                              **config.model.kwargs)
   loss_fn = losses.get(config.model.loss)
   sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
-                              config.chunk_size, config.run.seed)
+                              config.chunk_size, coins)
   optimizer = planning.build_optimizer(config, ledger, model, sampler.steps_per_epoch)
   augment = config.data.augment or dataset.augment
   train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
   test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
   weight_average = (ema.WeightAverage(model, config.run.ema_decay) if config.run.ema_decay
                     else None)
-  step_fn = _make_step(config, model, optimizer, train_preprocess, weight_average, loss_fn)
+  step_fn = _make_step(config, model, optimizer, train_preprocess, weight_average, loss_fn, coins)
   extra = {"ema": weight_average} if weight_average else {}
   state = checkpointing.RunState(config.run.output_dir, model, optimizer, **extra)
   start_epoch, ledger, history = _restore_or_start(state, ledger)
+  ledger.coordinates = models.count_params(model)  # Sizes the float noise's tail in δ.
   release.write_run_spec(config, dataset)
   evaluate = release.with_weights(
       steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn), weight_average)
@@ -170,11 +210,12 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
       budget_exhausted = True
       break
     print(f"Epoch {epoch + 1}/{config.run.epochs}")
-    stats, budget_exhausted = _run_epoch(step_fn, sampler, dataset, ledger, max_steps)
+    stats, budget_exhausted = _run_epoch(step_fn, sampler, dataset, ledger, max_steps,
+                                         _monitor_prefix(config))
     train_seconds += stats.seconds
-    train_examples_seen += stats.examples
+    train_examples_seen += stats.steps * config.run.batch_size  # Expected: drawn sizes are private.
     final_evaluation = evaluate(dataset.test_images, dataset.test_labels)
-    record = _epoch_record(epoch + 1, ledger, stats, final_evaluation)
+    record = _epoch_record(epoch + 1, ledger, stats, final_evaluation, _monitor_prefix(config))
     history.append(record)
     _log_epoch(writer, record)
     state.save(epoch + 1, ledger, history)
@@ -200,7 +241,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   return metrics
 
 
-def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn):
+def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn, coins):
   return steps_lib.TrainStep(model, optimizer, preprocess, private=config.optimizer.private,
                              expected_batch_size=config.run.batch_size,
                              engine=config.privacy.clipping, clip_groups=config.privacy.clip_groups,
@@ -208,7 +249,7 @@ def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn):
                              augmult=config.data.augmult,
                              weight_decay=config.optimizer.weight_decay,
                              weight_average=weight_average, jit_compile=config.run.jit_compile,
-                             loss_fn=loss_fn)
+                             loss_fn=loss_fn, coins=coins)
 
 
 def _export(config, model, preprocess, class_names, weight_average, card) -> dict:
@@ -222,13 +263,16 @@ def _export(config, model, preprocess, class_names, weight_average, card) -> dic
                                                   _export_dir(config), card)}
 
 
-def _epoch_record(epoch, ledger, stats, evaluation) -> dict:
+def _epoch_record(epoch, ledger, stats, evaluation, monitor: Optional[str] = None) -> dict:
+  """The epoch's history entry: test metrics, ε, and the monitoring `monitor` allows."""
   record = {"epoch": epoch, "steps": ledger.steps,
-            **{k: v for k, v in evaluation.items() if v is not None},
-            **{f"train_{k}": v for k, v in stats.values().items()}}
+            **{k: v for k, v in evaluation.items() if v is not None}, **stats.monitoring(monitor)}
   test_accuracy = evaluation["test_accuracy"]
-  if ledger.private:
-    record.update(epsilon=ledger.epsilon(), epsilon_pld=ledger.epsilon("pld"))
+  if ledger.private and not ledger.proven:
+    record.update(epsilon_if_dp_sgd=ledger.epsilon())
+    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
+  elif ledger.private:
+    record.update(epsilon=ledger.epsilon(), epsilon_pld=ledger.epsilon_by("pld"))
     print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
   else:
     print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; non-private")
@@ -238,7 +282,7 @@ def _epoch_record(epoch, ledger, stats, evaluation) -> dict:
 def _log_epoch(writer, record: dict) -> None:
   with writer.as_default(step=record["epoch"]):
     for key, value in record.items():
-      if key != "epoch":
+      if key != "epoch" and value is not None:
         tf.summary.scalar(key, value)
   writer.flush()
 
@@ -280,16 +324,19 @@ def _schedule_text(ledger) -> str:
 def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
                    examples_per_second: Optional[float], budget_exhausted: bool,
                    history: list) -> dict:
-  private = ledger.private
+  private, l2 = ledger.private, config.privacy.norm == "l2"
   optimizer_clip = optimizer.clip_norm() if private else None  # Adaptive: where the clip ended.
   return {
       **evaluation,
-      "epsilon": ledger.epsilon() if private else None,
-      "epsilon_pld": ledger.epsilon("pld") if private else None,
+      "epsilon": ledger.epsilon() if private and ledger.proven else None,
+      "epsilon_pld": ledger.epsilon_by("pld") if ledger.proven else None,
       "target_epsilon": ledger.target_epsilon,
       "delta": ledger.delta if private else None,
+      # What the float64 noise's truncated tail adds to δ (0 for the discrete Gaussian).
+      "delta_float_tail": ledger.float_tail_delta() if private else None,
       "noise_multiplier": ledger.noise_multiplier,
-      "l2_norm_clip": config.privacy.l2_norm_clip if private else None,
+      "l2_norm_clip": config.privacy.l2_norm_clip if private and l2 else None,
+      "l1_norm_clip": config.privacy.l1_norm_clip if private and not l2 else None,
       "sampling": ledger.sampling,
       "sampling_probability": ledger.sampling_probability,
       "accountant": ledger.accountant if private else None,
@@ -331,4 +378,30 @@ def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
       "jit_compile": config.run.jit_compile,
       "history": history,
       "ledger_history": ledger.history,
+      **_release_metrics(config, ledger, history),
   }
+
+
+def _release_metrics(config, ledger, history) -> dict:
+  """What the guarantee is and rests on: its kind, the randomness, DiceSGD's uncovered ε, the
+  pretrained weights' provenance, the public subset, and any not-private monitoring."""
+  subset = config.data.train_examples
+  return {
+      "dp_guarantee": ledger.guarantee(),
+      "randomness": ledger.randomness,
+      "epsilon_if_dp_sgd": ledger.epsilon() if ledger.private and not ledger.proven else None,
+      "dice_error_clip": ((config.privacy.dice_error_clip or config.privacy.l2_norm_clip)
+                          if config.optimizer.name == "dice_sgd" else None),
+      "weights_file": release.weights_provenance(config.model.kwargs.get("weights")),
+      "train_subset": ({"examples": subset, "seed": config.run.seed, "chosen_by": "public seed"}
+                       if subset else None),
+      "not_private_monitoring": _not_private_monitoring(config, history),
+  }
+
+
+def _not_private_monitoring(config, history) -> Optional[dict]:
+  """The last epoch's training-batch figures with their label, when the run asked for them."""
+  if _monitor_prefix(config) != NOT_PRIVATE or not history:
+    return None
+  figures = {k[len(NOT_PRIVATE):]: v for k, v in history[-1].items() if k.startswith(NOT_PRIVATE)}
+  return {"note": NOT_PRIVATE_NOTE, **figures}

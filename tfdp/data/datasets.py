@@ -1,7 +1,10 @@
 """Image classification datasets, found by name through the `DATASETS` registry.
 
 Every loader returns a `Dataset`: uint8 images in memory plus the public constants the rest of
-tfdp needs (class names, normalization, default augmentation).
+tfdp needs (class names, normalization, default augmentation). What a run releases about the data's
+form (the number of classes, the input shape, the normalization) never depends on the training
+split: it comes from the dataset's declared metadata (the registry's constants, class folder names,
+an .npz's `class_names`) or from the test split, which is evaluated but never trained on.
 
     dataset = load_dataset('digits')                      # 1,437 train / 360 test, 8x8x1
     dataset = load_dataset('folder', data_dir='/tmp/cifar10', train_examples=5000, seed=1)
@@ -81,8 +84,8 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple:
-        """(H, W, C) of one image."""
-        return tuple(self.train_images.shape[1:])
+        """(H, W, C) of one image, read from the test split (the train split must match)."""
+        return tuple(self.test_images.shape[1:])
 
     @property
     def num_train(self) -> int:
@@ -261,9 +264,10 @@ def load_folder(data_dir: str | None = None, train_examples: int | None = None,
     """Images in `data_dir/{train,test}/<class>/*.{jpg,jpeg,png,bmp,gif}`, one folder per class.
 
     Classes are the sorted subdirectory names of train/; test/ must hold the same ones. Every
-    image must decode to the shape of the first training image (channels are converted to its
-    channel count). CIFAR-10-like data (10 classes of 32x32x3) gets the published CIFAR-10
-    normalization, anything else 0.5 per channel; 3-channel images get flip_crop augmentation.
+    image must decode to the shape of the first test image (channels are converted to its channel
+    count), so the input shape, the normalization and the augmentation never depend on a training
+    image. CIFAR-10-like data (10 classes of 32x32x3) gets the published CIFAR-10 normalization,
+    anything else 0.5 per channel; 3-channel images get flip_crop augmentation.
 
     Args:
         data_dir: the directory holding train/ and test/.
@@ -282,7 +286,7 @@ def load_folder(data_dir: str | None = None, train_examples: int | None = None,
     if train_examples is not None:
         keep = _choose_subset(len(train_files), train_examples, seed)
         train_files, train_labels = train_files[keep], train_labels[keep]
-    first = train_files[0]
+    first = test_files[0]  # Not a training file: the shape must not depend on training data.
     shape = _decode_file(first, channels=0).shape
     train_images = _decode_files(train_files, shape, first)
     test_images = _decode_files(test_files, shape, first)
@@ -302,8 +306,10 @@ def load_npz(data_dir: str | None = None, train_examples: int | None = None,
 
     Images are uint8 [N, H, W] (grayscale) or [N, H, W, C]; labels are integers [N] or [N, 1]
     (single-label tasks only). A `val_*` split, if present, is not used: tfdp reports the held-out
-    test split. Class names come from an optional `class_names` array, else '0', '1', ....
-    Normalization is the public constant 0.5 per channel, never statistics of the private images.
+    test split. The classes are the file's declared `class_names` array, else '0' .. 'K-1' with K
+    from the test labels (largest plus one), never from the training labels, which must then lie
+    in [0, K). Normalization is the public constant 0.5 per channel, never statistics of the
+    private images.
 
     Args:
         data_dir: path of the .npz file (e.g. ../shared/data/pneumoniamnist.npz).
@@ -311,8 +317,9 @@ def load_npz(data_dir: str | None = None, train_examples: int | None = None,
         seed: picks that subset.
 
     Raises:
-        DataError: the file is missing or unreadable, or an array is absent or malformed; the
-            message names the file and the array.
+        DataError: the file is missing or unreadable, an array is absent or malformed, or a
+            training label is outside the declared (or test) classes; the message names the file
+            and the array.
     """
     if data_dir is None or not os.path.isfile(data_dir):
         raise DataError(f'npz: --data_dir must be the path of an .npz file, got {data_dir!r}.')
@@ -322,16 +329,34 @@ def load_npz(data_dir: str | None = None, train_examples: int | None = None,
     except (OSError, ValueError) as error:
         raise DataError(f'npz: cannot read {data_dir}: {error}') from None
     splits = {split: _npz_split(contents, split, data_dir) for split in ('train', 'test')}
-    classes = int(max(splits['train'][1].max(), splits['test'][1].max())) + 1
-    names = contents.get('class_names')
-    class_names = (tuple(str(n) for n in names) if names is not None
-                   else tuple(str(c) for c in range(classes)))
-    channels = splits['train'][0].shape[-1]
+    class_names = _npz_class_names(contents, splits, data_dir)
+    channels = splits['test'][0].shape[-1]
     dataset = Dataset(name='npz', train_images=splits['train'][0], train_labels=splits['train'][1],
                       test_images=splits['test'][0], test_labels=splits['test'][1],
                       class_names=class_names, mean=(0.5,) * channels, std=(0.5,) * channels,
                       augment='none')  # Medical images: flips can change meaning; opt in.
     return _maybe_subset(dataset, train_examples, seed)
+
+
+def _npz_class_names(contents: dict, splits: dict, path: str) -> tuple:
+    """The declared `class_names`, else '0' .. 'K-1' with K from the test labels alone.
+
+    Raises DataError naming the file when a training label is outside them: widening the classes
+    to fit the training labels would release something about the training split.
+    """
+    names = contents.get('class_names')
+    if names is not None:
+        class_names, source = tuple(str(n) for n in names), 'its class_names array'
+    else:
+        test_labels = splits['test'][1]
+        count = int(test_labels.max()) + 1 if len(test_labels) else 0
+        class_names, source = tuple(str(c) for c in range(count)), 'the test labels'
+    train_labels = splits['train'][1]
+    if len(train_labels) and train_labels.max() >= len(class_names):
+        raise DataError(f'npz: {path}: train_labels go up to {train_labels.max()}, but the '
+                        f'{len(class_names)} classes from {source} are 0..{len(class_names) - 1}; '
+                        'declare every class in a class_names array.')
+    return class_names
 
 
 def _npz_split(contents: dict, split: str, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -414,7 +439,7 @@ def _decode_files(paths: np.ndarray, shape: tuple, first: str) -> np.ndarray:
     Args:
         paths: [K] image file paths.
         shape: the (H, W, C) every image must have; C also sets the decoded channel count.
-        first: the file `shape` came from, named in shape errors.
+        first: the file `shape` came from (the first test image), named in shape errors.
 
     Returns:
         [K, H, W, C] uint8 images in the order of `paths`.
@@ -441,8 +466,8 @@ def _decode_files(paths: np.ndarray, shape: tuple, first: str) -> np.ndarray:
         image = _decode_file(bad, channels=shape[-1])
         if image.shape == shape:  # Decodes alone but failed in the pipeline: say so, not guess.
             raise DataError(f'folder: {bad} failed to decode in the tf.data pipeline.')
-        raise DataError(f'folder: {bad} has shape {image.shape} but the first image {first} has '
-                        f'shape {shape}; all images must share one shape.')
+        raise DataError(f'folder: {bad} has shape {image.shape} but the first test image {first} '
+                        f'has shape {shape}; all images must share one shape.')
     return images
 
 

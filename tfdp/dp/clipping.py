@@ -4,12 +4,15 @@ The private step is a chain: per-example gradients -> per-example norms -> clip 
 clipped sum. Noise is added afterwards, once per logical step, by the DP optimizer
 (`tfdp.optimizers.dp_keras.PrivateGradientMixin.noised_mean`).
 
-Engines (CLIPPING_ENGINES): `vectorized` is TF Privacy's method, the Jacobian of the per-example loss
-vector with respect to every trainable variable, vectorized over the batch by `pfor`: exact, slow on
-conv nets, kept as the reference. `fast` (tfdp.dp.fast) uses per-layer closed forms.
+Engines (CLIPPING_ENGINES): `vectorized` materializes every example's gradient, each example's
+forward and backward pass on its own, vectorized over the batch by `pfor`: exact, slow on conv nets,
+kept as the reference. `fast` (tfdp.dp.fast) uses per-layer closed forms.
+
+Examples whose gradient is not finite are dropped, padding rows too (tfdp.dp.groups): they get
+weight 0 and their rows are selected away before any sum.
 """
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -22,28 +25,40 @@ LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (labels [B], logits [B, 
 per_example_loss = losses_lib.cross_entropy  # The default loss.
 
 
-def vectorized_per_example_gradients(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor,
-                                     labels: tf.Tensor) -> Tuple[List[tf.Tensor], tf.Tensor,
-                                                                 tf.Tensor]:
-  """Per-example gradients by the vectorized Jacobian (TF Privacy's method).
+def vectorized_per_example_gradients(
+    model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor, labels: tf.Tensor,
+    variables: Optional[Sequence[tf.Variable]] = None
+) -> Tuple[List[tf.Tensor], tf.Tensor, tf.Tensor]:
+  """Per-example gradients, each example's forward and backward pass run alone, vectorized.
+
+  Each example is a batch of one inside `tf.vectorized_map`, so row i depends on example i alone.
+  The Jacobian of the batch's loss vector (TF Privacy's method) gives the same values but contracts
+  every row into every other's weight gradient (with zeros), so a single inf or NaN example would
+  turn every row into NaN.
 
   Args:
     model: maps images [B, ...] to logits [B, K]; must not mix examples (no BatchNorm).
     loss_fn: per-example loss.
     images: float32 [B, H, W, C], preprocessed.
     labels: int [B].
+    variables: whose gradients (default: model.trainable_variables).
 
   Returns:
-    (gradients, losses, logits): gradients is one tensor [B, *var.shape] per trainable variable,
-    losses [B], logits [B, K]. All private.
+    (gradients, losses, logits): gradients is one tensor [B, *var.shape] per variable, losses
+    [B], logits [B, K]. All private.
   """
-  variables = model.trainable_variables
-  with tf.GradientTape() as tape:
-    logits = model(images, training=True)
-    losses = loss_fn(labels, logits)
-  gradients = tape.jacobian(losses, variables,
-                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  return gradients, losses, logits
+  variables = model.trainable_variables if variables is None else list(variables)
+
+  def one_example(example):
+    image, label = example
+    with tf.GradientTape() as tape:
+      logits = model(image[None], training=True)
+      loss = loss_fn(label[None], logits)[0]
+    gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return gradients, loss, logits[0]
+
+  gradients, losses, logits = tf.vectorized_map(one_example, (images, labels))
+  return list(gradients), losses, logits
 
 
 def per_example_norms(gradients: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -60,8 +75,11 @@ def clip_factors(norms: tf.Tensor, l2_norm_clip: float) -> tf.Tensor:
 
 
 def weighted_sum(gradients: Sequence[tf.Tensor], weights: tf.Tensor) -> List[tf.Tensor]:
-  """sum_i weights[i] * gradients[i] per variable: [B] x [B, *shape] -> [*shape]."""
-  return [tf.tensordot(weights, g, axes=1) for g in gradients]
+  """sum_i weights[i] * gradients[i] per variable: [B] x [B, *shape] -> [*shape].
+
+  Rows of weight 0 are left out (selected away, so an inf or NaN there never reaches the sum).
+  """
+  return [groups_lib.weighted_sum(weights, g) for g in gradients]
 
 
 def vectorized_clipped_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor,
@@ -70,7 +88,8 @@ def vectorized_clipped_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Te
   """Sum over the real rows of per-example gradients, each clipped to L2 norm `l2_norm_clip`.
 
   Sensitivity: adding or removing one example changes the returned sum by at most `l2_norm_clip`
-  in L2 norm. Rows with mask 0 (padding) contribute exactly nothing.
+  in L2 norm. Rows with mask 0 (padding) and examples whose gradient norm is not finite
+  contribute exactly nothing (tfdp.dp.groups.kept_examples).
 
   Args:
     model, loss_fn, images, labels: as for `vectorized_per_example_gradients`.
@@ -82,17 +101,23 @@ def vectorized_clipped_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Te
     and the per-example losses [B] and logits [B, K] for monitoring.
   """
   gradients, losses, logits = vectorized_per_example_gradients(model, loss_fn, images, labels)
-  weights = clip_factors(per_example_norms(gradients), l2_norm_clip) * mask
+  norms = per_example_norms(gradients)
+  kept = groups_lib.kept_examples([norms], mask)
+  weights = tf.where(kept, clip_factors(norms, l2_norm_clip), tf.zeros_like(norms))
   return weighted_sum(gradients, weights), losses, logits
 
 
 def plain_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor, labels: tf.Tensor,
               mask: tf.Tensor) -> Tuple[List[tf.Tensor], tf.Tensor, tf.Tensor]:
-  """Non-private: the gradient of the masked loss sum (no clipping), same return shape."""
+  """Non-private: the gradient of the masked loss sum (no clipping), same return shape.
+
+  Rows with mask 0 are selected out of the sum (0 * inf would be NaN); a real example whose loss
+  or gradient is not finite still makes the sum non-finite.
+  """
   with tf.GradientTape() as tape:
     logits = model(images, training=True)
     losses = loss_fn(labels, logits)
-    total = tf.reduce_sum(losses * mask)
+    total = tf.reduce_sum(tf.where(mask > 0, losses * mask, tf.zeros_like(losses)))
   gradients = tape.gradient(total, model.trainable_variables,
                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
   return gradients, losses, logits
@@ -109,7 +134,7 @@ _NORM_TERMS = {
 
 
 class VectorizedEngine:
-  """TF Privacy's method as an engine: the full per-example Jacobian, clipped flat or per group.
+  """Materialized per-example gradients, clipped flat or per group.
 
   Args:
     model, clip_groups, scaling: as for every engine.
@@ -139,7 +164,7 @@ class VectorizedEngine:
     gradients = [groups_lib.example_means(g, self._augmult) for g in gradients]
     terms = [_NORM_TERMS[self._norm](g) for g in gradients]
     weights = groups_lib.clip_weights(terms, self._groups, clip, mask, self._scaling, self._norm)
-    sums = [tf.tensordot(w, g, axes=1) for w, g in zip(weights, gradients)]
+    sums = [groups_lib.weighted_sum(w, g) for w, g in zip(weights, gradients)]
     return sums, losses, logits, groups_lib.whole_norms(terms, self._norm)
 
 

@@ -10,6 +10,12 @@ Scaling rules (SCALINGS) map a group's per-example norm to the factor applied to
 - clip: min(1, bound / norm) (Abadi et al. 2016);
 - normalize: bound / (norm + gamma) (automatic clipping, Bu et al. 2022): every example is rescaled,
   and its scaled norm bound * norm / (norm + gamma) stays below the bound, so the sensitivity is C too.
+
+Dropped rows: padding (mask 0) and examples whose gradient norm is not finite (an inf or NaN from
+the example's own data) get weight exactly 0, and their rows are selected away (`tf.where`), never
+multiplied by 0, since 0 * inf is NaN and would poison the whole sum. A dropped example contributes
+the zero vector, within every bound, so the sensitivity stays C; whether an example is dropped
+depends on its own gradient alone, so it cannot change any other example's contribution.
 """
 
 import dataclasses
@@ -100,10 +106,23 @@ def whole_norms(norm_terms: Sequence[tf.Tensor], norm: str = "l2") -> tf.Tensor:
   return NORMS[norm].combine(tf.add_n(list(norm_terms)))
 
 
+def kept_examples(norm_terms: Sequence[tf.Tensor], mask: tf.Tensor) -> tf.Tensor:
+  """[B] bool: real (mask > 0) examples whose whole gradient norm is finite.
+
+  Each example's verdict reads only its own norm terms, so one example cannot drop another.
+  """
+  return tf.logical_and(mask > 0, tf.math.is_finite(tf.add_n(list(norm_terms))))
+
+
 def clip_weights(norm_terms: Sequence[tf.Tensor], groups: Sequence[int],
                  clip: float, mask: tf.Tensor, scaling: Scaling = Scaling(),
                  norm: str = "l2") -> List[tf.Tensor]:
-  """Per variable, the [B] weights mask_i * factor(||g_{g,i}||, C_g) of its group g.
+  """Per variable, the [B] weights factor(||g_{g,i}||, C_g) of its group g, or 0 if i is dropped.
+
+  Example i is dropped when it is padding (mask 0) or its gradient norm is not finite
+  (`kept_examples`); its weight is then exactly 0, selected rather than multiplied. Sensitivity:
+  a kept example's group g is scaled to norm <= C_g, a dropped one contributes nothing, so adding
+  or removing one example moves the weighted sum by at most C.
 
   Args:
     norm_terms: per variable, [B] terms of each example's gradient norm for it: squared L2 norms
@@ -117,8 +136,24 @@ def clip_weights(norm_terms: Sequence[tf.Tensor], groups: Sequence[int],
   rule = NORMS[norm]
   num_groups = max(groups) + 1
   bound = tf.cast(rule.group_bound(clip, num_groups), mask.dtype)
+  kept = kept_examples(norm_terms, mask)
   factors = []
   for g in range(num_groups):
     group_norm = rule.combine(tf.add_n([n for n, group in zip(norm_terms, groups) if group == g]))
-    factors.append(scaling.factor(group_norm, bound) * mask)
+    factors.append(tf.where(kept, scaling.factor(group_norm, bound), tf.zeros_like(group_norm)))
   return [factors[g] for g in groups]
+
+
+def zero_rows(values: tf.Tensor, keep: tf.Tensor) -> tf.Tensor:
+  """values [B, ...] with every row i where keep[i] is False set to exactly 0 (even inf or NaN)."""
+  keep = tf.reshape(keep, [-1] + [1] * (values.shape.rank - 1))
+  return tf.where(keep, values, tf.zeros_like(values))
+
+
+def weighted_sum(weights: tf.Tensor, per_example: tf.Tensor) -> tf.Tensor:
+  """sum_i weights[i] * per_example[i]: [B] x [B, ...] -> [...], rows of weight 0 left out.
+
+  A row of weight 0 is zeroed before the contraction, so an inf or NaN in a dropped example's
+  gradient never reaches the sum (0 * inf would be NaN).
+  """
+  return tf.tensordot(weights, zero_rows(per_example, tf.not_equal(weights, 0)), axes=1)

@@ -28,6 +28,7 @@ class OptimizerSpec:
   private: bool
   default_learning_rate: float
   hyperparameters: Tuple[str, ...] = ()  # Keras keyword arguments a run may set.
+  proven: bool = True  # Private only: whether a proof backs the ε the accountant computes.
 
 
 # Default learning rates are the usual starting points for each update rule, not tuned values.
@@ -40,7 +41,7 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
     "dp_adam": OptimizerSpec(dp_keras.DPAdam, True, 1e-3, _ADAM),
     "dp_rmsprop": OptimizerSpec(dp_keras.DPRMSprop, True, 1e-3, _RMSPROP),
     "dp_adagrad": OptimizerSpec(dp_keras.DPAdagrad, True, 0.05, _ADAGRAD),
-    "dice_sgd": OptimizerSpec(dp_keras.DiceSGD, True, 0.1, _SGD),
+    "dice_sgd": OptimizerSpec(dp_keras.DiceSGD, True, 0.1, _SGD, proven=False),  # See its class.
 }
 
 
@@ -52,6 +53,12 @@ def _spec(name: str) -> OptimizerSpec:
 
 def is_private(name: str) -> bool:
   return _spec(name).private
+
+
+def has_privacy_proof(name: str) -> bool:
+  """Whether optimizer `name` is private and a proof backs the ε the accountant reports for it."""
+  spec = _spec(name)
+  return spec.private and spec.proven
 
 
 def default_learning_rate(name: str) -> float:

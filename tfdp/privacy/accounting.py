@@ -5,6 +5,18 @@ noise multiplier σ is the event PoissonSampled(q, Gaussian(σ)) under add/remov
 T steps is that event self-composed T times. A noise schedule is a heterogeneous composition of such
 steps; Laplace noise replaces Gaussian(σ) by Laplace(b / L1 sensitivity), accounted by PLD.
 
+The discrete Gaussian (tfdp.dp.noise.DiscreteGaussianSumQuery) has no dp_accounting event. Its
+unsampled release is (α, α / (2σ²))-RDP for every α > 1 (Canonne, Kamath & Steinke 2020: the
+multivariate discrete Gaussian with L2 sensitivity-to-scale ratio 1/σ), the same curve as the
+continuous Gaussian, but the exact subsampled-Gaussian analysis relies on the continuous mixture. So
+its Poisson subsampling is bounded by Zhu & Wang 2019 (Theorem 6, "general upper bound", valid for
+any mechanism under add/remove adjacency) at integer orders α:
+  (α-1) ε_q(α) <= log[(1-q)^(α-1) (αq - q + 1) + C(α,2) q² (1-q)^(α-2) e^ε(2)
+                      + 3 Σ_{l=3..α} C(α,l) (1-q)^(α-l) q^l e^((l-1) ε(l))]
+taken together with the variant of the tail terms C(α,l) (1-q)^(α-l) q^l e^(l ε(l+1)) without the
+factor 3 (the larger of the two is used, so either bound alone suffices), and converted to (ε, δ)
+by dp_accounting's RDP conversion.
+
 >>> round(epsilon(noise_multiplier=1.1, sampling_probability=256 / 60000, steps=14063, delta=1e-5), 2)
 2.6
 >>> sigma = calibrate_noise_multiplier(3.0, 1e-5, sampling_probability=0.01, steps=1000)
@@ -19,13 +31,17 @@ from typing import Callable, Dict, Sequence, Tuple
 import dp_accounting
 import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
+from scipy import special
 
 ACCOUNTANTS = ("rdp", "pld")
 _PLD_DISCRETIZATION = 1e-3  # Interval of the PLD's privacy-loss grid; finer costs time, not safety:
 # the PLD accountant rounds pessimistically, so a coarser grid only over-reports ε slightly.
 
 
-NOISES = ("gaussian", "laplace")
+NOISES = ("gaussian", "laplace", "discrete_gaussian")
+ACCOUNTANTS_OF_NOISE = {"gaussian": ("rdp", "pld"), "laplace": ("pld",),
+                        "discrete_gaussian": ("rdp",)}  # The first one enforces the budget.
+_INTEGER_ORDERS = tuple(range(2, 257))  # The general subsampling bound holds at integer orders.
 # A run as (noise multiplier, number of steps) segments, composed in order. Gaussian: σ = noise std /
 # L2 sensitivity. Laplace: σ = b / L1 sensitivity (b the per-coordinate scale), dp_accounting's
 # convention for LaplaceDpEvent.
@@ -37,7 +53,8 @@ def step_event(noise_multiplier: float, sampling_probability: float,
                noise: str = "gaussian") -> dp_accounting.DpEvent:
   """One Poisson-subsampled noisy step."""
   if noise not in _BASE_EVENTS:
-    raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(NOISES)}")
+    raise ValueError(f"noise {noise!r} has no dp_accounting event; events exist for: "
+                     f"{', '.join(_BASE_EVENTS)}")
   return dp_accounting.PoissonSampledDpEvent(sampling_probability,
                                              _BASE_EVENTS[noise](noise_multiplier))
 
@@ -63,18 +80,56 @@ def _rdp_of_one_step(noise_multiplier: float, sampling_probability: float) -> np
   return np.array(accountant._rdp)  # pylint: disable=protected-access  (RDP is linear in steps)
 
 
+def _log_binomial(n: int, k: np.ndarray) -> np.ndarray:
+  return special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1)
+
+
+def subsampled_rdp_any_mechanism(rdp_of: Callable[[int], float], sampling_probability: float,
+                                 order: int) -> float:
+  """Zhu & Wang 2019's general bound on the RDP at integer `order` >= 2 of a Poisson-subsampled
+  mechanism whose own RDP at order a is rdp_of(a) (see the module docstring)."""
+  q, alpha = sampling_probability, order
+  if q == 1.0:
+    return rdp_of(alpha)
+  log_q, log_p = math.log(q), math.log1p(-q)
+  head = [(alpha - 1) * log_p + math.log(alpha * q - q + 1),
+          float(_log_binomial(alpha, np.array(2))) + 2 * log_q + (alpha - 2) * log_p + rdp_of(2)]
+  tails = np.arange(3, alpha + 1)
+  common = _log_binomial(alpha, tails) + (alpha - tails) * log_p + tails * log_q
+  with_three = math.log(3) + special.logsumexp(
+      common + np.array([(l - 1) * rdp_of(l) for l in tails])) if len(tails) else -math.inf
+  without = special.logsumexp(
+      common + np.array([l * rdp_of(l + 1) for l in tails])) if len(tails) else -math.inf
+  bounds = [special.logsumexp(head + [tail]) for tail in (with_three, without)]
+  return float(max(bounds)) / (alpha - 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_of_one_discrete_step(noise_multiplier: float, sampling_probability: float) -> np.ndarray:
+  unsampled = lambda order: order / (2.0 * noise_multiplier ** 2)
+  return np.array([subsampled_rdp_any_mechanism(unsampled, sampling_probability, order)
+                   for order in _INTEGER_ORDERS])
+
+
 def _epsilon_rdp(segments: Segments, sampling_probability: float, delta: float,
                  noise: str) -> float:
-  if noise != "gaussian":
+  if noise == "gaussian":
+    rdp = sum(count * _rdp_of_one_step(sigma, sampling_probability) for sigma, count in segments)
+    orders = dp_accounting.rdp.RdpAccountant()._orders  # pylint: disable=protected-access
+  elif noise == "discrete_gaussian":
+    rdp = sum(count * _rdp_of_one_discrete_step(sigma, sampling_probability)
+              for sigma, count in segments)
+    orders = _INTEGER_ORDERS
+  else:
     raise ValueError(f"the RDP accountant has no bound for Poisson-subsampled {noise} noise; "
                      "use the PLD accountant")
-  rdp = sum(count * _rdp_of_one_step(sigma, sampling_probability) for sigma, count in segments)
-  orders = dp_accounting.rdp.RdpAccountant()._orders  # pylint: disable=protected-access
   return float(rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
 
 
 def _epsilon_pld(segments: Segments, sampling_probability: float, delta: float,
                  noise: str) -> float:
+  if noise not in _BASE_EVENTS:
+    raise ValueError(f"the PLD accountant has no {noise} mechanism; use the RDP accountant")
   accountant = dp_accounting.pld.PLDAccountant(
       value_discretization_interval=_PLD_DISCRETIZATION)
   for sigma, count in segments:
@@ -111,8 +166,8 @@ def composed_epsilon(segments: Segments, sampling_probability: float, delta: flo
     segments: (noise multiplier, steps) pairs; all steps use sampling probability q.
     sampling_probability: q.
     delta: the δ at which ε is reported.
-    accountant: 'rdp' or 'pld' (Laplace noise: 'pld' only).
-    noise: 'gaussian' or 'laplace'.
+    accountant: 'rdp' or 'pld' (ACCOUNTANTS_OF_NOISE says which apply to each noise).
+    noise: a NOISES name.
 
   Returns:
     ε of the composition; 0 without steps, `inf` when a taken step has no noise.

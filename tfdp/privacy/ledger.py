@@ -10,16 +10,28 @@ No TensorFlow here.
 import dataclasses
 import json
 import math
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from tfdp import atomic
 from tfdp.privacy import accounting
+from tfdp.privacy import mechanisms
 
 SAMPLING_NOTES = {
     "poisson": "batches drawn by Poisson sampling, as the accountant assumes",
     "shuffle": ("batches drawn by shuffling, NOT Poisson sampling: this ε assumes Poisson "
                 "subsampling, the customary approximation for shuffled batches, not a proof"),
 }
+
+RANDOMNESS_NOTES = {
+    "secret": ("sampling and noise drawn from a secure random source and never released, as the "
+               "guarantee assumes"),
+    "reproducible": ("REPRODUCIBLE NOISE (--reproducible_noise): sampling and noise follow from the "
+                     "published seed, so this run has no DP guarantee against anyone who knows it"),
+}
+
+UNPROVEN_NOTE = ("NO PROVEN DP GUARANTEE (the mechanism has no privacy proof; the ε below is "
+                 "DP-SGD's at the same σ, for comparison only)")
+GUARANTEES = ("proven", "shuffle", "reproducible", "unproven", "none")  # PrivacyLedger.guarantee()
 
 
 @dataclasses.dataclass
@@ -42,6 +54,17 @@ class PrivacyLedger:
       past the planned epochs); empty for a constant σ.
     steps_per_epoch: steps in one epoch (used with epoch_factors).
     notes: how σ maps onto the mechanism, one sentence each (per-layer noise, adaptive clipping).
+    randomness: 'secret' (sampling and noise from a secure source, never released: the default and
+      what the guarantee assumes) or 'reproducible' (--reproducible_noise: both follow from the
+      public seed, so the run has no DP guarantee against anyone who knows it).
+    coordinates: d, the number of noised coordinates (trainable parameters); with the steps it
+      sizes what the float64 noise samplers add to δ (float_tail_delta).
+    proven: whether the mechanism has a proof for the ε the accountant computes. False for DiceSGD,
+      whose ε is DP-SGD's at the same σ, reported for comparison only (guarantee() == 'unproven').
+    mechanism: every other setting that changes what the noisy steps release (optimizer, clip
+      norms and groups, scaling, per-group noise, adaptive clipping, augmult), as JSON values
+      (tfdp.planning.mechanism_fields); a resume must match it. Empty in ledgers written before it
+      was recorded, which therefore cannot be resumed.
   """
   noise_multiplier: float
   sampling_probability: float
@@ -55,8 +78,14 @@ class PrivacyLedger:
   epoch_factors: List[float] = dataclasses.field(default_factory=list)
   steps_per_epoch: int = 0
   notes: List[str] = dataclasses.field(default_factory=list)
+  randomness: str = "secret"
+  proven: bool = True
+  coordinates: int = 0
+  mechanism: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
+    if self.randomness not in RANDOMNESS_NOTES:
+      raise ValueError(f"unknown randomness {self.randomness!r}; valid: {sorted(RANDOMNESS_NOTES)}")
     if self.sampling not in SAMPLING_NOTES:
       raise ValueError(f"unknown sampling {self.sampling!r}; valid: {sorted(SAMPLING_NOTES)}")
     if self.epoch_factors and self.steps_per_epoch < 1:
@@ -66,8 +95,19 @@ class PrivacyLedger:
 
   @property
   def accountant(self) -> str:
-    """The accountant that enforces the budget: RDP for Gaussian noise, PLD for Laplace."""
-    return "rdp" if self.noise == "gaussian" else "pld"
+    """The accountant that enforces the budget: RDP for (discrete) Gaussian noise, PLD for Laplace."""
+    return accounting.ACCOUNTANTS_OF_NOISE[self.noise][0]
+
+  @property
+  def accountants(self) -> Tuple[str, ...]:
+    """Every accountant that has a bound for this noise."""
+    return accounting.ACCOUNTANTS_OF_NOISE[self.noise]
+
+  def float_tail_delta(self, steps: Optional[int] = None) -> float:
+    """What the float64 noise samplers add to δ after `steps` (tfdp.privacy.mechanisms)."""
+    steps = self.steps if steps is None else steps
+    return mechanisms.float_tail_delta(self.epsilon(steps=steps), steps, self.coordinates,
+                                       self.noise)
 
   def noise_multiplier_at(self, step: int) -> float:
     """σ of step `step` (0-based) under the schedule."""
@@ -93,11 +133,31 @@ class PrivacyLedger:
   def private(self) -> bool:
     return self.noise_multiplier > 0
 
+  def guarantee(self) -> str:
+    """What the run's ε stands for, one of GUARANTEES.
+
+    'proven': Poisson sampling, secret randomness and a mechanism with a proof; 'shuffle': the
+    Poisson formula applied to shuffled batches (an approximation, not a proof); 'reproducible': no
+    guarantee against anyone who knows the seed; 'unproven': no proof for the mechanism (DiceSGD);
+    'none': non-private training.
+    """
+    if not self.private:
+      return "none"
+    if self.randomness == "reproducible":
+      return "reproducible"
+    if not self.proven:
+      return "unproven"
+    return "shuffle" if self.sampling == "shuffle" else "proven"
+
   def epsilon(self, accountant: Optional[str] = None, steps: Optional[int] = None) -> float:
     """ε spent after `steps` (default: the steps taken) by `accountant` (default: self.accountant)."""
     steps = self.steps if steps is None else steps
     return accounting.composed_epsilon(self.segments(steps), self.sampling_probability, self.delta,
                                        accountant or self.accountant, self.noise)
+
+  def epsilon_by(self, accountant: str) -> Optional[float]:
+    """ε by `accountant` after the steps taken, or None when it has no bound for this noise."""
+    return self.epsilon(accountant) if self.private and accountant in self.accountants else None
 
   def max_steps(self) -> Optional[int]:
     """Steps the budget allows (by self.accountant), or None without a budget."""
@@ -114,17 +174,24 @@ class PrivacyLedger:
     """One line saying what ε this is and how it was computed."""
     if not self.private:
       return "non-private training: no privacy guarantee (ε = ∞)"
-    if self.noise == "gaussian":
-      accountants = f"ε = {self.epsilon('rdp'):.3f} (RDP accountant; PLD: {self.epsilon('pld'):.3f})"
-      mechanism = f"Gaussian noise, σ = {self.noise_multiplier:.4f}"
-    else:
-      accountants = f"ε = {self.epsilon('pld'):.3f} (PLD accountant)"
-      mechanism = f"Laplace noise, b / L1 clip = {self.noise_multiplier:.4f}"
+    prefix = "" if self.proven else UNPROVEN_NOTE + ": "
+    accountants = _DESCRIBE_ACCOUNTANTS[self.noise](self)
+    mechanism = _DESCRIBE_MECHANISM[self.noise].format(sigma=self.noise_multiplier)
     if self.epoch_factors:
       mechanism += (f" in epoch 1 on a {self.schedule} schedule (σ now "
                     f"{self.noise_multiplier_at(max(self.steps - 1, 0)):.4f})")
-    return (f"{accountants} at δ = {self.delta:g} after {self.steps} steps, {mechanism}, q = "
-            f"{self.sampling_probability:.5f}; {SAMPLING_NOTES[self.sampling]}")
+    return (f"{prefix}{accountants} at δ = {self.delta:g} after {self.steps} steps, {mechanism}, "
+            f"q = {self.sampling_probability:.5f}; {SAMPLING_NOTES[self.sampling]}; "
+            f"{RANDOMNESS_NOTES[self.randomness]}; {self._float_note()}")
+
+  def _float_note(self) -> str:
+    if self.noise == "discrete_gaussian":
+      return "noise exact on an integer grid (discrete Gaussian)"
+    extra = self.float_tail_delta()
+    note = (f"float64 noise truncated at {mechanisms.GAUSSIAN_MAX:.2f} stds"
+            if self.noise == "gaussian" else "float64 Laplace noise, NOT hardened against "
+            "floating-point attacks (use --noise=discrete_gaussian)")
+    return f"{note}: the guarantee is at δ + {extra:.2g} for its missing tail"
 
   def statement(self) -> str:
     """describe() plus the notes on how σ maps onto the mechanism: the run's privacy statement."""
@@ -147,9 +214,49 @@ class PrivacyLedger:
 
   def same_mechanism(self, other: "PrivacyLedger") -> bool:
     """Whether `other` describes the same mechanism and budget (so a resume may continue it)."""
+    return not self.mechanism_changes(other)
+
+  def mechanism_changes(self, other: "PrivacyLedger") -> List[str]:
+    """What differs from `other` in the mechanism and budget, one 'name: ours -> theirs' each."""
     keys = ("noise_multiplier", "sampling_probability", "delta", "sampling", "target_epsilon",
-            "noise", "schedule", "epoch_factors", "steps_per_epoch")
-    return all(_close(getattr(self, k), getattr(other, k)) for k in keys)
+            "noise", "schedule", "epoch_factors", "steps_per_epoch", "randomness")
+    changes = [f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}" for k in keys
+               if not _close(getattr(self, k), getattr(other, k))]
+    return changes + _setting_changes(self.mechanism, other.mechanism)
+
+
+_DESCRIBE_ACCOUNTANTS = {
+    "gaussian": lambda ledger: (f"ε = {ledger.epsilon('rdp'):.3f} (RDP accountant; PLD: "
+                                f"{ledger.epsilon('pld'):.3f})"),
+    "laplace": lambda ledger: f"ε = {ledger.epsilon('pld'):.3f} (PLD accountant)",
+    "discrete_gaussian": lambda ledger: (f"ε = {ledger.epsilon('rdp'):.3f} (RDP accountant, "
+                                         "general Poisson-subsampling bound)"),
+}
+_DESCRIBE_MECHANISM = {
+    "gaussian": "Gaussian noise, σ = {sigma:.4f}",
+    "laplace": "Laplace noise, b / L1 clip = {sigma:.4f}",
+    "discrete_gaussian": ("discrete Gaussian noise on an integer grid, σ = {sigma:.4f} of the "
+                          "rounding-inflated sensitivity"),
+}
+
+
+_ABSENT = object()
+
+
+def _setting_changes(ours: Dict[str, Any], theirs: Dict[str, Any]) -> List[str]:
+  """'key: ours -> theirs' per differing mechanism setting; none recorded (older ledger) differs."""
+  if not ours and theirs:
+    return [f"mechanism settings: not recorded (a ledger from an older tfdp) -> {theirs!r}"]
+  changes = []
+  for key in sorted(set(ours) | set(theirs)):
+    a, b = ours.get(key, _ABSENT), theirs.get(key, _ABSENT)
+    if a is _ABSENT or b is _ABSENT or not _close(a, b):
+      changes.append(f"{key}: {_shown(a)} -> {_shown(b)}")
+  return changes
+
+
+def _shown(value) -> str:
+  return "(absent)" if value is _ABSENT else repr(value)
 
 
 def _close(a, b) -> bool:

@@ -13,6 +13,33 @@ sensitivity is 1 / σ_eff. The accountant composes σ_eff.
 import math
 from typing import Callable, Dict, List, Sequence
 
+# The float64 noise samplers of tfdp.dp.randomness draw from 53-bit uniforms in (0, 1].
+FLOAT_UNIT = 2.0 ** -53
+GAUSSIAN_MAX = math.sqrt(-2.0 * math.log(FLOAT_UNIT))  # Largest |Gaussian draw|, in stds: 8.57.
+GAUSSIAN_TAIL = math.erfc(GAUSSIAN_MAX / math.sqrt(2.0))  # Ideal mass beyond it: 1.0e-17.
+LAPLACE_TAIL = FLOAT_UNIT  # Ideal Laplace mass beyond the largest draw, 53 ln 2 = 36.7 scales.
+_TAILS = {"gaussian": GAUSSIAN_TAIL, "laplace": LAPLACE_TAIL, "discrete_gaussian": 0.0}
+
+
+def float_tail_delta(epsilon: float, steps: int, coordinates: int, noise: str) -> float:
+  """What the float64 samplers' missing tails add to δ after `steps` steps of `coordinates`.
+
+  The drawn noise is the ideal noise truncated where the sampler's largest draw lies; the truncated
+  mechanism is within total variation η = steps · coordinates · tail of the ideal one, so an
+  (ε, δ)-DP ideal run makes the drawn one (ε, δ + (1 + e^ε) η)-DP. 0 for the discrete Gaussian,
+  whose integer sampler has no such truncation at any relevant scale.
+
+  >>> f"{float_tail_delta(3.0, steps=2000, coordinates=272_474, noise='gaussian'):.2g}"
+  '1.2e-07'
+  >>> float_tail_delta(3.0, steps=2000, coordinates=272_474, noise="discrete_gaussian")
+  0.0
+  """
+  if noise not in _TAILS:
+    raise ValueError(f"unknown noise {noise!r}; valid: {', '.join(_TAILS)}")
+  if not math.isfinite(epsilon):
+    return 1.0
+  return min(1.0, (1.0 + math.exp(min(epsilon, 700.0))) * steps * coordinates * _TAILS[noise])
+
 # Relative noise std of group k of G (0 = nearest the input), before normalization.
 LAYER_NOISE: Dict[str, Callable[[int, int], float]] = {
     "uniform": lambda k, groups: 1.0,

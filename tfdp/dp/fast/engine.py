@@ -1,10 +1,18 @@
-"""The fast engine: one forward, one backward, then per-layer closed forms."""
+"""The fast engine: one forward, one backward, then per-layer closed forms.
+
+Rows stay independent: without BatchNorm, row i of every layer's input `a` and output gradient `dz`
+comes from example i alone, and each rule's squared norms read row i alone. The weighted sums
+contract over rows, so before them the rows of weight 0 (padding, or an example whose gradient norm
+is not finite) are zeroed in `a` and `dz` by selection: a zero weight times an inf or NaN would
+still be NaN. A dropped example thus contributes exactly 0 (tfdp.dp.groups); the sensitivity is C.
+"""
 
 from typing import List
 
 from absl import logging
 import tensorflow as tf
 
+from tfdp.dp import clipping
 from tfdp.dp import groups as groups_lib
 from tfdp.dp.fast import rules
 
@@ -32,8 +40,9 @@ class FastEngine:
     self.fast_layers = [layer for layer in layers if rules.rule_for(layer) is not None]
     self.fallback_layers = [layer for layer in layers if rules.rule_for(layer) is None]
     if self.fallback_layers:
-      logging.warning("fast clipping has no rule for %s; their per-example gradients use the slow "
-                      "vectorized Jacobian", [layer.name for layer in self.fallback_layers])
+      logging.warning("fast clipping has no rule for %s; their per-example gradients are "
+                      "computed one example at a time (slow)",
+                      [layer.name for layer in self.fallback_layers])
     self._tap = tf.keras.Model(
         model.inputs, [model.output] + [layer.input for layer in self.fast_layers]
         + [layer.output for layer in self.fast_layers])
@@ -49,25 +58,36 @@ class FastEngine:
       mask: [B], 1 for real examples and 0 for padding.
 
     Each example's gradient is clipped (per group) so the sum has L2 sensitivity l2_norm_clip;
-    examples with mask 0 contribute nothing.
+    examples with mask 0 or a non-finite gradient norm contribute nothing.
     """
     n = len(self.fast_layers)
     row_mask = groups_lib.repeat_rows(mask, self._augmult)
-    with tf.GradientTape(persistent=bool(self._fallback_variables)) as tape:
+    with tf.GradientTape() as tape:
       tapped = self._tap(images, training=True)
       logits, inputs, outputs = tapped[0], tapped[1:1 + n], tapped[1 + n:]
       losses = loss_fn(labels, logits)
-      total = tf.reduce_sum(losses * row_mask) / self._augmult  # Σ_i mask_i * mean_k loss_ik.
+      # Σ_i mask_i * mean_k loss_ik, padding selected out (its loss is never multiplied).
+      total = tf.reduce_sum(tf.where(row_mask > 0, losses, tf.zeros_like(losses))) / self._augmult
     output_grads = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    fallback_grads = ([groups_lib.example_means(g, self._augmult) for g in tape.jacobian(
-        losses, self._fallback_variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)]
-                      if self._fallback_variables else [])
     del tape
+    fallback_grads = self._fallback_gradients(loss_fn, images, labels)
 
     squared = self._squared_norms(inputs, output_grads, fallback_grads)
     weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask, self._scaling)
     sums = self._weighted_sums(inputs, output_grads, fallback_grads, weights)
     return sums, losses, logits, groups_lib.whole_norms(squared)
+
+  def _fallback_gradients(self, loss_fn, images, labels) -> List[tf.Tensor]:
+    """[B, *shape] per-example gradients of the layers without a rule, one example at a time.
+
+    Not the Jacobian of the batch's losses: that contracts every row into every other's gradient,
+    so one inf or NaN example would make all of them NaN.
+    """
+    if not self._fallback_variables:
+      return []
+    grads, _, _ = clipping.vectorized_per_example_gradients(self._model, loss_fn, images, labels,
+                                                            self._fallback_variables)
+    return [groups_lib.example_means(g, self._augmult) for g in grads]
 
   def _in_model_order(self, per_layer_values, fallback_values) -> List[tf.Tensor]:
     ordered = [None] * len(self._position)
@@ -98,7 +118,9 @@ class FastEngine:
     for layer, a, dz in zip(self.fast_layers, inputs, output_grads):
       layer_weights = groups_lib.repeat_rows(weight_of[layer.trainable_weights[0].ref()],
                                              self._augmult)  # One group per layer.
+      kept = tf.not_equal(layer_weights, 0)
+      a, dz = groups_lib.zero_rows(a, kept), groups_lib.zero_rows(dz, kept)
       per_layer.extend(rules.rule_for(layer).weighted_sum(layer, a, dz, layer_weights))
-    fallback = [tf.tensordot(weight_of[v.ref()], g, axes=1)
+    fallback = [groups_lib.weighted_sum(weight_of[v.ref()], g)
                 for v, g in zip(self._fallback_variables, fallback_grads)]
     return self._in_model_order(per_layer, fallback)

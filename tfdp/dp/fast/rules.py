@@ -6,6 +6,8 @@ model has no BatchNorm, so row i of dz is example i's own output gradient):
 - `squared_norms(layer, a, dz)`: per variable in `layer.trainable_weights` order, [B] squared norms
   of each example's gradient;
 - `weighted_sum(layer, a, dz, weights)`: per variable, sum_i weights[i] * (example i's gradient).
+  The engine zeroes the rows of `a` and `dz` whose weight is 0 before calling it (they may hold inf
+  or NaN from a dropped example), so a rule may contract over rows with plain products.
 """
 
 from typing import Callable, Dict, List, Optional, Type

@@ -1,0 +1,206 @@
+"""The mechanism's random coins: which examples each step samples, and the noise it adds.
+
+Privacy argument. A run's (ε, δ) is a statement about the distribution, over the mechanism's coins,
+of everything it releases: the noised update of every step, hence the weights in every checkpoint
+and export and the metrics computed from them. The coins are every step's Poisson inclusion draws
+and every step's noise. The guarantee holds against an adversary who knows the data set minus one
+example, the program and its public configuration, but not the coins. If the coins could be
+recomputed (from a published seed and the open-source program) each release would be a
+deterministic function of the data: the batches are known, so there is no amplification by
+sampling, and the noise can be subtracted, so no finite ε holds whatever the accountant prints.
+
+So, by default (`SecretCoins`):
+- each step's inclusion draws are read from the operating system's CSPRNG (`secrets`), 53 bits per
+  example, and a permutation for shuffled batches is keyed by 256 bits from it;
+- each step's noise is drawn by TensorFlow's counter-based Philox generator keyed with 128 fresh
+  bits from the CSPRNG (`noise_seed`), one key per step, consumed by `keyed_noise` below;
+- no key is stored anywhere: not in checkpoints, the ledger, metrics, the model card or logs. A
+  resumed run draws fresh coins for its remaining steps; the accountant needs the number of steps
+  and their σ and q, which the ledger keeps, not the same draws.
+
+`ReproducibleCoins(seed)` (--reproducible_noise) derives both from (seed, step), so two runs repeat
+exactly: for tests and debugging only, and such a run says that it has no guarantee against anyone
+who knows the seed. The public --seed otherwise drives only what needs no secrecy: initialization,
+augmentation, the --train_examples subset and evaluation order.
+
+Noise in float64. TensorFlow's own normal sampler (Box-Muller over float uniforms clamped at 1e-7)
+never draws beyond 5.68σ, so an output beyond s + 5.68σC would be impossible without the example.
+`gaussian` here is Box-Muller on 53-bit uniforms in (0, 1]: its largest draw is
+sqrt(106 ln 2) = 8.57σ. The ideal Gaussian's mass beyond that, GAUSSIAN_TAIL = 1.0e-17 per
+coordinate, is what the drawn noise lacks; the release equals the mechanism with Gaussian noise
+truncated at 8.57σ (up to the float64 grid), which is within total variation T·d·GAUSSIAN_TAIL of
+the ideal one over T steps of d coordinates, so the run is (ε, δ + (1 + e^ε)·T·d·GAUSSIAN_TAIL)-DP
+for the accountant's (ε, δ) (tfdp.privacy.mechanisms.float_tail_delta, in every statement). The
+float64 grid itself is not covered by that bound: --noise=discrete_gaussian (tfdp.dp.noise) is the
+option that is exact on an integer grid.
+`laplace` is inverse-CDF on the same uniforms (largest draw 53 ln 2 = 36.7 scales, tail mass
+2^-53 per coordinate); it is not hardened against floating-point attacks (Mironov 2012), and the
+run's statement says so.
+"""
+
+import contextlib
+import math
+import secrets
+from typing import Dict, Iterator, Optional, Protocol
+
+import numpy as np
+import tensorflow as tf
+
+from tfdp.privacy import mechanisms
+
+_UNIT = mechanisms.FLOAT_UNIT  # Spacing of the 53-bit uniforms.
+
+class Coins(Protocol):
+  """The random choices of the private mechanism."""
+
+  name: str  # 'secret' or 'reproducible', as the ledger records it.
+
+  def inclusion(self, step: int, num_examples: int, probability: float) -> np.ndarray:
+    """[num_examples] bool: who joins step `step`, each independently with `probability`."""
+
+  def permutation(self, epoch: int, num_examples: int) -> np.ndarray:
+    """A permutation of range(num_examples), the same for every call with this epoch."""
+
+  def noise_seed(self, step: int) -> np.ndarray:
+    """[2] int64: the key of step `step`'s noise."""
+
+
+def _threshold(probability: float) -> int:
+  """k with P(U < k) = k / 2^53 <= probability for a 53-bit uniform integer U: never above q."""
+  return math.floor(probability * 2 ** 53)
+
+
+class SecretCoins:
+  """Coins from the operating system's CSPRNG, fresh at every call and never stored."""
+
+  name = "secret"
+
+  def __init__(self):
+    self._epoch_keys: Dict[int, int] = {}  # In memory only, for shuffled epochs.
+
+  def inclusion(self, step: int, num_examples: int, probability: float) -> np.ndarray:
+    del step  # Every step's draws are fresh.
+    bits = np.frombuffer(secrets.token_bytes(8 * num_examples), dtype=np.uint64) >> np.uint64(11)
+    return bits < np.uint64(_threshold(probability))
+
+  def permutation(self, epoch: int, num_examples: int) -> np.ndarray:
+    key = self._epoch_keys.setdefault(epoch, secrets.randbits(256))
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(key))).permutation(
+        num_examples)
+
+  def noise_seed(self, step: int) -> np.ndarray:
+    del step
+    return np.frombuffer(secrets.token_bytes(16), dtype=np.int64).copy()
+
+
+class ReproducibleCoins:
+  """Coins derived from a public seed and the step: NO privacy against anyone who knows the seed."""
+
+  name = "reproducible"
+
+  def __init__(self, seed: int):
+    if seed < 0:
+      raise ValueError(f"seed={seed} must be non-negative (numpy seeds are).")
+    self.seed = seed
+
+  def inclusion(self, step: int, num_examples: int, probability: float) -> np.ndarray:
+    return np.random.default_rng([self.seed, step]).random(num_examples) < probability
+
+  def permutation(self, epoch: int, num_examples: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(num_examples)
+
+  def noise_seed(self, step: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, step, 1]).integers(
+        np.iinfo(np.int64).min, np.iinfo(np.int64).max, size=2, dtype=np.int64)
+
+
+def make_coins(reproducible: bool, seed: int) -> Coins:
+  """SecretCoins, or ReproducibleCoins(seed) when `reproducible` (--reproducible_noise)."""
+  return ReproducibleCoins(seed) if reproducible else SecretCoins()
+
+
+# The key of the noise being drawn; every noise draw of a query happens inside `keyed_noise`.
+class _Key:
+  seed: Optional[tf.Tensor] = None
+  draws = 0
+
+
+@contextlib.contextmanager
+def keyed_noise(seed: tf.Tensor) -> Iterator[None]:
+  """Within this context, the samplers below draw from Philox keyed by `seed` ([2] int64).
+
+  Draw k of the context uses the key fold_in(seed, k), so the draws are independent of each other
+  and a deterministic function of `seed` (inside one traced function, in the same order).
+  """
+  previous = (_Key.seed, _Key.draws)
+  _Key.seed, _Key.draws = tf.convert_to_tensor(seed, tf.int64), 0
+  try:
+    yield
+  finally:
+    _Key.seed, _Key.draws = previous
+
+
+def _next_key() -> tf.Tensor:
+  if _Key.seed is None:
+    raise RuntimeError("mechanism noise drawn outside randomness.keyed_noise: its coins would "
+                       "not be the run's secret ones")
+  key = tf.random.experimental.stateless_fold_in(_Key.seed, _Key.draws)
+  _Key.draws += 1
+  return key
+
+
+def uniform53(shape, key: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """float64 uniforms in (0, 1] on the 2^-53 grid, from `key` (default: the context's next)."""
+  key = _next_key() if key is None else key
+  bits = tf.random.stateless_uniform(shape, key, minval=None, maxval=None, dtype=tf.uint64)
+  return (tf.cast(tf.bitwise.right_shift(bits, tf.constant(11, tf.uint64)), tf.float64)
+          + 1.0) * _UNIT
+
+
+def gaussian(shape, stddev) -> tf.Tensor:
+  """float64 N(0, stddev²) draws by Box-Muller on 53-bit uniforms (largest |draw| 8.57 stds)."""
+  radius = tf.sqrt(-2.0 * tf.math.log(uniform53(shape)))
+  angle = (2.0 * math.pi) * uniform53(shape)
+  return tf.cast(stddev, tf.float64) * radius * tf.cos(angle)
+
+
+def laplace(shape, scale) -> tf.Tensor:
+  """float64 Laplace(0, scale) draws: a random sign times an Exp(1) draw by inverse CDF."""
+  magnitude = -tf.math.log(uniform53(shape))
+  sign = tf.where(uniform53(shape) <= 0.5, tf.constant(-1.0, tf.float64),
+                  tf.constant(1.0, tf.float64))
+  return tf.cast(scale, tf.float64) * sign * magnitude
+
+
+def add_noise(value: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
+  """value + noise computed in float64, returned in value's dtype."""
+  return tf.cast(tf.cast(value, tf.float64) + noise, value.dtype)
+
+
+def discrete_gaussian(shape, scale: tf.Tensor) -> tf.Tensor:
+  """int64 draws of the discrete Gaussian N_Z(0, scale²), for an integer scale >= 1.
+
+  Canonne, Kamath & Steinke 2020 (Algorithm 3), vectorized as TF Privacy's sampler is, with
+  proposal parameter t = scale: Y = G1 - G2 for G1, G2 ~ Geometric(1 - e^(-1/t)) (a discrete
+  Laplace), accepted with probability exp(-(|Y| - scale²/t)² / (2 scale²)); rejected coordinates
+  are proposed again with fresh uniforms until all are accepted (about 70% accept per round).
+  The geometric draws are floor(t · Exp(1)) by inversion on 53-bit uniforms, so a proposal never
+  exceeds 36.7 t (the discrete Gaussian's mass beyond 36.7 scales is below e^-600).
+  """
+  key = _next_key()
+  size = tf.reduce_prod(shape)
+  t = tf.cast(scale, tf.float64)
+
+  def propose(round_index, values, accepted):
+    round_key = tf.random.experimental.stateless_fold_in(key, round_index)
+    keys = [tf.random.experimental.stateless_fold_in(round_key, j) for j in range(3)]
+    geometric = [tf.floor(t * -tf.math.log(uniform53([size], k))) for k in keys[:2]]
+    proposal = geometric[0] - geometric[1]
+    keep = uniform53([size], keys[2]) <= tf.exp(-tf.square(tf.abs(proposal) - t) / (2.0 * t * t))
+    fill = keep & ~accepted
+    return round_index + 1, tf.where(fill, proposal, values), accepted | keep
+
+  _, values, _ = tf.while_loop(
+      lambda i, values, accepted: ~tf.reduce_all(accepted), propose,
+      (tf.constant(0, tf.int64), tf.zeros([size], tf.float64), tf.zeros([size], tf.bool)))
+  return tf.reshape(tf.cast(values, tf.int64), shape)
