@@ -64,12 +64,10 @@ def _metrics_for_card(checkpoint_dir: str, restored) -> dict:
       return json.load(f)
   epoch, ledger, history = restored
   last = history[-1] if history else {}
-  proven = ledger.private and ledger.proven
-  return {**last, "epsilon": ledger.epsilon() if proven else None,
-          "epsilon_pld": ledger.epsilon_by("pld") if proven else None,
-          "epsilon_if_dp_sgd": ledger.epsilon() if ledger.private and not proven else None,
+  return {**last, **ledger.epsilon_fields(),
           "dp_guarantee": ledger.guarantee(), "randomness": ledger.randomness,
           "delta": ledger.delta, "target_epsilon": ledger.target_epsilon,
+          "delta_float_tail": ledger.float_tail_delta() if ledger.private else None,
           "accountant": ledger.accountant, "sampling": ledger.sampling,
           "sampling_probability": ledger.sampling_probability, "noise": ledger.noise,
           "noise_multiplier": ledger.noise_multiplier, "steps": ledger.steps,

@@ -268,11 +268,8 @@ def _epoch_record(epoch, ledger, stats, evaluation, monitor: Optional[str] = Non
   record = {"epoch": epoch, "steps": ledger.steps,
             **{k: v for k, v in evaluation.items() if v is not None}, **stats.monitoring(monitor)}
   test_accuracy = evaluation["test_accuracy"]
-  if ledger.private and not ledger.proven:
-    record.update(epsilon_if_dp_sgd=ledger.epsilon())
-    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
-  elif ledger.private:
-    record.update(epsilon=ledger.epsilon(), epsilon_pld=ledger.epsilon_by("pld"))
+  if ledger.private:
+    record.update({k: v for k, v in ledger.epsilon_fields().items() if v is not None})
     print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
   else:
     print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; non-private")
@@ -328,8 +325,7 @@ def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
   optimizer_clip = optimizer.clip_norm() if private else None  # Adaptive: where the clip ended.
   return {
       **evaluation,
-      "epsilon": ledger.epsilon() if private and ledger.proven else None,
-      "epsilon_pld": ledger.epsilon_by("pld") if ledger.proven else None,
+      **ledger.epsilon_fields(),
       "target_epsilon": ledger.target_epsilon,
       "delta": ledger.delta if private else None,
       # What the float64 noise's truncated tail adds to δ (0 for the discrete Gaussian).
@@ -383,13 +379,12 @@ def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
 
 
 def _release_metrics(config, ledger, history) -> dict:
-  """What the guarantee is and rests on: its kind, the randomness, DiceSGD's uncovered ε, the
+  """What the guarantee is and rests on: its kind, the randomness, DiceSGD's C2, the
   pretrained weights' provenance, the public subset, and any not-private monitoring."""
   subset = config.data.train_examples
   return {
       "dp_guarantee": ledger.guarantee(),
       "randomness": ledger.randomness,
-      "epsilon_if_dp_sgd": ledger.epsilon() if ledger.private and not ledger.proven else None,
       "dice_error_clip": ((config.privacy.dice_error_clip or config.privacy.l2_norm_clip)
                           if config.optimizer.name == "dice_sgd" else None),
       "weights_file": release.weights_provenance(config.model.kwargs.get("weights")),

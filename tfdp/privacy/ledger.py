@@ -159,6 +159,15 @@ class PrivacyLedger:
     """ε by `accountant` after the steps taken, or None when it has no bound for this noise."""
     return self.epsilon(accountant) if self.private and accountant in self.accountants else None
 
+  def epsilon_fields(self) -> dict:
+    """The ε a run releases, by key: `epsilon` (the budget's accountant) and `epsilon_pld` when a
+    proof backs them, else `epsilon_if_dp_sgd` (DP-SGD's ε at the same σ, no guarantee); None
+    where a key does not apply (non-private runs: all three)."""
+    proven = self.private and self.proven
+    return {"epsilon": self.epsilon() if proven else None,
+            "epsilon_pld": self.epsilon_by("pld") if proven else None,
+            "epsilon_if_dp_sgd": self.epsilon() if self.private and not self.proven else None}
+
   def max_steps(self) -> Optional[int]:
     """Steps the budget allows (by self.accountant), or None without a budget."""
     if self.target_epsilon is None:
