@@ -1,0 +1,86 @@
+"""The CPU this process runs on, and TensorFlow's oneDNN kernels.
+
+TensorFlow 2.15 turns its oneDNN CPU kernels on by default only on CPUs with AVX-512-class
+features (AVX512_VNNI, AVX512_BF16, AMX); on AVX2-only CPUs they stay off, and turning them on makes
+every model here about 1.5x faster (README, "Speed"). TensorFlow reads TF_ENABLE_ONEDNN_OPTS once,
+when it is first imported, so `import tfdp` sets it to 1 unless the user set it, before anything of
+tfdp imports TensorFlow. A program that imported TensorFlow before tfdp keeps TensorFlow's default;
+`onednn_status` says which happened.
+
+This module imports no TensorFlow at load time.
+"""
+
+import os
+import sys
+from typing import Dict, List, MutableMapping
+
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+# Features that decide speed here: AVX2 (every supported CPU), AVX-512 and its neural-network
+# extensions (TensorFlow's oneDNN default), AMX (Intel Sapphire Rapids and newer).
+FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+
+# How the variable came to hold its value: recorded once, at `import tfdp`.
+_ORIGIN: Dict[str, str] = {}
+
+
+def default_onednn_on(environ: MutableMapping[str, str] = os.environ,
+                      modules=sys.modules) -> str:
+  """Sets TF_ENABLE_ONEDNN_OPTS=1 unless the user set it; returns who decided.
+
+  Returns:
+    'user' (the variable was set, left alone), 'tfdp' (set here, before TensorFlow was imported) or
+    'tensorflow' (TensorFlow was already imported, so its own default holds; nothing is changed).
+  """
+  if ONEDNN_VARIABLE in environ:
+    origin = "user"
+  elif "tensorflow" in modules:
+    origin = "tensorflow"
+  else:
+    environ[ONEDNN_VARIABLE] = "1"
+    origin = "tfdp"
+  _ORIGIN.setdefault("origin", origin)
+  return origin
+
+
+def onednn_enabled() -> bool:
+  """Whether this process's TensorFlow runs its oneDNN kernels (imports TensorFlow)."""
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=import-outside-toplevel
+  return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def onednn_status() -> str:
+  """One phrase, e.g. 'oneDNN on (TF_ENABLE_ONEDNN_OPTS=1, set by tfdp)'."""
+  value = os.environ.get(ONEDNN_VARIABLE)
+  origin = _ORIGIN.get("origin", "user" if value is not None else "tensorflow")
+  why = {"user": f"{ONEDNN_VARIABLE}={value}, set by the user",
+         "tfdp": f"{ONEDNN_VARIABLE}={value}, set by tfdp",
+         "tensorflow": "TensorFlow's default for this CPU: TensorFlow was imported before tfdp"}
+  return f"oneDNN {'on' if onednn_enabled() else 'off'} ({why[origin]})"
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The CPU's model name, or 'unknown CPU'."""
+  try:
+    with open(cpuinfo) as f:
+      return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")),
+                  "unknown CPU")
+  except OSError:
+    return "unknown CPU"
+
+
+def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> List[str]:
+  """Which of FEATURES this CPU has, in FEATURES order ([] where /proc/cpuinfo is missing)."""
+  try:
+    with open(cpuinfo) as f:
+      flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+  except OSError:
+    return []
+  return [feature for feature in FEATURES if feature in flags]
+
+
+def describe() -> str:
+  """One line for logs and benchmark headers: CPU model, cores, features, oneDNN state."""
+  features = cpu_features()
+  return (f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} core(s), features "
+          f"{' '.join(f.upper() for f in features) or 'unknown'}"
+          f"{'' if 'avx512f' in features else ' (no AVX-512)'}; {onednn_status()}")
