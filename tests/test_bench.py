@@ -7,8 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfdp import bench
+from tfdp.models import layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXED_MODES = ("nonprivate", "fast", "fast_layer", "vectorized")
@@ -21,7 +23,8 @@ def _tiny_config(modes, **kwargs):
 
 
 def _assert_record_shape(record):
-  assert set(record) == {"model", "batch_size", "examples_per_second", "peak_memory_mb"}
+  assert set(record) == {"model", "model_options", "batch_size", "cpu", "cpu_features", "onednn",
+                         "examples_per_second", "peak_memory_mb"}
   for key in ("examples_per_second", "peak_memory_mb"):
     assert set(FIXED_MODES) <= set(record[key]), record[key]
 
@@ -54,7 +57,7 @@ def test_run_modes_measured_and_refused_modes_skipped(bogus_modes):
   assert "skipped: ValueError" in rows["bogus_engine"] and "no_such_engine" in rows["bogus_engine"]
   assert "skipped: TypeError" in rows["bogus_option"] and "no_such_option" in rows["bogus_option"]
   assert "not requested" in rows["fast"] and "2 chunk(s) of 8" in rows["vectorized"]
-  assert "nproc=" in table and "TensorFlow" in table
+  assert "CPU:" in table and "oneDNN o" in table and "TensorFlow" in table
 
 
 def test_chunks_pad_the_last_chunk_with_masked_rows():
@@ -74,6 +77,22 @@ def test_vectorized_mode_gets_its_own_chunk_size():
 def test_config_names_an_unknown_mode():
   with pytest.raises(ValueError, match="no_such_mode"):
     _tiny_config(("nonprivate", "no_such_mode"))
+
+
+def test_model_options_reach_the_model_and_the_memory_child():
+  config = bench.BenchConfig(model="resnet20", input_shape=(8, 8, 3), batch_size=4, steps=1,
+                             modes=("nonprivate",),
+                             model_options=(("weight_standardization", False),))
+  model = bench.build_step(config, "nonprivate")._model  # pylint: disable=protected-access
+  convolutions = [l for l in model.layers if isinstance(l, tf.keras.layers.Conv2D)]
+  assert convolutions and not any(isinstance(l, layers.WSConv2D) for l in convolutions)
+  assert "--model_kwargs=weight_standardization=False" in bench.child_command(config, "nonprivate")
+  assert "weight_standardization=False" in bench.method(config)
+
+
+def test_config_names_an_unknown_model_option():
+  with pytest.raises(ValueError, match="no_such_option"):
+    bench.BenchConfig(model="resnet20", model_options=(("no_such_option", 1),))
 
 
 @pytest.mark.parametrize("code, timeout_s, reason", [

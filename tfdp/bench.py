@@ -4,6 +4,10 @@
   python -m tfdp.bench --model=resnet20 --batch_size=32 --steps=2 --modes=nonprivate,vectorized
   python -m tfdp.bench --model=linear --input_shape=8,8,1 --batch_size=16 --steps=1 \
       --output=/tmp/bench.json
+  python -m tfdp.bench --modes=nonprivate,fast --noweight_standardization   # plain convolutions
+
+The model options are tfdp.train's (--model_kwargs, --groupnorm_groups, --activation,
+--weight_standardization). The header names the CPU, its features and whether oneDNN is on.
 
 Speed is measured in this process. Every mode gets its own model, optimizer and TrainStep and one
 warm-up step (tracing), then a second once all are built; then the modes take turns for `--rounds`
@@ -35,6 +39,8 @@ import scipy.stats
 import tensorflow as tf
 
 from tfdp import atomic
+from tfdp import config as config_lib
+from tfdp import cpu
 from tfdp import models
 from tfdp import optimizers
 from tfdp import steps
@@ -44,7 +50,7 @@ MODES: Dict[str, dict] = {
     "nonprivate": dict(private=False),
     "fast": dict(private=True, engine="fast"),  # Ghost / book-keeping clipping, one global norm.
     "fast_layer": dict(private=True, engine="fast", clip_groups="layer"),  # One norm per layer.
-    "vectorized": dict(private=True, engine="vectorized"),  # TF Privacy's vectorized Jacobian.
+    "vectorized": dict(private=True, engine="vectorized"),  # Each example alone, vectorized_map.
 }
 CHILD_STEPS = 2  # The first step traces, the second runs traced: the peak covers both.
 L2_NORM_CLIP = 1.0  # Clipping costs the same at any C.
@@ -56,6 +62,7 @@ LEARNING_RATE = 0.01  # Small, so that random labels never push the weights to i
 class BenchConfig:
   """What to benchmark. Checks itself; `modes` must be keys of MODES."""
   model: str = "resnet20"
+  model_options: Tuple[Tuple[str, object], ...] = ()  # Builder options, as tfdp.train's.
   batch_size: int = 256  # Logical batch: examples per step.
   steps: int = 3  # Timed steps per mode per round.
   rounds: int = 2  # Round robin over the modes, so slow drift of the machine hits every mode.
@@ -73,6 +80,7 @@ class BenchConfig:
     _require(not unknown, f"unknown mode(s) {unknown}; valid: {', '.join(MODES)}")
     _require(self.model in models.MODELS,
              f"unknown model {self.model!r}; valid: {', '.join(sorted(models.MODELS))}")
+    models.registry.check_options(self.model, dict(self.model_options))
     for name in ("batch_size", "steps", "rounds", "vectorized_physical_batch_size"):
       _require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
     _require(self.physical_batch_size is None or self.physical_batch_size >= 1,
@@ -128,7 +136,8 @@ def build_step(config: BenchConfig, mode: str) -> steps.TrainStep:
   """
   options = MODES[mode]
   tf.keras.utils.set_random_seed(config.seed)
-  model = models.build_model(config.model, config.num_classes, config.input_shape)
+  model = models.build_model(config.model, config.num_classes, config.input_shape,
+                             **dict(config.model_options))
   optimizer = (optimizers.build_optimizer("dp_sgd", LEARNING_RATE, l2_norm_clip=L2_NORM_CLIP,
                                           noise_multiplier=NOISE_MULTIPLIER)
                if options.get("private") else optimizers.build_optimizer("sgd", LEARNING_RATE))
@@ -212,7 +221,9 @@ def child_main(config: BenchConfig, mode: str) -> dict:
 def child_command(config: BenchConfig, mode: str) -> List[str]:
   """The command line of the memory child for `mode`: the same benchmark, that mode only."""
   return [sys.executable, "-m", "tfdp.bench", f"--_child_mode={mode}", f"--modes={mode}",
-          f"--model={config.model}", f"--batch_size={config.batch_size}",
+          f"--model={config.model}",
+          f"--model_kwargs={','.join(f'{k}={v}' for k, v in config.model_options)}",
+          f"--batch_size={config.batch_size}",
           f"--input_shape={','.join(map(str, config.input_shape))}",
           f"--num_classes={config.num_classes}",
           f"--physical_batch_size={config.physical_batch_size or config.batch_size}",
@@ -279,20 +290,18 @@ def run_bench(config: BenchConfig) -> Dict[str, ModeResult]:
 
 def summary(config: BenchConfig, results: Dict[str, ModeResult]) -> dict:
   """The JSON record: fixed keys, one entry per key of MODES, None where not measured."""
-  return {"model": config.model, "batch_size": config.batch_size,
+  return {"model": config.model, "model_options": dict(config.model_options),
+          "batch_size": config.batch_size, "cpu": cpu.cpu_model(),
+          "cpu_features": cpu.cpu_features(), "onednn": cpu.onednn_enabled(),
           "examples_per_second": {m: r.examples_per_second for m, r in results.items()},
           "peak_memory_mb": {m: r.peak_rss_mb for m, r in results.items()}}
 
 
 def provenance(command: str) -> str:
-  """One line: CPUs, CPU model, TensorFlow version, UTC date, command."""
-  cpu = "unknown CPU"
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+  """One line: CPU (model, cores, features, oneDNN), GPUs, TensorFlow version, UTC date, command."""
   gpus = len(tf.config.list_physical_devices("GPU"))
   date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  return (f"Machine: nproc={len(os.sched_getaffinity(0))}, {cpu}, GPUs={gpus}, "
+  return (f"Machine: {cpu.describe()}, GPUs={gpus}, "
           f"TensorFlow {tf.__version__}; {date}; command: `{command}`")
 
 
@@ -317,7 +326,9 @@ def table_row(config: BenchConfig, mode: str, results: Dict[str, ModeResult]) ->
 
 def method(config: BenchConfig) -> str:
   """One line on how the numbers were taken."""
-  return (f"{config.model}, batch {config.batch_size}, input {config.input_shape}: "
+  options = ", ".join(f"{k}={v}" for k, v in config.model_options)
+  return (f"{config.model}{f' ({options})' if options else ''}, batch {config.batch_size}, "
+          f"input {config.input_shape}: "
           f"{config.steps} timed step(s) per round after 2 warm-up steps, {config.rounds} "
           f"round(s) round robin, examples/s = best round; peak RSS (VmHWM) of a child running "
           f"{CHILD_STEPS} steps; growth = peak minus RSS after building.")
@@ -365,6 +376,13 @@ _FLAGS = {}
 def _define_flags() -> None:
   define = {
       "model": lambda: flags.DEFINE_enum("model", "resnet20", sorted(models.MODELS), "Model name."),
+      "model_kwargs": lambda: flags.DEFINE_list(
+          "model_kwargs", [], "Model builder options as key=value, as tfdp.train's."),
+      "groupnorm_groups": lambda: flags.DEFINE_integer("groupnorm_groups", None,
+                                                       "GroupNorm groups (models with GroupNorm)."),
+      "activation": lambda: flags.DEFINE_string("activation", None, "Activation, e.g. relu."),
+      "weight_standardization": lambda: flags.DEFINE_bool(
+          "weight_standardization", None, "Weight-standardized convolutions (model default: on)."),
       "batch_size": lambda: flags.DEFINE_integer("batch_size", 256,
                                                  "Logical batch: examples per step."),
       "steps": lambda: flags.DEFINE_integer("steps", 3, "Timed steps per mode per round."),
@@ -395,7 +413,11 @@ def _define_flags() -> None:
 
 def config_from_flags() -> BenchConfig:
   value = {name: holder.value for name, holder in _FLAGS.items()}
-  return BenchConfig(model=value["model"], batch_size=value["batch_size"], steps=value["steps"],
+  options = config_lib.model_options(
+      value["model_kwargs"], groupnorm_groups=value["groupnorm_groups"],
+      activation=value["activation"], weight_standardization=value["weight_standardization"])
+  return BenchConfig(model=value["model"], model_options=options, batch_size=value["batch_size"],
+                     steps=value["steps"],
                      rounds=value["rounds"], modes=tuple(value["modes"]),
                      input_shape=tuple(int(d) for d in value["input_shape"]),
                      num_classes=value["num_classes"],

@@ -43,6 +43,31 @@ class DataConfig:
              f"train_examples must be > 0, got {self.train_examples}")
 
 
+def _parse_value(text: str):
+  """'3' -> 3, '0.5' -> 0.5, 'true'/'false' -> bool, anything else stays a string."""
+  for parse in (int, float):
+    try:
+      return parse(text)
+    except ValueError:
+      pass
+  return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def model_options(items, **dedicated) -> Tuple[Tuple[str, Any], ...]:
+  """ModelConfig.options from `--model_kwargs` items ('key=value') and dedicated flags.
+
+  A dedicated flag (e.g. weight_standardization=False) wins over the same key in `items`; None
+  means not given.
+  """
+  options = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    _require(bool(sep and key.strip()), f"--model_kwargs entries must be key=value, got {item!r}")
+    options[key.strip()] = _parse_value(value.strip())
+  options.update({k: v for k, v in dedicated.items() if v is not None})
+  return tuple(sorted(options.items()))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
   name: str = "cnn"

@@ -165,28 +165,10 @@ def _parse_clip_groups(value):
     raise ValueError(f"clip_groups must be a positive integer or 'layer', got {value!r}") from None
 
 
-def _parse_value(text: str):
-  """'3' -> 3, '0.5' -> 0.5, 'true'/'false' -> bool, anything else stays a string."""
-  for parse in (int, float):
-    try:
-      return parse(text)
-    except ValueError:
-      pass
-  return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def _model_options():
-  options = {}
-  for item in _MODEL_KWARGS.value:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-      raise ValueError(f"--model_kwargs entries must be key=value, got {item!r}")
-    options[key.strip()] = _parse_value(value.strip())
-  dedicated = {"groupnorm_groups": _GROUPNORM_GROUPS.value, "activation": _ACTIVATION.value,
-               "weight_standardization": _WEIGHT_STANDARDIZATION.value,
-               "weights": _WEIGHTS.value}
-  options.update({k: v for k, v in dedicated.items() if v is not None})
-  return tuple(sorted(options.items()))
+  return config_lib.model_options(
+      _MODEL_KWARGS.value, groupnorm_groups=_GROUPNORM_GROUPS.value, activation=_ACTIVATION.value,
+      weight_standardization=_WEIGHT_STANDARDIZATION.value, weights=_WEIGHTS.value)
 
 
 def _optimizer_hyperparameters():

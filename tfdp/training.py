@@ -16,6 +16,7 @@ import tensorflow as tf
 from tfdp import atomic
 from tfdp import checkpointing
 from tfdp import config as config_lib
+from tfdp import cpu
 from tfdp import data
 from tfdp import ema
 from tfdp import export
@@ -285,6 +286,7 @@ def _log_epoch(writer, record: dict) -> None:
 
 
 def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
+  print(cpu.describe())
   print(f"Model {config.model.name}: {models.count_params(model):,} trainable parameters")
   if hasattr(engine, "fast_layers"):
     fallback = [layer.name for layer in engine.fallback_layers]
