@@ -111,6 +111,27 @@ def test_each_dp_optimizer_step_through_train_step(name, engine):
                      [v.numpy() for v in twin.trainable_variables])
 
 
+def test_a_step_that_fails_part_way_leaves_nothing_to_the_next():
+  """The first chunk's clipped sum is accumulated, the second fails: the next step must not see it."""
+  model = ref.small_conv_model()
+  images, labels = ref.batch()
+  mask = np.ones(len(images), np.float32)
+  expected = [e / 4.0 for e in ref.clipped_sum(model, images, labels, mask, 0.5)]
+  optimizer = optimizers.build_optimizer("dp_sgd", 0.01, l2_norm_clip=0.5, noise_multiplier=0.0)
+  reference = optimizers.build_optimizer("sgd", 0.01)
+  twin = tf.keras.models.clone_model(model)
+  twin.set_weights(model.get_weights())
+  step = steps.TrainStep(model, optimizer, tf.identity, private=True, expected_batch_size=4.0)
+  wrong_shape = (images[:2, :-1], labels[:2], mask[:2])
+  with pytest.raises(Exception):  # pylint: disable=broad-exception-caught
+    step([(images[:4], labels[:4], mask[:4]), wrong_shape])
+  step([(images, labels, mask)])
+  reference.apply_gradients(zip([tf.constant(e, tf.float32) for e in expected],
+                                twin.trainable_variables))
+  _assert_sums_close([v.numpy() for v in model.trainable_variables],
+                     [v.numpy() for v in twin.trainable_variables])
+
+
 @pytest.mark.parametrize("engine", sorted(clipping.CLIPPING_ENGINES))
 def test_chunked_step_equals_one_chunk(engine):
   model = ref.small_conv_model()

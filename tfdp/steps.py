@@ -1,8 +1,14 @@
 """The compiled pieces of one training step and of evaluation.
 
 A logical step takes the Poisson-drawn batch in fixed-shape physical chunks (so tf.function and XLA see
-one shape, and a draw larger than a chunk is never truncated). Each chunk contributes its masked,
-clipped gradient sum; once all chunks are in, the DP optimizer adds noise once and applies the update.
+one shape, and a draw larger than a chunk is never truncated). Each chunk adds its masked, clipped
+gradient sum into per-step accumulator variables inside its compiled function; once all chunks are
+in, the DP optimizer adds noise once, applies the update and zeroes the accumulators. The host reads
+nothing from the device during a step, and once after it (the monitoring sums), so a step on an
+accelerator never waits on a host round trip between chunks.
+
+The accumulators hold one step's clipped sums only: they are zeroed when the step's update is
+applied, and when a step fails part-way, so nothing of one step's examples reaches another's update.
 """
 
 from typing import Callable, Dict, Iterable, Optional, Tuple
@@ -61,8 +67,25 @@ class TrainStep:
       self.engine = clipping.make_engine(engine, model, clip_groups,
                                          scaling or groups_lib.Scaling(), norm, augmult)
       optimizer.track_variables(model.trainable_variables)
-    self._chunk = tf.function(self._chunk_sum, jit_compile=jit_compile)
+    self._totals = [tf.Variable(tf.zeros_like(v), trainable=False, name="clipped_sum")
+                    for v in model.trainable_variables]
+    self._extra_totals = self._make_extra_totals()
+    self._monitor_totals = tf.Variable(tf.zeros([3]), trainable=False,
+                                       name="loss_correct_count")
+    self._chunk = tf.function(self._chunk_add, jit_compile=jit_compile)
+    self._step = tf.function(self._whole_step, reduce_retracing=True)
     self._apply = tf.function(self._apply_update)
+    self._reset = tf.function(self._zero_totals)
+
+  def _make_extra_totals(self) -> Dict[str, object]:
+    """Accumulators for what the optimizer's noise needs besides the clipped sums (private only)."""
+    extras = {}
+    if self._private and self._optimizer.adaptive:
+      extras["centered_unclipped_count"] = tf.Variable(0.0, trainable=False)
+    if self._private and self._optimizer.needs_plain_sum:
+      extras["plain_sum"] = [tf.Variable(tf.zeros_like(v), trainable=False)
+                             for v in self._model.trainable_variables]
+    return extras
 
   def _chunk_sum(self, images, labels, mask):
     # Copies are example-major, so each copy is augmented independently by the preprocessing.
@@ -85,7 +108,34 @@ class TrainStep:
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64)), tf.float32)
     return sums, extras, tf.reduce_sum(losses * row_weight), tf.reduce_sum(correct * row_weight)
 
-  def _apply_update(self, sums, extras, count, noise_seed):
+  def _chunk_add(self, images, labels, mask):
+    sums, extras, loss_sum, correct = self._chunk_sum(images, labels, mask)
+    for total, value in zip(self._totals, sums):
+      total.assign_add(value)
+    tf.nest.map_structure(lambda total, value: total.assign_add(value), self._extra_totals, extras)
+    self._monitor_totals.assign_add(tf.stack([loss_sum, correct, tf.reduce_sum(mask)]))
+
+  def _whole_step(self, images, labels, masks, noise_seed):
+    """A logical step in one call: [n, P, ...] stacked chunks, a loop over n, then the update."""
+    for i in tf.range(tf.shape(masks)[0]):
+      self._chunk(images[i], labels[i], masks[i])
+    return self._apply_update(noise_seed)
+
+  def _zero_totals(self):
+    for total in tf.nest.flatten(self._totals) + tf.nest.flatten(self._extra_totals):
+      total.assign(tf.zeros_like(total))
+    self._monitor_totals.assign(tf.zeros([3]))
+
+  def _read_totals(self):
+    """(clipped sums, extras, [loss sum, correct, count]) as tensors, from the accumulators."""
+    return ([tf.identity(t) for t in self._totals],
+            tf.nest.map_structure(tf.identity, self._extra_totals),
+            tf.identity(self._monitor_totals))
+
+  def _apply_update(self, noise_seed):
+    """Noises and applies the accumulated step, zeroes the accumulators; returns the monitor sums."""
+    sums, extras, monitored = self._read_totals()
+    count = monitored[2]
     if self._private:
       gradients = self._optimizer.noised_mean(sums, self._expected_batch_size,
                                               noise_seed=noise_seed, **extras)
@@ -97,22 +147,29 @@ class TrainStep:
     self._optimizer.apply_gradients(zip(gradients, self._model.trainable_variables))
     if self._weight_average is not None:
       self._weight_average.update()
+    self._zero_totals()  # After the reads above: tf.function orders ops on a variable as written.
+    return monitored
 
   def set_noise_factor(self, factor: float) -> None:
     """Multiplies every noise std of the next steps by `factor` (a noise schedule; private only)."""
     self._optimizer.noise_scale.assign(factor)
 
+  def _add_chunks(self, chunks) -> None:
+    """Adds every chunk into the accumulators; on failure zeroes them and re-raises."""
+    try:
+      for images, labels, mask in chunks:
+        self._chunk(images, labels, mask)
+    except BaseException:
+      self._reset()
+      raise
+
   def accumulate(self, chunks: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]]):
-    """Sums over chunks: (clipped gradient sums, extras for the noise, loss sum, correct, count)."""
-    total, extras, loss_sum, correct, count = None, None, 0.0, 0.0, 0.0
-    for images, labels, mask in chunks:
-      sums, chunk_extras, chunk_loss, chunk_correct = self._chunk(images, labels, mask)
-      total = sums if total is None else [a + b for a, b in zip(total, sums)]
-      extras = chunk_extras if extras is None else tf.nest.map_structure(
-          lambda a, b: a + b, extras, chunk_extras)
-      loss_sum += float(chunk_loss)
-      correct += float(chunk_correct)
-      count += float(np.sum(mask))
+    """Sums over chunks, applying nothing: (clipped gradient sums, extras for the noise, loss sum,
+    correct, count). For inspection and tests; the accumulators are zeroed again."""
+    self._add_chunks(chunks)
+    total, extras, monitored = self._read_totals()
+    self._reset()
+    loss_sum, correct, count = (float(v) for v in monitored.numpy())
     return total, extras, loss_sum, correct, count
 
   def clipped_sum(self, chunks: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]]):
@@ -130,11 +187,20 @@ class TrainStep:
       (loss sum, correct predictions, real examples) over the step, for monitoring only: these
       are computed from private data without noise and never feed back into training.
     """
-    total, extras, loss_sum, correct, count = self.accumulate(chunks)
     step = self._steps_taken if step is None else step
-    self._apply(total, extras, tf.constant(count, tf.float32),
-                tf.constant(self._coins.noise_seed(step), tf.int64))
+    noise_seed = tf.constant(self._coins.noise_seed(step), tf.int64)
+    try:
+      if len({np.shape(chunk[0]) for chunk in chunks}) == 1:  # Training's case: one call.
+        monitored = self._step(*(np.stack(parts) for parts in zip(*chunks)), noise_seed)
+      else:
+        for images, labels, mask in chunks:
+          self._chunk(images, labels, mask)
+        monitored = self._apply(noise_seed)
+    except BaseException:
+      self._reset()
+      raise
     self._steps_taken += 1
+    loss_sum, correct, count = (float(v) for v in monitored.numpy())  # The step's one host read.
     return loss_sum, correct, count
 
 
