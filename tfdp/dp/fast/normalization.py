@@ -7,16 +7,7 @@ sum over positions of dz_i * x_hat_i (gamma) and of dz_i (beta), per channel.
 import tensorflow as tf
 
 from tfdp.dp.fast import rules
-
-
-def _group_normalized(layer, x):
-  """x_hat of tf.keras.layers.GroupNormalization (channels last), same shape as x."""
-  shape = tf.shape(x)
-  channels = x.shape[-1]
-  grouped = tf.reshape(x, tf.concat([shape[:-1], [layer.groups, channels // layer.groups]], 0))
-  axes = list(range(1, x.shape.rank - 1)) + [x.shape.rank]
-  mean, var = tf.nn.moments(grouped, axes=axes, keepdims=True)
-  return tf.reshape((grouped - mean) * tf.math.rsqrt(var + layer.epsilon), shape)
+from tfdp.models import layers as model_layers
 
 
 def _layer_normalized(layer, x):
@@ -46,13 +37,15 @@ def _normalizes_last_axis_only(layer, axis) -> bool:
   return axes == [rank - 1]
 
 
-@rules.register(tf.keras.layers.GroupNormalization)
+@rules.register(tf.keras.layers.GroupNormalization, model_layers.GroupNormalization)
 class GroupNormRule(_AffineNormRule):
+  """Per-channel sums of dz * x_hat and dz from two batched reductions, x_hat never formed."""
 
   def supports(self, layer) -> bool:
-    return _normalizes_last_axis_only(layer, layer.axis)
+    return _normalizes_last_axis_only(layer, layer.axis) and layer.scale and layer.center
 
-  normalized = staticmethod(_group_normalized)
+  def per_example_gradients(self, layer, a, dz):
+    return list(model_layers.group_norm_example_gradients(layer, a, dz))
 
 
 @rules.register(tf.keras.layers.LayerNormalization)
