@@ -6,6 +6,8 @@ import tensorflow as tf
 
 from tests import dp_reference as ref
 from tfdp import models
+from tfdp import optimizers
+from tfdp import steps
 from tfdp.dp import clipping
 from tfdp.dp import groups as groups_lib
 from tfdp.dp.fast import rules
@@ -60,6 +62,7 @@ LAYERS = {
     "depthwise_5x5_valid_no_bias": (
         lambda: tf.keras.layers.DepthwiseConv2D(5, padding="valid", use_bias=False), (7, 7, 2)),
     "groupnorm": (lambda: tf.keras.layers.GroupNormalization(groups=2), (5, 5, 2)),
+    "groupnorm_tfdp": (lambda: model_layers.GroupNormalization(groups=2), (5, 5, 4)),
     "layernorm": (lambda: tf.keras.layers.LayerNormalization(), (4, 7)),
 }
 
@@ -133,6 +136,24 @@ def test_inside_tf_function_with_and_without_xla(jit_compile):
   mask = np.array([1, 1, 1, 0, 1], np.float32)
   _, sums = _fast(model, images, labels, mask, 0.05, use_function=True, jit_compile=jit_compile)
   _assert_close(sums, ref.clipped_sum(model, images, labels, mask, 0.05))
+
+
+@pytest.mark.parametrize("name", ["groupnorm_tfdp", "wsconv_strided_bias"])
+def test_whole_train_step_under_xla_matches_brute_force(name):
+  """The stacked-chunk step with --jit_compile, σ = 0: the update is the brute-force clipped mean."""
+  model, images, labels = _case(name, size=6)
+  mask = np.array([1, 1, 0, 1, 1, 1], np.float32)
+  expected = [e / 5.0 for e in ref.clipped_sum(model, images, labels, mask, 0.05)]
+  twin = tf.keras.models.clone_model(model)
+  twin.set_weights(model.get_weights())
+  optimizer = optimizers.build_optimizer("dp_sgd", 0.5, l2_norm_clip=0.05, noise_multiplier=0.0)
+  step = steps.TrainStep(model, optimizer, tf.identity, private=True, expected_batch_size=5.0,
+                         jit_compile=True)
+  step([(images[:3], labels[:3], mask[:3]), (images[3:], labels[3:], mask[3:])])
+  tf.keras.optimizers.SGD(0.5).apply_gradients(
+      zip([tf.constant(e, tf.float32) for e in expected], twin.trainable_variables))
+  _assert_close([v.numpy() for v in model.trainable_variables],
+                [v.numpy() for v in twin.trainable_variables])
 
 
 def test_microbatch_of_one_example():

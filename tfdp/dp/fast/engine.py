@@ -71,10 +71,11 @@ class FastEngine:
     output_grads = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     del tape
     fallback_grads = self._fallback_gradients(loss_fn, images, labels)
+    materialized = self._materialized_gradients(inputs, output_grads)
 
-    squared = self._squared_norms(inputs, output_grads, fallback_grads)
+    squared = self._squared_norms(inputs, output_grads, fallback_grads, materialized)
     weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask, self._scaling)
-    sums = self._weighted_sums(inputs, output_grads, fallback_grads, weights)
+    sums = self._weighted_sums(inputs, output_grads, fallback_grads, weights, materialized)
     return sums, losses, logits, groups_lib.whole_norms(squared)
 
   def _fallback_gradients(self, loss_fn, images, labels) -> List[tf.Tensor]:
@@ -88,6 +89,16 @@ class FastEngine:
     grads, _, _ = clipping.vectorized_per_example_gradients(self._model, loss_fn, images, labels,
                                                             self._fallback_variables)
     return [groups_lib.example_means(g, self._augmult) for g in grads]
+
+  def _materialized_gradients(self, inputs, output_grads):
+    """{layer index: per-example gradients [B, ...] per variable} for the rules without closed
+    forms (normalization and embedding layers, whose per-example gradients are small), computed
+    once and used for both the norms and the weighted sum. Empty with augmult > 1."""
+    if self._augmult != 1:
+      return {}
+    return {i: rules.rule_for(layer).per_example_gradients(layer, a, dz)
+            for i, (layer, a, dz) in enumerate(zip(self.fast_layers, inputs, output_grads))
+            if rules.rule_for(layer).materializes}
 
   def _in_model_order(self, per_layer_values, fallback_values) -> List[tf.Tensor]:
     ordered = [None] * len(self._position)
@@ -105,17 +116,25 @@ class FastEngine:
     return [rules._row_squared_norms(groups_lib.example_means(g, self._augmult) * self._augmult)  # pylint: disable=protected-access
             for g in rule.per_example_gradients(layer, a, dz)]
 
-  def _squared_norms(self, inputs, output_grads, fallback_grads):
-    per_layer = [n for layer, a, dz in zip(self.fast_layers, inputs, output_grads)
-                 for n in self._layer_squared_norms(layer, a, dz)]
+  def _squared_norms(self, inputs, output_grads, fallback_grads, materialized):
+    per_layer = []
+    for i, (layer, a, dz) in enumerate(zip(self.fast_layers, inputs, output_grads)):
+      if i in materialized:
+        per_layer.extend(rules._row_squared_norms(g) for g in materialized[i])  # pylint: disable=protected-access
+      else:
+        per_layer.extend(self._layer_squared_norms(layer, a, dz))
     fallback = [rules._row_squared_norms(g) for g in fallback_grads]  # pylint: disable=protected-access
     return self._in_model_order(per_layer, fallback)
 
-  def _weighted_sums(self, inputs, output_grads, fallback_grads, weights):
+  def _weighted_sums(self, inputs, output_grads, fallback_grads, weights, materialized):
     weight_of = {v.ref(): weights[i] for v, i in
                  ((v, self._position[v.ref()]) for v in self._model.trainable_variables)}
     per_layer = []
-    for layer, a, dz in zip(self.fast_layers, inputs, output_grads):
+    for i, (layer, a, dz) in enumerate(zip(self.fast_layers, inputs, output_grads)):
+      if i in materialized:  # weighted_sum zeroes the rows of weight 0 (inf or NaN) first.
+        per_layer.extend(groups_lib.weighted_sum(weight_of[v.ref()], g)
+                         for v, g in zip(layer.trainable_weights, materialized[i]))
+        continue
       layer_weights = groups_lib.repeat_rows(weight_of[layer.trainable_weights[0].ref()],
                                              self._augmult)  # One group per layer.
       kept = tf.not_equal(layer_weights, 0)

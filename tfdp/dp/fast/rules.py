@@ -8,6 +8,9 @@ model has no BatchNorm, so row i of dz is example i's own output gradient):
 - `weighted_sum(layer, a, dz, weights)`: per variable, sum_i weights[i] * (example i's gradient).
   The engine zeroes the rows of `a` and `dz` whose weight is 0 before calling it (they may hold inf
   or NaN from a dropped example), so a rule may contract over rows with plain products.
+A rule that overrides neither (it only gives `per_example_gradients`, small for normalization and
+embedding layers) is `materializes`: the engine computes its per-example gradients once, takes the
+norms from them, and zeroes the rows of weight 0 in them before the weighted sum.
 """
 
 from typing import Callable, Dict, List, Optional, Type
@@ -29,6 +32,14 @@ class LayerRule:
 
   def weighted_sum(self, layer, a, dz, weights) -> List[tf.Tensor]:
     return [tf.tensordot(weights, g, axes=1) for g in self.per_example_gradients(layer, a, dz)]
+
+  @property
+  def materializes(self) -> bool:
+    """Whether both answers come from materialized per-example gradients (no closed form for
+    either), so the engine may compute those once and take the norms and the sum from them."""
+    rule = type(self)
+    return (rule.squared_norms is LayerRule.squared_norms
+            and rule.weighted_sum is LayerRule.weighted_sum)
 
 
 def _row_squared_norms(per_example: tf.Tensor) -> tf.Tensor:
