@@ -9,6 +9,8 @@ rounding), and times TrainStep rounds alternately. Prints examples/s and the rat
 
 import functools
 
+import tfdp  # noqa: F401  First, so that its oneDNN default holds (tfdp.cpu).
+
 from absl import app
 from absl import flags
 import numpy as np

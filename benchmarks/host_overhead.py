@@ -10,6 +10,8 @@ To compare two versions of tfdp, run this script from each checkout, alternating
 
 import functools
 
+import tfdp  # noqa: F401  First, so that its oneDNN default holds (tfdp.cpu).
+
 from absl import app
 from absl import flags
 import numpy as np
