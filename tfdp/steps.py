@@ -155,20 +155,18 @@ class TrainStep:
     self._optimizer.noise_scale.assign(factor)
 
   def _add_chunks(self, chunks) -> None:
-    """Adds every chunk into the accumulators; on failure zeroes them and re-raises."""
-    try:
-      for images, labels, mask in chunks:
-        self._chunk(images, labels, mask)
-    except BaseException:
-      self._reset()
-      raise
+    """Adds every chunk into the accumulators, one call per chunk (any shapes)."""
+    for images, labels, mask in chunks:
+      self._chunk(images, labels, mask)
 
   def accumulate(self, chunks: Iterable[Tuple[np.ndarray, np.ndarray, np.ndarray]]):
     """Sums over chunks, applying nothing: (clipped gradient sums, extras for the noise, loss sum,
     correct, count). For inspection and tests; the accumulators are zeroed again."""
-    self._add_chunks(chunks)
-    total, extras, monitored = self._read_totals()
-    self._reset()
+    try:
+      self._add_chunks(chunks)
+      total, extras, monitored = self._read_totals()
+    finally:
+      self._reset()
     loss_sum, correct, count = (float(v) for v in monitored.numpy())
     return total, extras, loss_sum, correct, count
 
@@ -193,8 +191,7 @@ class TrainStep:
       if len({np.shape(chunk[0]) for chunk in chunks}) == 1:  # Training's case: one call.
         monitored = self._step(*(np.stack(parts) for parts in zip(*chunks)), noise_seed)
       else:
-        for images, labels, mask in chunks:
-          self._chunk(images, labels, mask)
+        self._add_chunks(chunks)
         monitored = self._apply(noise_seed)
     except BaseException:
       self._reset()

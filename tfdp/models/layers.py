@@ -98,8 +98,13 @@ def group_norm_example_gradients(layer, inputs, output_grads):
     flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1, channels])
     dy = tf.reshape(output_grads, [tf.shape(output_grads)[0], -1, channels])
     mean, inv_std = group_statistics(flat, layer.groups, layer.epsilon)
+    return _affine_gradients(flat, dy, mean, inv_std)
+
+
+def _affine_gradients(flat, dy, mean, inv_std):
+    """Per example, ([B, C] sum over N of dy * x_hat, [B, C] sum over N of dy), x_hat never formed:
+    sum_n dy * x_hat = inv_std * (sum_n dy * x - mean * sum_n dy)."""
     dy_sum = tf.reduce_sum(dy, axis=1)
-    # sum_n dy * x_hat = inv_std * (sum_n dy * x - mean * sum_n dy).
     return inv_std * (_channel_dots(dy, flat) - mean * dy_sum), dy_sum
 
 
@@ -120,8 +125,7 @@ def _group_norm(x, gamma, beta, groups, epsilon):
     def gradient(dy):
         dy = tf.reshape(dy, [shape[0], -1, channels])
         count = tf.cast(tf.shape(flat)[1], tf.float32)
-        dy_sum = tf.reduce_sum(dy, axis=1)  # [B, C]
-        dy_xhat = inv_std * (_channel_dots(dy, flat) - mean * dy_sum)  # sum_n dy * x_hat
+        dy_xhat, dy_sum = _affine_gradients(flat, dy, mean, inv_std)  # [B, C] each
         # dx = inv_std * (dxh - mean_g(dxh) - x_hat * mean_g(dxh * x_hat)), dxh = dy * gamma,
         # written as an affine map of dy and x with per-example, per-channel coefficients.
         mean_dxh = _group_mean(dy_sum * gamma, groups) / count
