@@ -106,7 +106,7 @@ def test_shuffled_batches_are_reported_as_such(tmp_path):
   assert card["dp_guarantee"] == "shuffle" and card["guarantee"].startswith("NOT A PROOF")
 
 
-@pytest.mark.parametrize("flag,message", [
+INVALID_FLAGS = [
     ("--epsilon=0", "epsilon must be > 0"),
     ("--epsilon=-1", "epsilon must be > 0"),
     ("--delta=1", "delta must be in (0, 1)"),
@@ -122,13 +122,44 @@ def test_shuffled_batches_are_reported_as_such(tmp_path):
     ("--dataset=mnist_on_mars", "mnist_on_mars"),
     ("--noise=laplace", "--clipping=vectorized"),  # The rest of the new checks: test_config.py.
     ("--optimizer=dice_sgd", "no proven DP guarantee"),  # Its runs: tests/test_dice_sgd.py.
-])
+]
+
+
+def _main_in_process(args):
+  """tfdp.train's main on `args` in this process: (exit message or None, flag-parsing error)."""
+  from absl import flags
+  from tfdp import train
+  try:
+    flags.FLAGS(["tfdp.train", *args])
+  except flags.Error as error:  # An enum flag's unknown value: absl's own message and exit 1.
+    return None, str(error)
+  try:
+    with pytest.raises(SystemExit) as exit_info:
+      train.main(["tfdp.train"])
+    return str(exit_info.value.code), None
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("flag,message", INVALID_FLAGS)
 def test_invalid_flags_fail_fast_with_one_line(tmp_path, flag, message):
+  exit_message, parse_error = _main_in_process(
+      ["--epsilon=3", *flag.split(), f"--output_dir={tmp_path}/run"])
+  shown = exit_message or parse_error
+  assert message in shown, shown
+  assert exit_message is None or (exit_message.startswith("tfdp.train: error: ")
+                                  and "\n" not in exit_message)
+  assert not os.path.exists(tmp_path / "run")  # Nothing half-written.
+
+
+@pytest.mark.parametrize("flag,message", [("--epsilon=0", "tfdp.train: error: epsilon must be > 0"),
+                                          ("--model=resnet1000", "resnet1000")])
+def test_invalid_flags_exit_non_zero_from_the_command_line(tmp_path, flag, message):
   start = time.monotonic()
-  code, output = _run("--epsilon=3", *flag.split(), f"--output_dir={tmp_path}/run")
+  code, output = _run("--epsilon=3", flag, f"--output_dir={tmp_path}/run")
   assert code != 0
   assert message in output, output
-  assert not os.path.exists(tmp_path / "run")  # Nothing half-written.
+  assert not os.path.exists(tmp_path / "run")
   assert time.monotonic() - start < 60
 
 
@@ -192,6 +223,11 @@ VARIANTS = {
 }
 
 
+# Laplace noise is far below Gaussian at this ε: six runs gave 0.27 to 0.53 (mean 0.44), so its bar
+# sits 3 spreads below the mean, still 3 standard errors above chance on 360 test images.
+MIN_ACCURACY = {"laplace": 0.15}
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_each_dp_variant_trains_within_its_budget(tmp_path, variant):
   extra, expected = VARIANTS[variant]
@@ -199,7 +235,7 @@ def test_each_dp_variant_trains_within_its_budget(tmp_path, variant):
   assert code == 0, output
   metrics = _metrics(tmp_path / "run")
   assert metrics["epsilon"] <= 3.0 and metrics["target_epsilon"] == 3.0
-  if variant != "layer_noise":
-    assert metrics["test_accuracy"] > 0.3, metrics  # Chance is 0.1; Laplace is far below Gaussian.
+  if variant != "layer_noise":  # No bar: see its entry in VARIANTS.
+    assert metrics["test_accuracy"] > MIN_ACCURACY.get(variant, 0.3), metrics  # Chance is 0.1.
   for key, value in expected.items():
     assert metrics[key] == value, (key, metrics[key])

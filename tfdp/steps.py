@@ -73,7 +73,7 @@ class TrainStep:
     self._monitor_totals = tf.Variable(tf.zeros([3]), trainable=False,
                                        name="loss_correct_count")
     self._chunk = tf.function(self._chunk_add, jit_compile=jit_compile)
-    self._step = tf.function(self._whole_step, reduce_retracing=True)
+    self._step = None  # Traced on the first call, for any number of stacked chunks (_step_for).
     self._apply = tf.function(self._apply_update)
     self._reset = tf.function(self._zero_totals)
 
@@ -175,6 +175,16 @@ class TrainStep:
     total, _, loss_sum, correct, count = self.accumulate(chunks)
     return total, loss_sum, correct, count
 
+  def _step_for(self, stacked, noise_seed):
+    """The whole-step function, traced once: the number of chunks (Poisson's draw decides it)
+    is left unknown in its signature, so a new draw never costs a new trace."""
+    if self._step is None:
+      signature = [tf.TensorSpec((None,) + array.shape[1:], tf.as_dtype(array.dtype))
+                   for array in stacked]
+      signature.append(tf.TensorSpec(noise_seed.shape, noise_seed.dtype))
+      self._step = tf.function(self._whole_step, input_signature=signature)
+    return self._step
+
   def __call__(self, chunks, step: Optional[int] = None) -> Tuple[float, float, float]:
     """One logical step over `chunks` of (uint8 images [P,...], labels [P], mask [P]).
 
@@ -189,7 +199,8 @@ class TrainStep:
     noise_seed = tf.constant(self._coins.noise_seed(step), tf.int64)
     try:
       if len({np.shape(chunk[0]) for chunk in chunks}) == 1:  # Training's case: one call.
-        monitored = self._step(*(np.stack(parts) for parts in zip(*chunks)), noise_seed)
+        stacked = [np.stack(parts) for parts in zip(*chunks)]
+        monitored = self._step_for(stacked, noise_seed)(*stacked, noise_seed)
       else:
         self._add_chunks(chunks)
         monitored = self._apply(noise_seed)
