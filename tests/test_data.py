@@ -47,11 +47,12 @@ def _indexed_dataset(n=200):
 # Registry.
 
 def test_registry_holds_the_loaders():
-    assert sorted(data.DATASETS) == ['cifar10', 'digits', 'folder', 'npz', 'synthetic']
+    assert sorted(data.DATASETS) == ['cifar10', 'digits', 'fashion_mnist', 'folder', 'mnist', 'npz',
+                                    'synthetic']
 
 
 def test_unknown_dataset_lists_valid_names():
-    valid = r"\['cifar10', 'digits', 'folder', 'npz', 'synthetic'\]"
+    valid = r"\['cifar10', 'digits', 'fashion_mnist', 'folder', 'mnist', 'npz', 'synthetic'\]"
     with pytest.raises(ValueError, match=r"'mnistt'.*" + valid):
         data.load_dataset('mnistt')
 

@@ -29,7 +29,8 @@ def test_there_is_a_flagfile_per_published_configuration():
   assert {"cifar10_efficientnet_b0_dp_adam_eps5.flags", "cifar10_wrn16_4_dp_sgd_eps1_de2022.flags",
           "cifar10_convnet_dp_sgd_eps3.flags", "pneumoniamnist_convnet_dp_sgd_eps3.flags",
           "pneumoniamnist_convnet_dp_sgd_eps1.flags", "pneumoniamnist_convnet_sgd_nonprivate.flags",
-          "quickstart.flags"} <= names
+          "quickstart.flags", "cifar10_scatter_linear_eps3.flags", "cifar10_scatter_cnn_eps3.flags",
+          "mnist_scatter_linear_eps3.flags", "fashion_mnist_scatter_linear_eps3.flags"} <= names
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
@@ -42,7 +43,8 @@ def test_flagfile_is_a_valid_run(path):
   assert (config.privacy.epsilon is not None) == private
   assert os.path.basename(config.run.output_dir) == os.path.basename(path)[:-len(".flags")]
   shape, classes = {"digits": ((8, 8, 1), 10), "npz": ((28, 28, 1), 2),
-                    "folder": ((32, 32, 3), 10)}[config.data.dataset]
+                    "folder": ((32, 32, 3), 10), "mnist": ((28, 28, 1), 10),
+                    "fashion_mnist": ((28, 28, 1), 10)}[config.data.dataset]
   model = models.build_model(config.model.name, classes, shape, **config.model.kwargs)
   groups.variable_groups(model, config.privacy.clip_groups)  # Raises if K exceeds the layers.
   with open(path) as f:

@@ -122,6 +122,8 @@ INVALID_FLAGS = [
     ("--dataset=mnist_on_mars", "mnist_on_mars"),
     ("--noise=laplace", "--clipping=vectorized"),  # The rest of the new checks: test_config.py.
     ("--optimizer=dice_sgd", "no proven DP guarantee"),  # Its runs: tests/test_dice_sgd.py.
+    ("--model=scatter_linear --augment=flip_crop", "--augment=none"),
+    ("--model=cnn --init_from=/nonexistent/prior", "not a tfdp prior"),
 ]
 
 

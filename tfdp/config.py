@@ -73,6 +73,8 @@ class ModelConfig:
   name: str = "cnn"
   options: Tuple[Tuple[str, Any], ...] = ()  # Builder keyword options, e.g. (("depth", 40),).
   loss: str = "cross_entropy"  # "hinge" with the linear model is a linear SVM.
+  # A prior (tfdp.pretrain's output) whose encoder initializes the model; public, no privacy cost.
+  init_from: Optional[str] = None
 
   def __post_init__(self):
     from tfdp import losses

@@ -18,8 +18,8 @@ WEIGHTS = "model weights"  # The released weights themselves, named in covered_f
 
 ASSUMPTIONS = (
     "the batch sampling and the noise were drawn from a secure random source and kept secret",
-    "the initial weights (random, or the public pretrained weights_file) are independent of the "
-    "private training data",
+    "the initial weights (random, the public pretrained weights_file, or the prior, made from "
+    "random-process images only) are independent of the private training data",
     "the training set size N is public, as is customary (q, the steps and ε are functions of it)",
 )
 _SCOPE = (
@@ -60,9 +60,9 @@ FIELDS = ("epsilon", "epsilon_pld", "epsilon_if_dp_sgd", "delta", "delta_float_t
           "adaptive_clip_quantile", "final_clip_norm", "l2_norm_clip", "l1_norm_clip",
           "dice_error_clip", "clip_groups", "clipping_mode", "steps", "epochs_completed",
           "batch_size", "dataset", "train_examples", "train_subset", "test_examples", "model",
-          "model_options", "weights_file", "parameters", "optimizer", "learning_rate", "ema_decay",
-          "augmult", "test_accuracy", "test_balanced_accuracy", "test_auc", "test_loss",
-          "privacy_statement", "seed", "not_private_monitoring")
+          "model_options", "weights_file", "prior", "parameters", "optimizer", "learning_rate",
+          "ema_decay", "augmult", "test_accuracy", "test_balanced_accuracy", "test_auc",
+          "test_loss", "privacy_statement", "seed", "not_private_monitoring")
 # Fields computed from the training data through the weights or the mechanism: covered by a
 # guarantee when there is one, not covered otherwise.
 _DATA_DEPENDENT = ("test_accuracy", "test_balanced_accuracy", "test_auc", "test_loss",

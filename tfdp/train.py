@@ -50,6 +50,11 @@ _WEIGHTS = flags.DEFINE_string(
     "weights", None, "Local pretrained weights file (models that take one). Assumed public and "
     "independent of the private training data; its path and sha256 go into the metrics and model "
     "card. Weights of an earlier private tfdp run are refused (their cost would need composing).")
+_INIT_FROM = flags.DEFINE_string(
+    "init_from", None, "A prior for the encoder (every layer before the logits): a folder written "
+    "by python -m tfdp.pretrain (its prior/ or the run folder) or a shipped one such as "
+    "priors/resnet20_randp. Made from random-process images only, it costs no privacy; its card "
+    "goes into the metrics and model card. The head starts fresh.")
 _LOSS = flags.DEFINE_enum("loss", "cross_entropy", sorted(losses.LOSSES),
                           "Per-example loss; hinge with --model=linear is a linear SVM.")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "dp_sgd", sorted(optimizers.OPTIMIZERS),
@@ -183,7 +188,7 @@ def config_from_flags() -> config_lib.Config:
                                  train_examples=_TRAIN_EXAMPLES.value, sampling=_SAMPLING.value,
                                  augment=_AUGMENT.value, augmult=_AUGMULT.value),
       model=config_lib.ModelConfig(name=_MODEL.value, options=_model_options(),
-                                   loss=_LOSS.value),
+                                   loss=_LOSS.value, init_from=_INIT_FROM.value),
       privacy=config_lib.PrivacyConfig(epsilon=_EPSILON.value, delta=_DELTA.value,
                                        noise_multiplier=_NOISE_MULTIPLIER.value,
                                        l2_norm_clip=_L2_NORM_CLIP.value, clipping=_CLIPPING.value,

@@ -5,6 +5,7 @@ planned steps spend at most ε (RDP accountant); with a given σ the ε is only 
 ledger is consulted before every step, and a step that would spend past the target is not taken.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -26,9 +27,12 @@ from tfdp import models
 from tfdp import planning
 from tfdp import release
 from tfdp import steps as steps_lib
+from tfdp.data import feature_cache
 from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
 from tfdp.dp import randomness
+from tfdp.models import scatter
+from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
 
 
@@ -131,14 +135,15 @@ def _progress(target: int):
   return _LogLines(target)
 
 
-def _run_epoch(step_fn, sampler, dataset, ledger, max_steps, monitor: Optional[str] = None):
-  """One epoch of steps; progress lines show ε and the monitoring `monitor` allows."""
+def _run_epoch(step_fn, sampler, trained, ledger, max_steps, monitor: Optional[str] = None):
+  """One epoch of steps over `trained`'s training inputs; progress lines show ε and the
+  monitoring `monitor` allows."""
   stats = _EpochStats()
   progbar = _progress(sampler.steps_per_epoch)
   for i in range(sampler.steps_per_epoch):
     if max_steps is not None and ledger.steps >= max_steps:
       return stats, True
-    chunks = [data.sampling.gather_chunk(dataset.train_images, dataset.train_labels, c)
+    chunks = [data.sampling.gather_chunk(trained.train_images, trained.train_labels, c)
               for c in sampler.chunks(ledger.steps)]
     if ledger.private:
       step_fn.set_noise_factor(ledger.noise_multiplier_at(ledger.steps) / ledger.noise_multiplier)
@@ -168,7 +173,55 @@ def prepare(config: config_lib.Config):
   """
   release.weights_provenance(config.model.kwargs.get("weights"))
   dataset = load_training_data(config)
+  _check_augmentation(config)
+  if config.model.init_from:
+    prior_files.check_path(config.model.init_from, config.model.name, config.model.kwargs,
+                           dataset.input_shape)
   return dataset, planning.plan_privacy(config, dataset.num_train)
+
+
+def _check_augmentation(config: config_lib.Config) -> None:
+  if config.model.name not in scatter.FRONT_MODELS:
+    return
+  if config.data.augment not in (None, "none") or config.data.augmult > 1:
+    raise ValueError(
+        f"--model={config.model.name} trains on scattering features computed once per dataset, "
+        f"so augmentation (--augment={config.data.augment}, --augmult={config.data.augmult}), "
+        "applied to images before the transform, cannot vary per step: use --augment=none "
+        "and --augmult=1")
+
+
+def _augment(config: config_lib.Config, dataset: data.Dataset) -> str:
+  """The training augmentation: the flag's, else the dataset's; none for cached features."""
+  if config.model.name in scatter.FRONT_MODELS:
+    return "none"
+  return config.data.augment or dataset.augment
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+  """What the steps train and evaluate: the model itself on images, or for a model with a frozen
+  front (ScatterNet) its head on the front's features, computed once (tfdp.data.feature_cache)."""
+  model: tf.keras.Model
+  train_preprocess: object
+  test_preprocess: object
+  train_images: object
+  train_labels: object
+  test_images: object
+  test_labels: object
+
+
+def _trained_part(model, dataset, train_preprocess, test_preprocess) -> _Trained:
+  parts = scatter.split(model)
+  if parts is None:
+    return _Trained(model, train_preprocess, test_preprocess, dataset.train_images,
+                    dataset.train_labels, dataset.test_images, dataset.test_labels)
+  front, head = parts
+  standardization = [list(dataset.mean), list(dataset.std)]
+  train = feature_cache.features(dataset.train_images, front, test_preprocess, standardization)
+  test = feature_cache.features(dataset.test_images, front, test_preprocess, standardization)
+  as_float = lambda features: tf.cast(features, tf.float32)
+  return _Trained(head, as_float, as_float, train, dataset.train_labels, test, dataset.test_labels)
 
 
 def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
@@ -183,23 +236,28 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   dataset, ledger = prepared or prepare(config)
   model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape,
                              **config.model.kwargs)
+  if config.model.init_from:  # A resumed run's checkpoint overwrites these weights below.
+    prior_files.load_into(config.model.init_from, model, config.model.name, config.model.kwargs)
   loss_fn = losses.get(config.model.loss)
   sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
                               config.chunk_size, coins)
-  optimizer = planning.build_optimizer(config, ledger, model, sampler.steps_per_epoch)
-  augment = config.data.augment or dataset.augment
+  augment = _augment(config, dataset)
   train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
   test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
-  weight_average = (ema.WeightAverage(model, config.run.ema_decay) if config.run.ema_decay
-                    else None)
-  step_fn = _make_step(config, model, optimizer, train_preprocess, weight_average, loss_fn, coins)
+  trained = _trained_part(model, dataset, train_preprocess, test_preprocess)
+  optimizer = planning.build_optimizer(config, ledger, trained.model, sampler.steps_per_epoch)
+  weight_average = (ema.WeightAverage(trained.model, config.run.ema_decay)
+                    if config.run.ema_decay else None)
+  step_fn = _make_step(config, trained.model, optimizer, trained.train_preprocess,
+                       weight_average, loss_fn, coins)
   extra = {"ema": weight_average} if weight_average else {}
   state = checkpointing.RunState(config.run.output_dir, model, optimizer, **extra)
   start_epoch, ledger, history = _restore_or_start(state, ledger)
   ledger.coordinates = models.count_params(model)  # Sizes the float noise's tail in δ.
   release.write_run_spec(config, dataset)
   evaluate = release.with_weights(
-      steps_lib.make_evaluate(model, test_preprocess, loss_fn=loss_fn), weight_average)
+      steps_lib.make_evaluate(trained.model, trained.test_preprocess, loss_fn=loss_fn),
+      weight_average)
   _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
 
   writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
@@ -211,11 +269,11 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
       budget_exhausted = True
       break
     print(f"Epoch {epoch + 1}/{config.run.epochs}")
-    stats, budget_exhausted = _run_epoch(step_fn, sampler, dataset, ledger, max_steps,
+    stats, budget_exhausted = _run_epoch(step_fn, sampler, trained, ledger, max_steps,
                                          _monitor_prefix(config))
     train_seconds += stats.seconds
     train_examples_seen += stats.steps * config.run.batch_size  # Expected: drawn sizes are private.
-    final_evaluation = evaluate(dataset.test_images, dataset.test_labels)
+    final_evaluation = evaluate(trained.test_images, trained.test_labels)
     record = _epoch_record(epoch + 1, ledger, stats, final_evaluation, _monitor_prefix(config))
     history.append(record)
     _log_epoch(writer, record)
@@ -227,7 +285,7 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
           f"ε = {ledger.target_epsilon}.")
 
   if final_evaluation is None:
-    final_evaluation = evaluate(dataset.test_images, dataset.test_labels)
+    final_evaluation = evaluate(trained.test_images, trained.test_labels)
   metrics = _final_metrics(config, dataset, model, ledger, optimizer, final_evaluation,
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
@@ -366,7 +424,7 @@ def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
       "weight_decay": config.optimizer.weight_decay,
       "momentum": config.optimizer.momentum,
       "augmult": config.data.augmult,
-      "augment": config.data.augment or dataset.augment,
+      "augment": _augment(config, dataset),
       "ema_decay": config.run.ema_decay,
       "clipping": config.privacy.clipping if private else None,
       "clip_groups": config.privacy.clip_groups if private else None,
@@ -382,7 +440,7 @@ def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
 
 def _release_metrics(config, ledger, history) -> dict:
   """What the guarantee is and rests on: its kind, the randomness, DiceSGD's C2, the
-  pretrained weights' provenance, the public subset, and any not-private monitoring."""
+  pretrained weights' or prior's provenance, the public subset, and any not-private monitoring."""
   subset = config.data.train_examples
   return {
       "dp_guarantee": ledger.guarantee(),
@@ -390,6 +448,7 @@ def _release_metrics(config, ledger, history) -> dict:
       "dice_error_clip": ((config.privacy.dice_error_clip or config.privacy.l2_norm_clip)
                           if config.optimizer.name == "dice_sgd" else None),
       "weights_file": release.weights_provenance(config.model.kwargs.get("weights")),
+      "prior": prior_files.provenance(config.model.init_from),
       "train_subset": ({"examples": subset, "seed": config.run.seed, "chosen_by": "public seed"}
                        if subset else None),
       "not_private_monitoring": _not_private_monitoring(config, history),

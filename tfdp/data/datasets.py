@@ -24,6 +24,11 @@ from tfdp.data import preprocess
 # computing them from the private training set would itself release information about it.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# Published constants, never computed here from the (private) training images.
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+FASHION_MNIST_CLASSES = ('t-shirt/top', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt',
+                         'sneaker', 'bag', 'ankle boot')
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
                    'truck')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
@@ -471,43 +476,57 @@ def _decode_files(paths: np.ndarray, shape: tuple, first: str) -> np.ndarray:
     return images
 
 
-@register('cifar10')
-def load_cifar10(data_dir: str | None = None, train_examples: int | None = None, seed: int = 0,
-                 download: bool = True) -> Dataset:
-    """CIFAR-10 (50,000 train / 10,000 test 32x32x3 images) through tensorflow_datasets.
+def _tfds_loader(tfds_name: str, description: str, class_names: tuple, mean: tuple, std: tuple,
+                 augment: str) -> Callable[..., Dataset]:
+    """A loader of a tensorflow_datasets image classification set, with its public constants."""
 
-    Args:
-        data_dir: the tensorflow_datasets data directory (None: its default, ~/tensorflow_datasets).
-        train_examples: if given, keep `subset(dataset, train_examples, seed)` of the train split.
-        seed: picks that subset.
-        download: whether tensorflow_datasets may download and prepare the data if it is missing.
+    def load(data_dir: str | None = None, train_examples: int | None = None, seed: int = 0,
+             download: bool = True) -> Dataset:
+        # Imported here: tensorflow_datasets is slow to import and only these loaders need it.
+        import tensorflow_datasets as tfds
 
-    Returns:
-        Dataset named 'cifar10' with the published CIFAR-10 normalization and flip_crop.
+        try:
+            # Not batch_size=-1: that batches by the split size recorded in the dataset's
+            # metadata, which tfds.testing.mock_data leaves at 0 (a batch of sys.maxsize).
+            train, test = tfds.load(tfds_name, data_dir=data_dir, split=['train', 'test'],
+                                    as_supervised=True, download=download)
+            (train_x, train_y), (test_x, test_y) = _to_numpy(train), _to_numpy(test)
+        except Exception as err:  # tfds and its download stack raise many unrelated types.
+            reason = str(err).rstrip('.')
+            raise DataError(
+                f'{tfds_name}: could not load or download it with tensorflow_datasets '
+                f'(data_dir={data_dir!r}): {type(err).__name__}: {reason}. Without internet, use '
+                'image folders: --dataset=folder --data_dir=<a directory holding '
+                'train/<class>/*.png and test/<class>/*.png>.') from err
+        dataset = Dataset(name=tfds_name, train_images=train_x, train_labels=train_y,
+                          test_images=test_x, test_labels=test_y, class_names=class_names,
+                          mean=mean, std=std, augment=augment)
+        return _maybe_subset(dataset, train_examples, seed)
 
-    Raises:
-        DataError: the data is not prepared and could not be downloaded (e.g. no internet).
-    """
-    # Imported here: tensorflow_datasets is slow to import and only this loader needs it.
-    import tensorflow_datasets as tfds
+    load.__doc__ = f"""{description} through tensorflow_datasets.
 
-    try:
-        # Not batch_size=-1: that batches by the split size recorded in the dataset's metadata,
-        # which tfds.testing.mock_data leaves at 0, so it asks for a batch of sys.maxsize.
-        train, test = tfds.load('cifar10', data_dir=data_dir, split=['train', 'test'],
-                                as_supervised=True, download=download)
-        (train_x, train_y), (test_x, test_y) = _to_numpy(train), _to_numpy(test)
-    except Exception as err:  # tfds and its download stack raise many unrelated types.
-        reason = str(err).rstrip('.')
-        raise DataError(
-            f'cifar10: could not load or download CIFAR-10 with tensorflow_datasets '
-            f'(data_dir={data_dir!r}): {type(err).__name__}: {reason}. Without internet, extract '
-            'CIFAR-10 as JPEG folders and use --dataset=folder --data_dir=<extracted cifar10-jpg> '
-            '(a directory holding train/<class>/*.jpg and test/<class>/*.jpg).') from err
-    dataset = Dataset(name='cifar10', train_images=train_x, train_labels=train_y,
-                      test_images=test_x, test_labels=test_y, class_names=CIFAR10_CLASSES,
-                      mean=CIFAR10_MEAN, std=CIFAR10_STD, augment='flip_crop')
-    return _maybe_subset(dataset, train_examples, seed)
+        Args:
+            data_dir: the tensorflow_datasets data directory (None: ~/tensorflow_datasets).
+            train_examples: if given, keep `subset(dataset, train_examples, seed)` of the train
+                split.
+            seed: picks that subset.
+            download: whether tensorflow_datasets may download and prepare missing data.
+
+        Raises:
+            DataError: the data is not prepared and could not be downloaded (e.g. no internet).
+        """
+    return load
+
+
+load_cifar10 = register('cifar10')(_tfds_loader(
+    'cifar10', 'CIFAR-10 (50,000 train / 10,000 test 32x32x3 images)', CIFAR10_CLASSES,
+    CIFAR10_MEAN, CIFAR10_STD, 'flip_crop'))
+load_mnist = register('mnist')(_tfds_loader(
+    'mnist', 'MNIST (60,000 train / 10,000 test 28x28x1 digits)',
+    tuple(str(d) for d in range(10)), MNIST_MEAN, MNIST_STD, 'none'))
+load_fashion_mnist = register('fashion_mnist')(_tfds_loader(
+    'fashion_mnist', 'Fashion-MNIST (60,000 train / 10,000 test 28x28x1 images)',
+    FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, 'none'))
 
 
 def _to_numpy(split: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,130 @@
+"""ScatterNet classifiers (Tramèr & Boneh 2021, "Differentially Private Learning Needs Better
+Features"): a fixed wavelet scattering transform in front of a small trained head.
+
+    front:  kymatio Scattering2D (J = 2, L = 8) on each channel: 1 + J L + L^2 J (J - 1) / 2 = 81
+            maps per channel at a quarter of the resolution, [B, H, W, C] -> [B, H/4, W/4, 81 C]
+            (channel-major: the 81 maps of channel 0 first). No weights: nothing is learned and
+            nothing depends on data, so it costs no privacy and its output for an example depends
+            on that example alone.
+    norm:   GroupNorm without scale or offset over 27 groups of scattering maps (the paper's
+            data-independent normalization; its alternative, a DP estimate of each map's mean and
+            variance, is not offered here).
+    head:   scatter_linear: flatten -> dense (logits);
+            scatter_cnn: the paper's CNN on scattering features (RGB: conv3x3 64, tanh, maxpool,
+            conv3x3 64, tanh; grayscale: conv3x3/2 16, tanh, conv3x3 32, tanh, dense 32, tanh),
+            flatten -> dense (logits).
+
+The model is `Model(image -> head(front(image)))` with two parts, layers "scattering" (the front)
+and "head" (a model of its own). Training computes the front once per dataset and trains the head
+on the cached features (tfdp.data.feature_cache); `split(model)` returns the two parts.
+"""
+
+import tensorflow as tf
+
+from tfdp.models import registry
+
+SCATTER_J = 2  # Scales: the output is downsampled by 2^J.
+SCATTER_L = 8  # Angles.
+NORM_GROUPS = 27  # The paper's GroupNorm: 9 maps per group for RGB (243), 3 for grayscale (81).
+FRONT_MODELS = ("scatter_cnn", "scatter_linear")  # Models whose head trains on cached features.
+
+
+class Scattering(tf.keras.layers.Layer):
+    """Frozen 2-D scattering of each channel: [B, H, W, C] -> [B, H / 2^J, W / 2^J, 81 C].
+
+    H and W must be multiples of 2^J. The layer has no weights; gradients do not flow through it
+    (nothing before it is trained).
+    """
+
+    def __init__(self, j=SCATTER_J, angles=SCATTER_L, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.j, self.angles = j, angles
+        self._transform = None
+
+    def build(self, input_shape):
+        from kymatio.tensorflow import Scattering2D  # pylint: disable=import-outside-toplevel
+        height, width = int(input_shape[1]), int(input_shape[2])
+        if height % 2**self.j or width % 2**self.j:
+            raise ValueError(f"Scattering with J = {self.j} needs height and width divisible by "
+                             f"{2**self.j}, got {height} x {width}.")
+        self._transform = Scattering2D(J=self.j, shape=(height, width), L=self.angles)
+        super().build(input_shape)
+
+    def call(self, images):
+        channels_first = tf.transpose(tf.stop_gradient(images), [0, 3, 1, 2])  # [B, C, H, W]
+        maps = self._transform.scattering(channels_first)  # [B, C, K, H', W']
+        _, height, width, channels = self.compute_output_shape(images.shape)
+        maps = tf.reshape(maps, [-1, channels, height, width])  # [B, C K, H', W']
+        return tf.transpose(maps, [0, 2, 3, 1])
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        scale = 2**self.j
+        maps = 1 + self.j * self.angles + self.angles**2 * self.j * (self.j - 1) // 2
+        return tf.TensorShape([batch, height // scale, width // scale, maps * channels])
+
+    def get_config(self):
+        return {**super().get_config(), "j": self.j, "angles": self.angles}
+
+
+def split(model: tf.keras.Model):
+    """(front, head) of a ScatterNet model: the frozen "scattering" layer and the trained "head"
+    model; None for any other model."""
+    names = [layer.name for layer in model.layers]
+    if "scattering" not in names or "head" not in names:
+        return None
+    return model.get_layer("scattering"), model.get_layer("head")
+
+
+def _scatter_model(name, num_classes, input_shape, build_head, norm_groups):
+    inputs = tf.keras.Input(shape=input_shape, name="image")
+    front = Scattering(name="scattering")
+    features = front(inputs)
+    head_inputs = tf.keras.Input(shape=features.shape[1:], name="scattering_features")
+    channels = features.shape[-1]
+    if not isinstance(norm_groups, int) or norm_groups < 1 or channels % norm_groups:
+        raise ValueError(f"norm_groups must be a positive int dividing the {channels} scattering "
+                         f"maps, got {norm_groups!r}.")
+    x = tf.keras.layers.GroupNormalization(groups=norm_groups, center=False, scale=False,
+                                           name="scattering_norm")(head_inputs)
+    logits = build_head(x, num_classes, input_shape[-1])
+    head = tf.keras.Model(head_inputs, logits, name="head")
+    return tf.keras.Model(inputs, head(features), name=name)
+
+
+def _linear_head(x, num_classes, image_channels):
+    del image_channels
+    x = tf.keras.layers.Flatten(name="flatten")(x)
+    return tf.keras.layers.Dense(num_classes, name="logits")(x)
+
+
+def _cnn_head(x, num_classes, image_channels):
+    # Activations are layers of their own: the fast engine's rules read the pre-activation output.
+    def conv(x, filters, strides, name):
+        x = tf.keras.layers.Conv2D(filters, 3, strides=strides, padding="same", name=name)(x)
+        return tf.keras.layers.Activation("tanh", name=f"{name}_tanh")(x)
+
+    if image_channels == 1:  # The paper's MNIST head: 7x7 maps -> 4x4.
+        x = conv(x, 16, 2, "conv1")
+        x = conv(x, 32, 1, "conv2")
+        x = tf.keras.layers.Flatten(name="flatten")(x)
+        x = tf.keras.layers.Dense(32, name="dense")(x)
+        x = tf.keras.layers.Activation("tanh", name="dense_tanh")(x)
+    else:  # The paper's CIFAR-10 head: 8x8 maps -> 4x4.
+        x = conv(x, 64, 1, "conv1")
+        x = tf.keras.layers.MaxPooling2D(2, name="pool")(x)
+        x = conv(x, 64, 1, "conv2")
+        x = tf.keras.layers.Flatten(name="flatten")(x)
+    return tf.keras.layers.Dense(num_classes, name="logits")(x)
+
+
+@registry.register("scatter_linear")
+def scatter_linear(num_classes, input_shape, norm_groups=NORM_GROUPS):
+    """ScatterNet + linear: [B, H, W, C] -> logits [B, num_classes]; H, W multiples of 4."""
+    return _scatter_model("scatter_linear", num_classes, input_shape, _linear_head, norm_groups)
+
+
+@registry.register("scatter_cnn")
+def scatter_cnn(num_classes, input_shape, norm_groups=NORM_GROUPS):
+    """ScatterNet + the paper's small tanh CNN: [B, H, W, C] -> logits; H, W multiples of 4."""
+    return _scatter_model("scatter_cnn", num_classes, input_shape, _cnn_head, norm_groups)
