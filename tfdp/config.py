@@ -275,6 +275,32 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+  """DP linear probing before the main steps (DP-RandP phase II, tfdp.priors.linear_probe)."""
+  steps: int = 0  # 0: no probe.
+  batch_size: Optional[int] = None  # Expected batch; None: the whole training set (q = 1).
+  # Per step the head's logits move by about lr * |mean clipped gradient| * |features|, and a
+  # GroupNorm + ReLU + pooling encoder gives features of norm about sqrt(width) (8 for ResNet-20,
+  # measured on random-process images): lr 1 moves them by a few units. DP-RandP's 10-15 assumes
+  # features of norm about 1.
+  learning_rate: float = 1.0
+  # Calibration rule: the probe alone spends this fraction of the target ε; the main steps' σ
+  # then makes probe + main spend the target exactly (to 1%).
+  epsilon_fraction: float = 0.1
+  noise_multiplier: Optional[float] = None  # Given σ of the probe instead of the fraction rule.
+
+  def __post_init__(self):
+    _require(self.steps >= 0, f"linear_probe_steps must be >= 0, got {self.steps}")
+    _require(self.batch_size is None or self.batch_size > 0,
+             f"probe_batch_size must be > 0, got {self.batch_size}")
+    _require(self.learning_rate > 0, f"probe_learning_rate must be > 0, got {self.learning_rate}")
+    _require(0 < self.epsilon_fraction < 1,
+             f"probe_epsilon_fraction must be in (0, 1), got {self.epsilon_fraction}")
+    _require(self.noise_multiplier is None or self.noise_multiplier > 0,
+             f"probe_noise_multiplier must be > 0, got {self.noise_multiplier}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
   """A whole training run."""
   data: DataConfig = DataConfig()
@@ -282,6 +308,7 @@ class Config:
   privacy: PrivacyConfig = PrivacyConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
   run: RunConfig = RunConfig()
+  probe: ProbeConfig = ProbeConfig()
 
   @property
   def chunk_size(self) -> int:
@@ -314,6 +341,27 @@ class Config:
              "gradients at later steps, unamplified by sampling, so no finite ε holds for "
              "unbounded gradients). Give --noise_multiplier instead; the run then reports DP-SGD's "
              "ε at that σ for comparison only, not as a guarantee")
+
+    self._check_probe()
+
+  def _check_probe(self):
+    if not self.probe.steps:
+      return
+    from tfdp.models import scatter
+    _require(self.optimizer.private,
+             f"--linear_probe_steps trains the head with DP before the main steps: it needs a "
+             f"dp_* optimizer, not {self.optimizer.name}")
+    _require(self.optimizer.proven, "--linear_probe_steps cannot precede --optimizer=dice_sgd, "
+             "whose ε no proof backs")
+    _require(self.privacy.noise == "gaussian",
+             f"--linear_probe_steps is accounted as Gaussian steps: it needs --noise=gaussian, "
+             f"not {self.privacy.noise}")
+    _require(self.model.name not in scatter.FRONT_MODELS,
+             f"--model={self.model.name} already trains only a head on frozen features: "
+             "--linear_probe_steps would add nothing")
+    _require(self.privacy.epsilon is not None or self.probe.noise_multiplier is not None,
+             "--linear_probe_steps without --epsilon needs --probe_noise_multiplier (there is no "
+             "target ε to split)")
 
   @property
   def adaptive_clip_count_stddev(self) -> float:

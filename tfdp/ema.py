@@ -26,6 +26,12 @@ class WeightAverage(tf.Module):
     self.averages = [tf.Variable(v, trainable=False, name="ema") for v in model.trainable_variables]
     self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
 
+  def restart(self) -> None:
+    """Starts the average again from the current weights (after weights changed outside steps)."""
+    for average, variable in zip(self.averages, self._model.trainable_variables):
+      average.assign(variable)
+    self.updates.assign(0)
+
   def rate(self) -> tf.Tensor:
     """The decay of the next update: min(decay, (1 + t) / (10 + t)), t = updates so far."""
     t = tf.cast(self.updates, tf.float32)

@@ -32,13 +32,16 @@ def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.Privac
       privacy.noise_schedule, config.run.epochs, privacy.schedule_params))
   shape = [(f, steps_per_epoch) for f in factors] or [(1.0, planned_steps)]
   accountant = "pld" if privacy.noise == "laplace" else "rdp"
+  probe = plan_probe(config, num_train)
+  before = ([(probe["noise_multiplier"], probe["steps"], probe["sampling_probability"])]
+            if probe else [])
   if not config.optimizer.private:
     sigma = 0.0
   elif privacy.noise_multiplier is not None:
     sigma = privacy.noise_multiplier
   else:
     sigma = accounting.calibrate_schedule(privacy.epsilon, privacy.delta, q, shape, accountant,
-                                          noise=privacy.noise)
+                                          noise=privacy.noise, before=before)
   ledger = ledger_lib.PrivacyLedger(
       noise_multiplier=sigma, sampling_probability=q, delta=privacy.delta,
       sampling=config.data.sampling, target_epsilon=privacy.epsilon, noise=privacy.noise,
@@ -46,13 +49,36 @@ def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.Privac
       steps_per_epoch=steps_per_epoch if factors else 0,
       notes=mechanism_notes(config, sigma) if config.optimizer.private else [],
       randomness="reproducible" if config.run.reproducible_noise else "secret",
-      proven=config.optimizer.proven, mechanism=mechanism_fields(config))
+      proven=config.optimizer.proven, mechanism=mechanism_fields(config), probe=probe)
   ledger.record("start", planned_steps=planned_steps,
                 calibrated=privacy.noise_multiplier is None and config.optimizer.private)
   if ledger.max_steps() == 0 and ledger.private:
     raise ValueError(f"noise_multiplier {sigma} spends more than epsilon {privacy.epsilon} in a "
                      "single step; raise --noise_multiplier or drop it to calibrate")
   return ledger
+
+
+def plan_probe(config: config_lib.Config, num_train: int) -> Dict[str, Any]:
+  """The linear probe's σ, q and steps ({} without one), by the stated rule: σ given
+  (--probe_noise_multiplier), else the smallest σ whose probe alone spends epsilon_fraction of the
+  target ε (RDP). The main steps' σ is then calibrated with the probe composed ahead of them."""
+  probe = config.probe
+  if not probe.steps:
+    return {}
+  batch_size = probe.batch_size or num_train
+  if batch_size > num_train:
+    raise ValueError(f"probe_batch_size {batch_size} is larger than the training set ({num_train})")
+  q = batch_size / num_train
+  sigma = probe.noise_multiplier or accounting.calibrate_noise_multiplier(
+      probe.epsilon_fraction * config.privacy.epsilon, config.privacy.delta, q, probe.steps)
+  planned = {"noise_multiplier": sigma, "sampling_probability": q, "steps": probe.steps}
+  if config.privacy.epsilon is not None:
+    alone = accounting.epsilon(sigma, q, probe.steps, config.privacy.delta)
+    if alone >= config.privacy.epsilon:
+      raise ValueError(f"the linear probe alone spends ε = {alone:.3f} of the target "
+                       f"{config.privacy.epsilon}: raise --probe_noise_multiplier ({sigma:g}) or "
+                       "lower --linear_probe_steps")
+  return planned
 
 
 def mechanism_fields(config: config_lib.Config) -> Dict[str, Any]:
@@ -78,6 +104,7 @@ def mechanism_fields(config: config_lib.Config) -> Dict[str, Any]:
       "discrete_rounding_inflation": (privacy.discrete_rounding_inflation
                                       if privacy.noise == "discrete_gaussian" else None),
       "augmult": config.data.augmult,
+      "probe_learning_rate": config.probe.learning_rate if config.probe.steps else None,
   }
 
 

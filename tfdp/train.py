@@ -55,6 +55,19 @@ _INIT_FROM = flags.DEFINE_string(
     "by python -m tfdp.pretrain (its prior/ or the run folder) or a shipped one such as "
     "priors/resnet20_randp. Made from random-process images only, it costs no privacy; its card "
     "goes into the metrics and model card. The head starts fresh.")
+_PROBE = config_lib.ProbeConfig()
+_LINEAR_PROBE_STEPS = flags.DEFINE_integer(
+    "linear_probe_steps", _PROBE.steps, "DP-RandP phase II: DP steps on the head alone, on the "
+    "frozen encoder's features, before the main steps train the whole network (0: none).")
+_PROBE_BATCH_SIZE = flags.DEFINE_integer("probe_batch_size", _PROBE.batch_size,
+                                         "The probe's expected batch; default: the whole set.")
+_PROBE_LEARNING_RATE = flags.DEFINE_float("probe_learning_rate", _PROBE.learning_rate,
+                                          "The probe's DP-SGD learning rate.")
+_PROBE_EPSILON_FRACTION = flags.DEFINE_float(
+    "probe_epsilon_fraction", _PROBE.epsilon_fraction, "The share of --epsilon the probe alone "
+    "spends (its σ is calibrated to it); the main steps' σ makes both together spend --epsilon.")
+_PROBE_NOISE_MULTIPLIER = flags.DEFINE_float("probe_noise_multiplier", None,
+                                             "The probe's σ, instead of --probe_epsilon_fraction.")
 _LOSS = flags.DEFINE_enum("loss", "cross_entropy", sorted(losses.LOSSES),
                           "Per-example loss; hinge with --model=linear is a linear SVM.")
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "dp_sgd", sorted(optimizers.OPTIMIZERS),
@@ -225,7 +238,12 @@ def config_from_flags() -> config_lib.Config:
                                export=_EXPORT.value,
                                jit_compile=_JIT_COMPILE.value, ema_decay=_EMA_DECAY.value,
                                reproducible_noise=_REPRODUCIBLE_NOISE.value,
-                               monitor_private_metrics=_MONITOR_PRIVATE_METRICS.value))
+                               monitor_private_metrics=_MONITOR_PRIVATE_METRICS.value),
+      probe=config_lib.ProbeConfig(steps=_LINEAR_PROBE_STEPS.value,
+                                   batch_size=_PROBE_BATCH_SIZE.value,
+                                   learning_rate=_PROBE_LEARNING_RATE.value,
+                                   epsilon_fraction=_PROBE_EPSILON_FRACTION.value,
+                                   noise_multiplier=_PROBE_NOISE_MULTIPLIER.value))
 
 
 def main(argv):

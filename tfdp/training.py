@@ -32,6 +32,7 @@ from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
 from tfdp.dp import randomness
 from tfdp.models import scatter
+from tfdp.priors import linear_probe
 from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
 
@@ -259,6 +260,11 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
       steps_lib.make_evaluate(trained.model, trained.test_preprocess, loss_fn=loss_fn),
       weight_average)
   _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
+  if ledger.probe and ledger.probe_steps < ledger.probe["steps"]:
+    _linear_probe(config, model, dataset, test_preprocess, ledger, loss_fn, coins)
+    if weight_average:  # It began at the initial head; the probed one is where training starts.
+      weight_average.restart()
+    state.save(0, ledger, history)  # All of the probe or none of it is on disk.
 
   writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
   max_steps = ledger.max_steps()
@@ -298,6 +304,26 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
         f"{metrics['test_balanced_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
         f"{ledger.statement()}")
   return metrics
+
+
+def _linear_probe(config, model, dataset, preprocess, ledger, loss_fn, coins) -> None:
+  """Phase II: the planned probe steps on the head (tfdp.priors.linear_probe), then its record."""
+  result = linear_probe.run(config, model, dataset, preprocess, ledger, loss_fn, coins)
+  ledger.record("linear_probe", probe_steps=ledger.probe_steps,
+                test_accuracy=result["test_accuracy"])
+
+
+def _probe_metrics(config, ledger) -> Optional[dict]:
+  """What the run releases about its linear probe: the plan, its ε alone and its test accuracy."""
+  if not ledger.probe:
+    return None
+  done = [event for event in ledger.history if event["event"] == "linear_probe"]
+  return {**ledger.probe, "learning_rate": config.probe.learning_rate,
+          "batch_size": round(ledger.probe["sampling_probability"] * config.run.batch_size
+                              / ledger.sampling_probability),  # q_p N.
+          "steps_taken": ledger.probe_steps,
+          "epsilon_alone": ledger.epsilon(steps=0),
+          "test_accuracy": done[-1]["test_accuracy"] if done else None}
 
 
 def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn, coins):
@@ -359,9 +385,9 @@ def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
     planned = ledger.history[0]["planned_steps"]
     print(f"Privacy: {config.privacy.noise} noise, σ = {ledger.noise_multiplier:.4f}"
           f"{_schedule_text(ledger)}, {config.privacy.norm.upper()} clip "
-          f"{config.privacy.clip_norm}, planned ε = {ledger.epsilon(steps=planned):.3f} over "
-          f"{planned} steps at δ = {ledger.delta:g} ({ledger.accountant.upper()}); budget "
-          f"{ledger.target_epsilon}")
+          f"{config.privacy.clip_norm}, planned ε = {ledger.planned_epsilon(planned):.3f} over "
+          f"{planned} steps{_probe_text(ledger)} at δ = {ledger.delta:g} "
+          f"({ledger.accountant.upper()}); budget {ledger.target_epsilon}")
     for note in ledger.notes:
       print(f"  {note}")
     if config.privacy.layer_noise != "uniform":
@@ -369,6 +395,15 @@ def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
                                  dp_groups.variable_groups(model, config.privacy.clip_groups),
                                  config.privacy.layer_noise)
       print(f"  group noise stds: {', '.join(f'{s:.4g}' for s in stds)}")
+
+
+def _probe_text(ledger) -> str:
+  if not ledger.probe:
+    return ""
+  probe = ledger.probe
+  return (f" after a linear probe of {probe['steps']} steps (σ = {probe['noise_multiplier']:.4f}, "
+          f"q = {probe['sampling_probability']:.4f}, ε alone "
+          f"{ledger.epsilon(steps=0, probe_steps=probe['steps']):.3f})")
 
 
 def _schedule_text(ledger) -> str:
@@ -449,6 +484,7 @@ def _release_metrics(config, ledger, history) -> dict:
                           if config.optimizer.name == "dice_sgd" else None),
       "weights_file": release.weights_provenance(config.model.kwargs.get("weights")),
       "prior": prior_files.provenance(config.model.init_from),
+      "linear_probe": _probe_metrics(config, ledger),
       "train_subset": ({"examples": subset, "seed": config.run.seed, "chosen_by": "public seed"}
                        if subset else None),
       "not_private_monitoring": _not_private_monitoring(config, history),

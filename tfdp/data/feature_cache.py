@@ -8,8 +8,9 @@ themselves, so it stays beside the data (TFDP_CACHE_DIR, default ~/.cache/tfdp/f
 run releases it.
 
 The key is a sha256 of the images (bytes, shape, dtype), of the pixel standardization applied
-before the front and of the front's configuration; a changed dataset or transform misses the
-cache. Files are written to a temporary name, then renamed.
+before the front and of the front's configuration and weights (a frozen encoder's, for the linear
+probe of tfdp.priors.linear_probe); a changed dataset, transform or encoder misses the cache.
+Files are written to a temporary name, then renamed.
 """
 
 import hashlib
@@ -37,6 +38,8 @@ def cache_key(images: np.ndarray, front: tf.keras.layers.Layer,
     digest.update(json.dumps([list(images.shape), str(images.dtype), type(front).__name__,
                               transform, standardization], sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(images).data)
+    for weight in front.weights:  # A trained encoder's features depend on its weights too.
+        digest.update(np.ascontiguousarray(weight.numpy()).data)
     return digest.hexdigest()
 
 

@@ -26,7 +26,7 @@ True
 
 import functools
 import math
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import dp_accounting
 import numpy as np
@@ -42,10 +42,11 @@ NOISES = ("gaussian", "laplace", "discrete_gaussian")
 ACCOUNTANTS_OF_NOISE = {"gaussian": ("rdp", "pld"), "laplace": ("pld",),
                         "discrete_gaussian": ("rdp",)}  # The first one enforces the budget.
 _INTEGER_ORDERS = tuple(range(2, 257))  # The general subsampling bound holds at integer orders.
-# A run as (noise multiplier, number of steps) segments, composed in order. Gaussian: σ = noise std /
-# L2 sensitivity. Laplace: σ = b / L1 sensitivity (b the per-coordinate scale), dp_accounting's
-# convention for LaplaceDpEvent.
-Segments = Sequence[Tuple[float, int]]
+# A run as (noise multiplier, number of steps) segments, composed in order, each optionally with its
+# own sampling probability as a third element, (σ, steps, q): a phase with another batch size (the
+# linear probe before fine-tuning). Gaussian: σ = noise std / L2 sensitivity. Laplace: σ = b / L1
+# sensitivity (b the per-coordinate scale), dp_accounting's convention for LaplaceDpEvent.
+Segments = Sequence[Union[Tuple[float, int], Tuple[float, int, float]]]
 _BASE_EVENTS = {"gaussian": dp_accounting.GaussianDpEvent, "laplace": dp_accounting.LaplaceDpEvent}
 
 
@@ -69,8 +70,15 @@ def composed_event(segments: Segments, sampling_probability: float,
                    noise: str = "gaussian") -> dp_accounting.DpEvent:
   """The heterogeneous composition of `segments`, each a self-composed step event."""
   return dp_accounting.ComposedDpEvent([
-      dp_accounting.SelfComposedDpEvent(step_event(sigma, sampling_probability, noise), count)
-      for sigma, count in segments if count > 0])
+      dp_accounting.SelfComposedDpEvent(step_event(sigma, q, noise), count)
+      for sigma, count, q in _with_probability(segments, sampling_probability) if count > 0])
+
+
+def _with_probability(segments: Segments, sampling_probability: float) -> List[Tuple[float, int,
+                                                                                    float]]:
+  """Every segment as (σ, steps, q), q defaulting to `sampling_probability`."""
+  return [(float(s[0]), int(s[1]), float(s[2]) if len(s) > 2 else sampling_probability)
+          for s in segments]
 
 
 @functools.lru_cache(maxsize=256)
@@ -114,11 +122,10 @@ def _rdp_of_one_discrete_step(noise_multiplier: float, sampling_probability: flo
 def _epsilon_rdp(segments: Segments, sampling_probability: float, delta: float,
                  noise: str) -> float:
   if noise == "gaussian":
-    rdp = sum(count * _rdp_of_one_step(sigma, sampling_probability) for sigma, count in segments)
+    rdp = sum(count * _rdp_of_one_step(sigma, q) for sigma, count, q in segments)
     orders = dp_accounting.rdp.RdpAccountant()._orders  # pylint: disable=protected-access
   elif noise == "discrete_gaussian":
-    rdp = sum(count * _rdp_of_one_discrete_step(sigma, sampling_probability)
-              for sigma, count in segments)
+    rdp = sum(count * _rdp_of_one_discrete_step(sigma, q) for sigma, count, q in segments)
     orders = _INTEGER_ORDERS
   else:
     raise ValueError(f"the RDP accountant has no bound for Poisson-subsampled {noise} noise; "
@@ -132,9 +139,8 @@ def _epsilon_pld(segments: Segments, sampling_probability: float, delta: float,
     raise ValueError(f"the PLD accountant has no {noise} mechanism; use the RDP accountant")
   accountant = dp_accounting.pld.PLDAccountant(
       value_discretization_interval=_PLD_DISCRETIZATION)
-  for sigma, count in segments:
-    if count > 0:
-      accountant.compose(step_event(sigma, sampling_probability, noise), count)
+  for sigma, count, q in segments:
+    accountant.compose(step_event(sigma, q, noise), count)
   return float(accountant.get_epsilon(delta))
 
 
@@ -145,13 +151,13 @@ _EPSILON_FNS: Dict[str, Callable[[Segments, float, float, str], float]] = {
 
 
 def _check(segments: Segments, sampling_probability: float, delta: float, accountant: str):
-  for sigma, count in segments:
+  for sigma, count, q in _with_probability(segments, sampling_probability):
     if sigma < 0:
       raise ValueError(f"noise_multiplier must be >= 0, got {sigma}")
     if count < 0:
       raise ValueError(f"steps must be >= 0, got {count}")
-  if not 0 < sampling_probability <= 1:
-    raise ValueError(f"sampling_probability must be in (0, 1], got {sampling_probability}")
+    if not 0 < q <= 1:
+      raise ValueError(f"sampling_probability must be in (0, 1], got {q}")
   if not 0 < delta < 1:
     raise ValueError(f"delta must be in (0, 1), got {delta}")
   if accountant not in _EPSILON_FNS:
@@ -163,8 +169,9 @@ def composed_epsilon(segments: Segments, sampling_probability: float, delta: flo
   """ε of a run whose steps have different noise multipliers (a noise schedule).
 
   Args:
-    segments: (noise multiplier, steps) pairs; all steps use sampling probability q.
-    sampling_probability: q.
+    segments: (noise multiplier, steps) pairs, composed in order (adaptively: a segment may
+      depend on the releases before it); a triple (σ, steps, q') samples with its own q'.
+    sampling_probability: q of the segments that do not give their own.
     delta: the δ at which ε is reported.
     accountant: 'rdp' or 'pld' (ACCOUNTANTS_OF_NOISE says which apply to each noise).
     noise: a NOISES name.
@@ -173,10 +180,10 @@ def composed_epsilon(segments: Segments, sampling_probability: float, delta: flo
     ε of the composition; 0 without steps, `inf` when a taken step has no noise.
   """
   _check(segments, sampling_probability, delta, accountant)
-  taken = [(float(sigma), int(count)) for sigma, count in segments if count > 0]
+  taken = [s for s in _with_probability(segments, sampling_probability) if s[1] > 0]
   if not taken:
     return 0.0
-  if any(sigma == 0 for sigma, _ in taken):
+  if any(sigma == 0 for sigma, _, _ in taken):
     return math.inf
   return _EPSILON_FNS[accountant](taken, sampling_probability, delta, noise)
 
@@ -236,17 +243,20 @@ def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_pro
 
 def calibrate_schedule(target_epsilon: float, delta: float, sampling_probability: float,
                        shape: Segments, accountant: str = "rdp", rel_tol: float = 0.01,
-                       noise: str = "gaussian") -> float:
+                       noise: str = "gaussian", before: Segments = ()) -> float:
   """The smallest base σ such that the schedule σ * factor over `shape` spends at most the target.
 
   Args:
     shape: (factor, steps) pairs: the schedule's relative noise and how many steps use it.
+    before: segments with a fixed σ composed ahead of the schedule (a linear probe), which the
+      target must also cover.
 
   Returns:
     σ_base; step i of segment k then uses noise multiplier σ_base * factor_k.
   """
-  eps = lambda base: composed_epsilon([(base * f, n) for f, n in shape], sampling_probability,
-                                      delta, accountant, noise)
+  fixed = list(before)
+  eps = lambda base: composed_epsilon(fixed + [(base * f, n) for f, n in shape],
+                                      sampling_probability, delta, accountant, noise)
   return calibrate_scale(eps, target_epsilon, rel_tol)
 
 

@@ -65,6 +65,10 @@ class PrivacyLedger:
       norms and groups, scaling, per-group noise, adaptive clipping, augmult), as JSON values
       (tfdp.planning.mechanism_fields); a resume must match it. Empty in ledgers written before it
       was recorded, which therefore cannot be resumed.
+    probe: the linear probe planned before the main steps (tfdp.priors.linear_probe), with keys
+      noise_multiplier, sampling_probability and steps; empty without one. Its steps are Gaussian
+      steps of their own q and σ, composed ahead of the main ones.
+    probe_steps: probe steps taken (the main steps start once all of them are).
   """
   noise_multiplier: float
   sampling_probability: float
@@ -82,6 +86,8 @@ class PrivacyLedger:
   proven: bool = True
   coordinates: int = 0
   mechanism: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  probe: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  probe_steps: int = 0
 
   def __post_init__(self):
     if self.randomness not in RANDOMNESS_NOTES:
@@ -92,6 +98,8 @@ class PrivacyLedger:
       raise ValueError("a noise schedule needs steps_per_epoch >= 1")
     accounting.epsilon(self.noise_multiplier, self.sampling_probability, 0, self.delta,
                        noise=self.noise)
+    if self.probe and self.noise != "gaussian":
+      raise ValueError(f"a linear probe is accounted as Gaussian steps; noise is {self.noise!r}")
 
   @property
   def accountant(self) -> str:
@@ -104,10 +112,11 @@ class PrivacyLedger:
     return accounting.ACCOUNTANTS_OF_NOISE[self.noise]
 
   def float_tail_delta(self, steps: Optional[int] = None) -> float:
-    """What the float64 noise samplers add to δ after `steps` (tfdp.privacy.mechanisms)."""
+    """What the float64 noise samplers add to δ after `steps` (tfdp.privacy.mechanisms); the
+    probe's steps count as if they noised every coordinate (they noise the head's only)."""
     steps = self.steps if steps is None else steps
-    return mechanisms.float_tail_delta(self.epsilon(steps=steps), steps, self.coordinates,
-                                       self.noise)
+    return mechanisms.float_tail_delta(self.epsilon(steps=steps), steps + self.probe_steps,
+                                       self.coordinates, self.noise)
 
   def noise_multiplier_at(self, step: int) -> float:
     """σ of step `step` (0-based) under the schedule."""
@@ -149,11 +158,25 @@ class PrivacyLedger:
       return "unproven"
     return "shuffle" if self.sampling == "shuffle" else "proven"
 
-  def epsilon(self, accountant: Optional[str] = None, steps: Optional[int] = None) -> float:
-    """ε spent after `steps` (default: the steps taken) by `accountant` (default: self.accountant)."""
+  def probe_segments(self, probe_steps: Optional[int] = None) -> List[Tuple[float, int, float]]:
+    """The probe's first `probe_steps` (default: those taken) as one (σ, count, q) segment."""
+    if not self.probe:
+      return []
+    count = self.probe_steps if probe_steps is None else probe_steps
+    return [(self.probe["noise_multiplier"], count, self.probe["sampling_probability"])]
+
+  def epsilon(self, accountant: Optional[str] = None, steps: Optional[int] = None,
+              probe_steps: Optional[int] = None) -> float:
+    """ε spent by the probe's `probe_steps` then `steps` main steps (defaults: those taken), by
+    `accountant` (default: self.accountant)."""
     steps = self.steps if steps is None else steps
-    return accounting.composed_epsilon(self.segments(steps), self.sampling_probability, self.delta,
+    segments = self.probe_segments(probe_steps) + self.segments(steps)
+    return accounting.composed_epsilon(segments, self.sampling_probability, self.delta,
                                        accountant or self.accountant, self.noise)
+
+  def planned_epsilon(self, steps: int) -> float:
+    """ε after the whole planned probe and `steps` main steps."""
+    return self.epsilon(steps=steps, probe_steps=self.probe.get("steps", 0))
 
   def epsilon_by(self, accountant: str) -> Optional[float]:
     """ε by `accountant` after the steps taken, or None when it has no bound for this noise."""
@@ -169,12 +192,16 @@ class PrivacyLedger:
             "epsilon_if_dp_sgd": self.epsilon() if self.private and not self.proven else None}
 
   def max_steps(self) -> Optional[int]:
-    """Steps the budget allows (by self.accountant), or None without a budget."""
+    """Main steps the budget allows after the planned probe (by self.accountant), or None without
+    a budget."""
     if self.target_epsilon is None:
       return None
     if not self.private:
       return 0
-    return accounting.max_steps_within(lambda n: self.epsilon(steps=n), self.target_epsilon)
+    # Main steps follow the whole planned probe, so they are counted after it.
+    probe_steps = self.probe.get("steps", 0)
+    return accounting.max_steps_within(
+        lambda n: self.epsilon(steps=n, probe_steps=probe_steps), self.target_epsilon)
 
   def record(self, event: str, **details) -> None:
     self.history.append({"event": event, "step": self.steps, **details})
@@ -189,9 +216,17 @@ class PrivacyLedger:
     if self.epoch_factors:
       mechanism += (f" in epoch 1 on a {self.schedule} schedule (σ now "
                     f"{self.noise_multiplier_at(max(self.steps - 1, 0)):.4f})")
-    return (f"{prefix}{accountants} at δ = {self.delta:g} after {self.steps} steps, {mechanism}, "
+    return (f"{prefix}{accountants} at δ = {self.delta:g} after {self._probe_text()}{self.steps} "
+            f"steps, {mechanism}, "
             f"q = {self.sampling_probability:.5f}; {SAMPLING_NOTES[self.sampling]}; "
             f"{RANDOMNESS_NOTES[self.randomness]}; {self._float_note()}")
+
+  def _probe_text(self) -> str:
+    if not self.probe:
+      return ""
+    return (f"a linear probe of {self.probe_steps} steps (σ = "
+            f"{self.probe['noise_multiplier']:.4f}, q = {self.probe['sampling_probability']:.5f}) "
+            "and ")
 
   def _float_note(self) -> str:
     if self.noise == "discrete_gaussian":
@@ -200,6 +235,8 @@ class PrivacyLedger:
     note = (f"float64 noise truncated at {mechanisms.GAUSSIAN_MAX:.2f} stds"
             if self.noise == "gaussian" else "float64 Laplace noise, NOT hardened against "
             "floating-point attacks (use --noise=discrete_gaussian)")
+    if not self.coordinates:  # A plan without a model (tfdp.privacy.planner).
+      return f"{note}: the guarantee is at δ plus a tail that grows with the parameter count"
     return f"{note}: the guarantee is at δ + {extra:.2g} for its missing tail"
 
   def statement(self) -> str:
@@ -228,7 +265,7 @@ class PrivacyLedger:
   def mechanism_changes(self, other: "PrivacyLedger") -> List[str]:
     """What differs from `other` in the mechanism and budget, one 'name: ours -> theirs' each."""
     keys = ("noise_multiplier", "sampling_probability", "delta", "sampling", "target_epsilon",
-            "noise", "schedule", "epoch_factors", "steps_per_epoch", "randomness")
+            "noise", "schedule", "epoch_factors", "steps_per_epoch", "randomness", "probe")
     changes = [f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}" for k in keys
                if not _close(getattr(self, k), getattr(other, k))]
     return changes + _setting_changes(self.mechanism, other.mechanism)
