@@ -137,3 +137,18 @@ def test_train_refuses_a_prior_of_another_architecture_before_training(tmp_path)
     training.prepare(_digits_run(tmp_path, "linear", str(tmp_path / "pre")))
   with pytest.raises(ValueError, match="not a tfdp prior"):
     training.prepare(_digits_run(tmp_path, "cnn", str(tmp_path / "nothing")))
+
+
+def test_shipped_resnet20_prior_loads_offline_from_any_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # `priors/resnet20_randp` resolves under the checkout.
+  card = prior_files.check_path("priors/resnet20_randp", "resnet20", {}, (32, 32, 3))
+  assert card["real_images_used"] is False and card["model"] == "resnet20"
+  assert card["command"].startswith("python -m tfdp.pretrain --model=resnet20")
+  assert card["steps"] * card["hyperparameters"]["batch_size"] == card["images_seen"] > 0
+  model = models.build_model("resnet20", 10, (32, 32, 3))
+  fresh = [w.copy() for w in prior_files.split_head(model).get_weights()]
+  prior_files.load_into("priors/resnet20_randp", model, "resnet20", {})
+  loaded = prior_files.split_head(model).get_weights()
+  assert any(not np.array_equal(a, b) for a, b in zip(fresh, loaded))
+  with pytest.raises(ValueError, match="wrn16_4"):
+    prior_files.check_path("priors/resnet20_randp", "wrn16_4", {}, (32, 32, 3))
