@@ -119,7 +119,7 @@ def test_max_steps_within_stops_at_upper():
   assert accounting.max_steps_within(lambda n: n / 10, 1.0) == 10
 
 
-@pytest.mark.parametrize("module", ["accounting", "schedules", "mechanisms"])
+@pytest.mark.parametrize("module", ["accounting", "schedules", "mechanisms", "planner"])
 def test_docstring_examples(module):
   import doctest
   import importlib
