@@ -60,7 +60,9 @@ def test_fast_engine_covers_the_head_and_matches_brute_force():
 
 def _digits_run(tmp_path, name="run", epochs=2, **run):
   return config.Config(
-      data=config.DataConfig(dataset="digits", train_examples=256),
+      # 512 examples, not 256: at q = 1/4 the noise leaves six runs in six between 0.53 and
+      # 0.66 test accuracy; at q = 1/2 half of them fell under 0.3.
+      data=config.DataConfig(dataset="digits", train_examples=512),
       model=config.ModelConfig(name="scatter_linear"),
       privacy=config.PrivacyConfig(epsilon=3.0, delta=1e-3, l2_norm_clip=0.1),
       optimizer=config.OptimizerConfig(name="dp_sgd", learning_rate=2.0, momentum=0.9),
@@ -72,7 +74,7 @@ def test_training_uses_cached_features_and_leaves_the_front_unchanged(tmp_path, 
                                                                       capsys):
   monkeypatch.setenv("TFDP_CACHE_DIR", str(tmp_path / "cache"))
   metrics = training.train_and_evaluate(_digits_run(tmp_path, export=False))
-  assert "Computing scattering features of 256 images" in capsys.readouterr().out
+  assert "Computing scattering features of 512 images" in capsys.readouterr().out
   assert metrics["epsilon"] <= 3.0 and metrics["test_accuracy"] > 0.3  # Chance is 0.1.
   assert metrics["augment"] == "none"
   assert len(list((tmp_path / "cache").iterdir())) == 2  # Train and test features.
