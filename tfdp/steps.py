@@ -67,6 +67,9 @@ class TrainStep:
       self.engine = clipping.make_engine(engine, model, clip_groups,
                                          scaling or groups_lib.Scaling(), norm, augmult)
       optimizer.track_variables(model.trainable_variables)
+    # The update rule's slots exist before the first trace: a tf.function whose first trace
+    # creates variables is traced a second time, which doubles the compile time of a step.
+    optimizer._create_all_weights(model.trainable_variables)  # pylint: disable=protected-access
     self._totals = [tf.Variable(tf.zeros_like(v), trainable=False, name="clipped_sum")
                     for v in model.trainable_variables]
     self._extra_totals = self._make_extra_totals()
