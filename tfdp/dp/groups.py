@@ -32,19 +32,24 @@ def parameter_layers(model: tf.keras.Model) -> List[tf.keras.layers.Layer]:
   return [layer for layer in model.layers if layer.trainable_weights]
 
 
+def layer_groups(num_layers: int, clip_groups: ClipGroups) -> List[int]:
+  """Group index of each of `num_layers` layers with parameters, in order: all 0 (None), one
+  each ('layer'), or K contiguous runs of near-equal length (an int K)."""
+  if clip_groups is None:
+    return [0] * num_layers
+  if clip_groups == "layer":
+    return list(range(num_layers))
+  if isinstance(clip_groups, int) and 1 <= clip_groups <= num_layers:
+    return [g for g, part in enumerate(np.array_split(np.arange(num_layers), clip_groups))
+            for _ in part]
+  raise ValueError(f"clip_groups must be None, 'layer' or an int in [1, {num_layers}] (the "
+                   f"number of layers with parameters), got {clip_groups!r}")
+
+
 def variable_groups(model: tf.keras.Model, clip_groups: ClipGroups) -> List[int]:
   """Group index of each of model.trainable_variables; a layer's variables share a group."""
   layers = parameter_layers(model)
-  if clip_groups is None:
-    layer_group = [0] * len(layers)
-  elif clip_groups == "layer":
-    layer_group = list(range(len(layers)))
-  elif isinstance(clip_groups, int) and 1 <= clip_groups <= len(layers):
-    layer_group = [g for g, part in enumerate(np.array_split(np.arange(len(layers)), clip_groups))
-                   for _ in part]
-  else:
-    raise ValueError(f"clip_groups must be None, 'layer' or an int in [1, {len(layers)}] (the "
-                     f"number of layers with parameters), got {clip_groups!r}")
+  layer_group = layer_groups(len(layers), clip_groups)
   group_of = {}
   for layer, group in zip(layers, layer_group):
     for variable in layer.trainable_weights:
