@@ -6,3 +6,14 @@ from tfdp import cpu as _cpu
 _cpu.default_onednn_on()
 
 __version__ = "0.1.0"
+
+# Subpackages load on first access (`tfdp.optimizers`), so that `import tfdp.privacy`, which
+# imports no TensorFlow, does not pay for the rest.
+_SUBPACKAGES = ("data", "models", "optimizers", "privacy")
+
+
+def __getattr__(name):
+  if name in _SUBPACKAGES:
+    import importlib  # pylint: disable=import-outside-toplevel
+    return importlib.import_module(f"tfdp.{name}")
+  raise AttributeError(f"module 'tfdp' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """BatchNorm-free image classifiers, found by name.
 
     from tfdp import models
-    model = models.build_model("resnet20", num_classes=10, input_shape=(32, 32, 3))
+    model = models.build("resnet20", num_classes=10, input_shape=(32, 32, 3))  # or build_model
     sorted(models.MODELS)  # ['cnn', 'convnet', 'densenet121', 'efficientnet_b0', 'linear', ...]
 """
 
@@ -21,7 +21,8 @@ from tfdp.models import vit  # noqa: F401  pylint: disable=unused-import
 
 MODELS = registry.MODELS
 build_model = registry.build_model
+build = registry.build_model  # The public name: tfdp.models.build(name, num_classes, input_shape).
 assert_no_batchnorm = registry.assert_no_batchnorm
 count_params = registry.count_params
 
-__all__ = ["MODELS", "assert_no_batchnorm", "build_model", "count_params", "layers"]
+__all__ = ["MODELS", "assert_no_batchnorm", "build", "build_model", "count_params", "layers"]
