@@ -63,8 +63,10 @@ def main(epochs: int = EPOCHS) -> dict:
       num_microbatches=NUM_MICROBATCHES, learning_rate=LEARNING_RATE, clip_groups=2)
   loss = tf.keras.losses.SparseCategoricalCrossentropy(
       from_logits=True, reduction=tf.keras.losses.Reduction.NONE)
-  model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
-  model.fit(train_x, train_y, epochs=epochs, batch_size=BATCH_SIZE, verbose=2)
+  model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])  # For model.evaluate.
+  # verbose=0: fit's progress lines are the loss on the private batches, without noise; the only
+  # released figures here are the test accuracy and ε.
+  model.fit(train_x, train_y, epochs=epochs, batch_size=BATCH_SIZE, verbose=0)
 
   _, accuracy = model.evaluate(test_x, test_y, verbose=0)
   epsilon = privacy.epsilon(num_examples=len(train_x), batch_size=BATCH_SIZE, epochs=epochs,
