@@ -12,7 +12,9 @@ PUBLIC = {
                    "GroupedDPKerasAdagradOptimizer", "GroupedDPKerasRMSpropOptimizer"],
     "privacy": ["epsilon", "calibrate_noise"],
     "models": ["build", "MODELS"],
-    "data": ["load_dataset", "DATASETS"],
+    "data": ["load_dataset", "DATASETS", "poisson_dataset"],
+    "keras": ["make_private", "PrivateModel", "PrivacyBudget"],
+    "export": ["export_saved_model", "read_model_card"],
 }
 
 

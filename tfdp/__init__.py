@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 # Subpackages load on first access (`tfdp.optimizers`), so that `import tfdp.privacy`, which
 # imports no TensorFlow, does not pay for the rest.
-_SUBPACKAGES = ("data", "models", "optimizers", "privacy")
+_SUBPACKAGES = ("data", "export", "keras", "models", "optimizers", "privacy")
 
 
 def __getattr__(name):

@@ -26,6 +26,7 @@ from absl import flags
 import tensorflow as tf
 
 from tfdp import atomic
+from tfdp import model_card as model_card_lib
 
 MODEL_CARD = "model_card.json"
 
@@ -70,7 +71,20 @@ class _Classifier(tf.Module):
 
 def export_saved_model(model: tf.keras.Model, preprocess: Callable, class_names: Sequence[str],
                        export_dir: str, model_card: Optional[dict] = None) -> str:
-  """Writes a SavedModel to `export_dir` atomically (temp dir, then rename); returns its path."""
+  """Writes a SavedModel to `export_dir` atomically (temp dir, then rename); returns its path.
+
+  Args:
+    model: images -> logits; a tfdp.keras private model brings its own model card (from its
+      ledger) when `model_card` is None. Only its layers' weights are written: not its optimizer
+      state nor its step count.
+    preprocess: uint8 pixels [batch, H, W, C] -> the model's input, in-graph.
+    class_names: one name per class.
+    export_dir: where the SavedModel goes (replaced whole).
+    model_card: the card's fields (tfdp.model_card.build).
+  """
+  if model_card is None and hasattr(model, "privacy_report"):
+    model_card = model_card_lib.build(model.privacy_report())
+  model = _layers_only(model)
   temp_dir = atomic.temp_dir_beside(export_dir)
   with tempfile.TemporaryDirectory() as scratch:
     card_path = None
@@ -84,6 +98,19 @@ def export_saved_model(model: tf.keras.Model, preprocess: Callable, class_names:
     tf.saved_model.save(module, temp_dir, signatures=signatures)
   atomic.replace_dir(temp_dir, export_dir)
   return os.path.abspath(export_dir)
+
+
+def _layers_only(model: tf.keras.Model) -> tf.keras.Model:
+  """A functional model over the same layers, without what a compiled model also tracks."""
+  if not getattr(model, "_is_graph_network", False):
+    return model
+  return tf.keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def read_model_card(saved_model_dir: str) -> dict:
+  """The model card inside an export (its assets/model_card.json)."""
+  with open(os.path.join(saved_model_dir, "assets", MODEL_CARD)) as f:
+    return json.load(f)
 
 
 def next_version(base_dir: str) -> int:

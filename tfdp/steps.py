@@ -108,7 +108,7 @@ class TrainStep:
     else:
       sums, losses, logits = clipping.plain_sum(self._model, self._loss_fn, inputs, labels,
                                                 row_weight)
-    correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), tf.cast(labels, tf.int64)), tf.float32)
+    correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), _class_indices(labels)), tf.float32)
     return sums, extras, tf.reduce_sum(losses * row_weight), tf.reduce_sum(correct * row_weight)
 
   def _chunk_add(self, images, labels, mask):
@@ -182,11 +182,27 @@ class TrainStep:
     """The whole-step function, traced once: the number of chunks (Poisson's draw decides it)
     is left unknown in its signature, so a new draw never costs a new trace."""
     if self._step is None:
-      signature = [tf.TensorSpec((None,) + array.shape[1:], tf.as_dtype(array.dtype))
+      signature = [tf.TensorSpec((None,) + tuple(array.shape[1:]), tf.as_dtype(array.dtype))
                    for array in stacked]
       signature.append(tf.TensorSpec(noise_seed.shape, noise_seed.dtype))
       self._step = tf.function(self._whole_step, input_signature=signature)
     return self._step
+
+  def step_in_graph(self, images, labels, masks, noise_seed) -> tf.Tensor:
+    """One logical step from inside a compiled function (Keras's `fit`), on stacked chunks.
+
+    Args:
+      images: [n, P, ...] tensor, n chunks of P rows. Private.
+      labels: [n, P, ...] tensor. Private.
+      masks: [n, P] float32, 1 for real examples and 0 for padding.
+      noise_seed: [2] int64, the step's secret noise key (tfdp.dp.randomness.SecretKeyStream).
+
+    Returns:
+      [3] float32: loss sum, correct predictions and real examples, for monitoring only
+      (computed from private data without noise).
+    """
+    stacked = [images, labels, masks]
+    return self._step_for(stacked, noise_seed)(*stacked, noise_seed)
 
   def __call__(self, chunks, step: Optional[int] = None) -> Tuple[float, float, float]:
     """One logical step over `chunks` of (uint8 images [P,...], labels [P], mask [P]).
@@ -213,6 +229,13 @@ class TrainStep:
     self._steps_taken += 1
     loss_sum, correct, count = (float(v) for v in monitored.numpy())  # The step's one host read.
     return loss_sum, correct, count
+
+
+def _class_indices(labels):
+  """Integer class labels [P] from integer labels [P] or one-hot / probability labels [P, K]."""
+  if labels.shape.rank is not None and labels.shape.rank > 1:
+    return tf.argmax(labels, axis=-1)
+  return tf.cast(labels, tf.int64)
 
 
 def make_evaluate(model: tf.keras.Model, preprocess: Callable, batch_size: int = 500,

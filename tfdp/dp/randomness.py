@@ -119,6 +119,25 @@ def make_coins(reproducible: bool, seed: int) -> Coins:
   return ReproducibleCoins(seed) if reproducible else SecretCoins()
 
 
+class SecretKeyStream:
+  """Noise keys drawn inside a compiled function: a Philox generator seeded by the CSPRNG.
+
+  For steps that run inside Keras's own `tf.function` (`model.fit`), where a host-side key per
+  step would need a Python call. The generator's state is secret: hold the stream where Keras does
+  not track it (not as a Layer/Model/Optimizer attribute; a list of it is enough), so that no
+  checkpoint, SavedModel or config can hold it, and `tf.keras.utils.set_random_seed` cannot fix it.
+  """
+
+  def __init__(self):
+    state = np.frombuffer(secrets.token_bytes(24), dtype=np.int64).copy()
+    with tf.init_scope():
+      self._generator = tf.random.Generator.from_state(state, alg="philox")
+
+  def next(self) -> tf.Tensor:
+    """[2] int64, fresh at every execution (inside tf.function and XLA too)."""
+    return self._generator.uniform_full_int([2], dtype=tf.int64)
+
+
 # The key of the noise being drawn; every noise draw of a query happens inside `keyed_noise`.
 class _Key:
   seed: Optional[tf.Tensor] = None

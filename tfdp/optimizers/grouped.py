@@ -37,7 +37,6 @@ path component ("dense_1/kernel:0" -> "dense_1"), in the order `model.trainable_
 them; every variable of a layer is in the layer's group.
 """
 
-import secrets
 from typing import List, Sequence
 
 import numpy as np
@@ -45,6 +44,7 @@ import tensorflow as tf
 
 from tfdp.dp import groups as groups_lib
 from tfdp.dp import noise as noise_lib
+from tfdp.dp import randomness
 from tfdp.optimizers import dp_keras
 
 
@@ -81,19 +81,6 @@ def grouped_clipped_sum(jacobians: Sequence[tf.Tensor], groups: Sequence[int],
   return [groups_lib.weighted_sum(w, j) for w, j in zip(weights, jacobians)]
 
 
-class _SecretKeys:
-  """Per-call noise keys from a Philox generator seeded by the CSPRNG; not a Keras trackable."""
-
-  def __init__(self):
-    state = np.frombuffer(secrets.token_bytes(24), dtype=np.int64).copy()
-    with tf.init_scope():
-      self._generator = tf.random.Generator.from_state(state, alg="philox")
-
-  def next(self) -> tf.Tensor:
-    """[2] int64, fresh at every execution (inside tf.function and XLA too)."""
-    return self._generator.uniform_full_int([2], dtype=tf.int64)
-
-
 class GroupedClippingMixin:
   """TF Privacy's `_compute_gradients` with each microbatch's gradient clipped by groups."""
 
@@ -109,7 +96,7 @@ class GroupedClippingMixin:
     super().__init__(query, num_microbatches, gradient_accumulation_steps, *args, **kwargs)
     self.clip_groups = clip_groups
     # A list hides the generator from Keras' attribute tracking: no checkpoint may hold the coins.
-    self._secret_keys = [_SecretKeys()]
+    self._secret_keys = [randomness.SecretKeyStream()]
 
   def get_config(self):
     config = super().get_config()

@@ -1,0 +1,272 @@
+"""`make_private`: a Keras model whose `compile` + `fit` train with DP-SGD and an honest ε.
+
+    private = tfdp.keras.make_private(model, optimizer="dp_sgd", learning_rate=0.5,
+                                      l2_norm_clip=1.0, target_epsilon=3.0, target_delta=1e-5,
+                                      epochs=10, train_size=len(x), batch_size=256)
+    private.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = private.fit(tfdp.data.poisson_dataset(x, y, batch_size=256), epochs=10)
+    history.history["epsilon"]       # ε after every epoch (RDP), and "epsilon_pld"
+
+Privacy argument. Each `fit` step is one step of DP-SGD, the mechanism `tfdp.train` runs, through
+the same code (tfdp.steps.TrainStep): the step's examples are a Poisson draw with probability
+q = batch_size / N (tfdp.data.poisson_dataset, secret coins); each example's gradient (the mean
+over its `augmult` copies) is clipped to L2 norm C, per group to C / sqrt(G) with `clip_groups`,
+by the per-example engine, so the step's clipped sum has L2 sensitivity C under adding or removing
+one example; Gaussian noise of std σC is added once per logical step, however many physical
+chunks the draw took, with a key from a CSPRNG-seeded generator that Keras does not track (no
+checkpoint, config or export holds it); the sum is divided by the public expected batch size,
+and the optimizer's update reads only that noised mean (post-processing). What carries over
+between steps is the weights and the optimizer's slots, functions of earlier noised releases
+only, and nothing else of the data: the accumulators hold one step's sums and are zeroed when it
+is applied. The training logs hold no figure computed from the private batches. So T steps are
+the adaptive composition of T Poisson-subsampled Gaussian mechanisms, which the RDP accountant
+bounds (Mironov et al. 2019, Abadi et al. 2016), with PLD beside it; the ledger counts T in a
+model variable that every checkpoint of the model holds, so a resumed `fit` continues the same ε,
+and a guard in the compiled step refuses any step past the target.
+"""
+
+import dataclasses
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from tfdp import optimizers
+from tfdp import steps as steps_lib
+from tfdp.data import fit_input
+from tfdp.dp import clipping
+from tfdp.dp import groups as dp_groups
+from tfdp.dp import noise
+from tfdp.dp import randomness
+from tfdp.keras import callbacks as callbacks_lib
+from tfdp.keras import plan as plan_lib
+from tfdp.privacy import ledger as ledger_lib
+
+
+def per_example_loss(loss) -> Callable:
+  """(labels, outputs) -> [B] per-example losses, from what `compile(loss=...)` takes.
+
+  A Loss object's reduction is bypassed (`call`): DP-SGD needs every example's own loss.
+  """
+  if isinstance(loss, tf.keras.losses.Loss):
+    return loss.call
+  if isinstance(loss, str) or callable(loss):
+    return tf.keras.losses.get(loss)
+  raise ValueError(f"loss must be a Keras loss name, function or Loss object, got {loss!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepSettings:
+  """How the private step is built (a plain object, so Keras tracks none of it twice)."""
+  optimizer: object
+  engine: str
+  clip_groups: object
+  augmult: int
+  augment: Callable
+  jit_compile: bool
+
+
+class PrivateModel(tf.keras.Model):
+  """A functional Keras model trained by DP-SGD in `fit` (build it with `make_private`).
+
+  It shares its layers and weights with the model it was made from. `fit` takes only a
+  `tfdp.data.poisson_dataset` (or, with sampling='shuffle', what Keras's `fit` takes) and adds
+  `epsilon` and `epsilon_pld` to the logs of every epoch. `evaluate`, `predict` and `save_weights`
+  are Keras's own.
+  """
+
+  def _set_up_privacy(self, plan: plan_lib.PrivacyPlan, optimizer, ledger, *, engine: str,
+                      clip_groups, augmult: int, augment: Optional[Callable], jit_compile: bool):
+    self._plan = plan
+    self._dp = _StepSettings(optimizer, engine, clip_groups, augmult,
+                             augment or (lambda images: images), jit_compile)
+    self._ledger = ledger
+    self._max_steps = ledger.max_steps()
+    # T, the noisy steps taken: a model variable, so every checkpoint of the model carries it.
+    self.privacy_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="privacy_steps")
+    self._noise_keys = [randomness.SecretKeyStream()]  # In a list: untracked, never saved.
+    self._private_step = None
+
+  @property
+  def privacy_ledger(self) -> ledger_lib.PrivacyLedger:
+    """The ledger (tfdp.privacy.ledger) with the steps taken so far."""
+    self._ledger.steps = int(self.privacy_steps.numpy())
+    return self._ledger
+
+  @property
+  def max_privacy_steps(self) -> Optional[int]:
+    """The steps the target ε allows (None without a target)."""
+    return self._max_steps
+
+  def compile(self, loss=None, metrics=None, optimizer=None, **kwargs):
+    """Keras's compile with the DP optimizer make_private built; `loss` as in Keras (its
+    reduction is ignored: each example's loss is clipped on its own)."""
+    if optimizer is not None and optimizer is not self._dp.optimizer:
+      raise ValueError("a private model trains with the DP optimizer make_private built; "
+                       "pass the optimizer to make_private, not to compile")
+    if kwargs.get("jit_compile"):
+      raise ValueError("use make_private(jit_compile=True): it compiles each chunk's clipped "
+                       "sum with XLA, while the step itself stays a graph")
+    kwargs.pop("jit_compile", None)
+    super().compile(optimizer=self._dp.optimizer, loss=loss, metrics=metrics,
+                    jit_compile=False, **kwargs)
+    dp = self._dp
+    self._private_step = [steps_lib.TrainStep(
+        self, dp.optimizer, dp.augment, private=True,
+        expected_batch_size=self._plan.batch_size, engine=dp.engine,
+        clip_groups=dp.clip_groups, augmult=dp.augmult, jit_compile=dp.jit_compile,
+        loss_fn=per_example_loss(loss))]
+
+  def fit(self, x=None, y=None, batch_size=None, epochs=1, callbacks=None, **kwargs):
+    """Keras's fit on Poisson-sampled steps; refuses input the accountant does not describe."""
+    if self._private_step is None:
+      raise ValueError("compile the private model (with its loss) before fit")
+    self._check_input(x, y, batch_size)
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, callbacks_lib.PrivacyBudget) for c in callbacks):
+      callbacks.insert(0, callbacks_lib.PrivacyBudget())  # First: later callbacks see ε.
+    return super().fit(x, y, batch_size=batch_size, epochs=epochs, callbacks=callbacks, **kwargs)
+
+  def _check_input(self, x, y, batch_size) -> None:
+    drawn = fit_input.sampling_plan(x)
+    if self._plan.sampling == "shuffle":
+      if drawn is not None:
+        raise ValueError("this model was made with sampling='shuffle'; a poisson_dataset "
+                         "needs make_private(sampling='poisson')")
+      if batch_size not in (None, self._plan.batch_size):
+        raise ValueError(f"fit(batch_size={batch_size}) differs from the batch_size "
+                         f"{self._plan.batch_size} the accountant was given")
+      return
+    if drawn is None:
+      raise ValueError(
+          "a private fit takes the dataset tfdp.data.poisson_dataset(images, labels, "
+          "batch_size=..., physical_batch_size=...) returns, unchanged: the accountant assumes "
+          "Poisson sampling, which a plain batched dataset or NumPy arrays do not give. To train "
+          "on fixed-size shuffled batches with ε as the usual approximation, make the model with "
+          f"make_private(..., sampling='shuffle'). Got {type(x).__name__}.")
+    if y is not None:
+      raise ValueError("poisson_dataset holds the labels; call fit(dataset) without y")
+    if (drawn.num_examples, drawn.batch_size) != (self._plan.train_size, self._plan.batch_size):
+      raise ValueError(f"the dataset draws batches of {drawn.batch_size} expected from "
+                       f"{drawn.num_examples} examples, but make_private planned "
+                       f"batch_size={self._plan.batch_size} of train_size="
+                       f"{self._plan.train_size}: ε would be wrong")
+    if drawn.randomness == "reproducible":
+      self._ledger.randomness = "reproducible"  # Sticky: such steps have no guarantee.
+
+  def train_step(self, data):
+    """One logical DP-SGD step; logs hold nothing computed from the private batch."""
+    images, labels, masks = self._step_inputs(data)
+    step = self._private_step[0]
+
+    def take_step():
+      step.step_in_graph(images, labels, masks, self._noise_keys[0].next())
+      self.privacy_steps.assign_add(1)
+      return tf.constant(True)
+
+    if self._max_steps is None:
+      take_step()
+    else:  # A step past the target is never taken, whatever the callbacks do.
+      tf.cond(self.privacy_steps < self._max_steps, take_step, lambda: tf.constant(False))
+    return {}
+
+  def _step_inputs(self, data):
+    if fit_input.is_poisson_element(data):
+      return data[fit_input.IMAGES], data[fit_input.LABELS], data[fit_input.MASK]
+    if self._plan.sampling != "shuffle":
+      raise ValueError("a private fit takes tfdp.data.poisson_dataset elements")
+    x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+    if sample_weight is not None:
+      raise ValueError("sample weights would change each example's clipped contribution; "
+                       "a private fit does not take them")
+    size = tf.shape(x)[0]
+    tf.debugging.assert_less_equal(size, self._plan.batch_size,
+                                   message="a shuffled batch is larger than the planned batch_size")
+    return x[tf.newaxis], y[tf.newaxis], tf.ones([1, size], tf.float32)
+
+  def privacy_report(self) -> dict:
+    """What the model card and metrics say of the privacy of this model's training."""
+    ledger = self.privacy_ledger
+    return {**ledger.epsilon_fields(), "target_epsilon": ledger.target_epsilon,
+            "delta": ledger.delta, "delta_float_tail": ledger.float_tail_delta(),
+            "accountant": ledger.accountant, "dp_guarantee": ledger.guarantee(),
+            "randomness": ledger.randomness, "sampling": ledger.sampling,
+            "sampling_probability": ledger.sampling_probability, "noise": ledger.noise,
+            "noise_multiplier": ledger.noise_multiplier, "l2_norm_clip": self._plan.l2_norm_clip,
+            "clip_groups": self._dp.clip_groups, "steps": ledger.steps,
+            "batch_size": self._plan.batch_size, "train_examples": self._plan.train_size,
+            "optimizer": ledger.mechanism["optimizer"], "augmult": self._dp.augmult,
+            "parameters": ledger.coordinates, "privacy_statement": ledger.statement()}
+
+
+def _dp_optimizer(optimizer, learning_rate, momentum, l2_norm_clip, sigma, model, clip_groups):
+  """The tfdp DP optimizer: built from its name, or a given one checked against the plan."""
+  if isinstance(optimizer, str):
+    if not optimizers.has_privacy_proof(optimizer):
+      raise ValueError(f"optimizer {optimizer!r} is not a DP optimizer with a proof; valid: "
+                       f"{sorted(n for n in optimizers.OPTIMIZERS if optimizers.has_privacy_proof(n))}")
+    query = noise.gaussian(l2_norm_clip, sigma, dp_groups.variable_groups(model, clip_groups))
+    return optimizer, optimizers.build_optimizer(
+        optimizer, learning_rate or optimizers.default_learning_rate(optimizer),
+        momentum=momentum, dp_query=query)
+  if not hasattr(optimizer, "noised_mean") or getattr(optimizer, "needs_plain_sum", False):
+    raise ValueError("optimizer must be a DP optimizer name or an instance built by "
+                     f"tfdp.optimizers.build_optimizer, got {type(optimizer).__name__}")
+  if abs(optimizer.noise_multiplier - sigma) > 1e-9 * sigma or optimizer.adaptive or \
+      abs(optimizer.l2_norm_clip - l2_norm_clip) > 1e-12:
+    raise ValueError(f"the optimizer's noise_multiplier {optimizer.noise_multiplier:g} and clip "
+                     f"{optimizer.l2_norm_clip:g} must be the plan's σ = {sigma:g} and "
+                     f"l2_norm_clip = {l2_norm_clip:g} (tfdp.privacy.calibrate_noise gives σ)")
+  return type(optimizer).__name__, optimizer
+
+
+def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, target_delta: float,
+                 epochs: int, train_size: int, batch_size: int,
+                 target_epsilon: Optional[float] = None, noise_multiplier: Optional[float] = None,
+                 learning_rate: Optional[float] = None, momentum: float = 0.0, clip_groups=None,
+                 engine: str = "fast", augmult: int = 1, augment: Optional[Callable] = None,
+                 sampling: str = "poisson", jit_compile: bool = False) -> PrivateModel:
+  """A private copy of `model` (same layers and weights) whose `fit` runs DP-SGD.
+
+  σ is calibrated to `target_epsilon` over `epochs` epochs before anything trains (or taken as
+  `noise_multiplier`, ε then only reported); fit stops before a step would exceed the target.
+
+  Args:
+    model: a functional or Sequential Keras model without BatchNorm, inputs -> logits.
+    optimizer: a DP optimizer name ('dp_sgd', 'dp_adam', 'dp_rmsprop', 'dp_adagrad') or an
+      instance from tfdp.optimizers.build_optimizer whose σ and clip match the plan.
+    l2_norm_clip: C, the L2 bound on each example's gradient.
+    target_delta: δ, below 1 / train_size.
+    epochs: planned epochs, ceil(train_size / batch_size) steps each.
+    train_size: N, the number of private training examples.
+    batch_size: the expected batch size q N of each step.
+    target_epsilon / noise_multiplier: exactly one (see tfdp.keras.plan.PrivacyPlan).
+    learning_rate, momentum: the update rule's (default: the optimizer's usual learning rate).
+    clip_groups: None (one clip), an int K (K groups of consecutive layers) or 'layer'; each
+      group is clipped to C / sqrt(K), so the sensitivity stays C.
+    engine: the per-example engine, 'fast' (closed forms per layer) or 'vectorized'.
+    augmult: augmented copies per example; its gradient is the mean over them, clipped as one.
+    augment: images -> images, applied to every copy inside the step (public randomness).
+    sampling: 'poisson' (tfdp.data.poisson_dataset) or 'shuffle' (fixed-size batches, ε the
+      usual approximation, labelled so).
+    jit_compile: compile each chunk's clipped sum with XLA.
+  """
+  if not getattr(model, "_is_graph_network", False):
+    raise ValueError("make_private needs a functional or Sequential model with known inputs "
+                     "(the per-example engine reads its layer graph); build a subclassed model's "
+                     "layers into a functional model first")
+  plan = plan_lib.PrivacyPlan(l2_norm_clip=l2_norm_clip, target_delta=target_delta,
+                              epochs=epochs, train_size=train_size, batch_size=batch_size,
+                              target_epsilon=target_epsilon, noise_multiplier=noise_multiplier,
+                              sampling=sampling)
+  if engine not in clipping.CLIPPING_ENGINES:
+    raise ValueError(f"unknown engine {engine!r}; valid: {sorted(clipping.CLIPPING_ENGINES)}")
+  sigma = plan.sigma()
+  name, dp_optimizer = _dp_optimizer(optimizer, learning_rate, momentum, l2_norm_clip, sigma,
+                                     model, clip_groups)
+  ledger = plan.ledger(sigma, "secret", {"optimizer": name, "l2_norm_clip": l2_norm_clip,
+                                         "clip_groups": clip_groups, "augmult": augmult})
+  ledger.coordinates = int(sum(v.shape.num_elements() for v in model.trainable_variables))
+  private = PrivateModel(inputs=model.inputs, outputs=model.outputs, name=model.name)
+  private._set_up_privacy(plan, dp_optimizer, ledger, engine=engine, clip_groups=clip_groups,  # pylint: disable=protected-access
+                          augmult=augmult, augment=augment, jit_compile=jit_compile)
+  return private
