@@ -18,9 +18,9 @@ import tensorflow as tf
 
 from tfdp import cpu
 from tfdp import models
-from tfdp import optimizers
-from tfdp import steps
 from tfdp.models import layers
+from tfdp import optimizers
+from tfdp.training import steps
 
 import alternating  # benchmarks/alternating.py, beside this script.
 

@@ -3,7 +3,7 @@
   python benchmarks/host_overhead.py                         # linear on 8x8x1, batch 64, 4 chunks
   python benchmarks/host_overhead.py --chunk=64 --steps=300
 
-Times tfdp.steps.TrainStep (fast DP and non-private) on the linear model of the digits shape, so
+Times tfdp.training.steps.TrainStep (fast DP and non-private) on the linear model of the digits shape, so
 what is measured is dispatch, host-device synchronization and Python between the compiled pieces.
 To compare two versions of tfdp, run this script from each checkout, alternating, on one machine.
 """
@@ -20,7 +20,7 @@ import tensorflow as tf
 from tfdp import cpu
 from tfdp import models
 from tfdp import optimizers
-from tfdp import steps
+from tfdp.training import steps
 
 import alternating  # benchmarks/alternating.py, beside this script.
 

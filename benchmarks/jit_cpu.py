@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tfdp import models
 from tfdp import optimizers
-from tfdp import steps
+from tfdp.training import steps
 
 _MODEL = flags.DEFINE_string("model", "cnn", "Model name.")
 _SHAPE = flags.DEFINE_list("input_shape", ["8", "8", "1"], "H,W,C.")

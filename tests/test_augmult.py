@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 from tests import dp_reference as ref
-from tfdp import optimizers
-from tfdp import steps
 from tfdp.dp import clipping
+from tfdp import optimizers
+from tfdp.training import steps
 
 K = 3
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfdp import bench
+from tfdp.experiments import bench
 from tfdp.models import layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,7 +121,7 @@ def test_dead_memory_child_gives_null_peak_with_reason(monkeypatch):
 def test_child_peak_is_its_own_not_the_parents():
   # ru_maxrss would fail this: Linux keeps the exec'ing parent's peak in the child's.
   ballast = np.ones(768 * 2**20, np.uint8)  # 768 MiB, touched, held while the child runs.
-  code = "from tfdp import bench; print(bench._status_mb('VmHWM'))"
+  code = "from tfdp.experiments import bench; print(bench._status_mb('VmHWM'))"
   child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True)
   child_peak = float(child.stdout.strip().splitlines()[-1])

@@ -8,15 +8,15 @@ import pytest
 import tensorflow as tf
 
 from tests import dp_reference as ref
-from tfdp import checkpointing
 from tfdp import config as config_lib
-from tfdp import optimizers
-from tfdp import steps
-from tfdp import planning
-from tfdp import release
-from tfdp import training
 from tfdp.dp import clipping
+from tfdp import optimizers
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.serving import release
+from tfdp.training import checkpointing
+from tfdp.training import loop as training
+from tfdp.training import planning
+from tfdp.training import steps
 
 C1, C2, LEARNING_RATE, BATCH = 0.05, 0.1, 0.5, 4.0
 
@@ -168,7 +168,7 @@ def test_adaptive_clip_survives_a_checkpoint(tmp_path):
 
 
 def test_a_run_reports_no_epsilon_only_dp_sgds_labelled_and_its_card_says_so(tmp_path):
-  from tfdp import model_card
+  from tfdp.serving import model_card
   config = config_lib.Config(
       privacy=config_lib.PrivacyConfig(noise_multiplier=1.0, dice_error_clip=2.0),
       model=config_lib.ModelConfig(name="linear"),

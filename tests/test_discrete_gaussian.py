@@ -15,9 +15,9 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from tensorflow_privacy.privacy.dp_query import discrete_gaussian_utils
 
 from tests import dp_reference as ref
-from tfdp import optimizers
 from tfdp.dp import noise
 from tfdp.dp import randomness
+from tfdp import optimizers
 from tfdp.privacy import accounting
 
 DRAWS = 200_000

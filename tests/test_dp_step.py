@@ -5,10 +5,10 @@ import pytest
 import tensorflow as tf
 
 from tests import dp_reference as ref
-from tfdp import optimizers
-from tfdp import steps
 from tfdp.dp import clipping
 from tfdp.dp import randomness
+from tfdp import optimizers
+from tfdp.training import steps
 
 # DiceSGD also needs the unclipped sum and has its own tests (tests/test_dice_sgd.py).
 DP_OPTIMIZERS = sorted(n for n in optimizers.OPTIMIZERS

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfdp import config as config_lib
 from tfdp import data
-from tfdp import training
+from tfdp.training import loop as training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,13 +5,13 @@ import pytest
 import tensorflow as tf
 
 from tests import dp_reference as ref
-from tfdp import models
-from tfdp import optimizers
-from tfdp import steps
 from tfdp.dp import clipping
-from tfdp.dp import groups as groups_lib
 from tfdp.dp.fast import rules
+from tfdp.dp import groups as groups_lib
+from tfdp import models
 from tfdp.models import layers as model_layers
+from tfdp import optimizers
+from tfdp.training import steps
 
 
 def _model_around(layer_factory, input_shape, num_classes=3, seed=0):

@@ -6,8 +6,8 @@ import tensorflow as tf
 from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
 
 from tests import dp_reference as ref
-from tfdp import optimizers
 from tfdp.dp import groups as groups_lib
+from tfdp import optimizers
 
 _NONE = tf.keras.losses.Reduction.NONE
 CLIP = 0.5  # Small enough that the random batch's gradients are clipped (checked below).

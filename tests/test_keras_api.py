@@ -9,9 +9,10 @@ import tensorflow as tf
 import tfdp
 from tests import dp_reference as ref
 from tfdp import config as config_lib
-from tfdp import planning
 from tfdp.dp import groups as groups_lib
 from tfdp.dp import randomness
+from tfdp.training import loop
+from tfdp.training import planning
 
 CLIP = 0.5  # Small enough that the reference batch's gradients are clipped (checked below).
 _LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -204,6 +205,19 @@ def test_fit_refuses_a_poisson_dataset_of_another_plan():
     private.fit(tfdp.data.poisson_dataset(images, labels, batch_size=30), epochs=1, verbose=0)
 
 
+def test_shuffled_batch_in_chunks_is_the_brute_force_clipped_sum():
+  images, labels = ref.batch(size=6)
+  private = _private(ref.small_conv_model(), noise_multiplier=1e-6, train_size=6, batch_size=6,
+                     sampling="shuffle", physical_batch_size=4)  # Chunks of 4 and 2 (+2 padding).
+  before = [v.numpy() for v in private.trainable_variables]
+  private.fit(images, labels, batch_size=6, epochs=1, shuffle=False, verbose=0,
+              callbacks=[tfdp.keras.PrivacyBudget(pld=False)])
+  expected = ref.clipped_sum(ref.small_conv_model(), images, labels, np.ones(6), CLIP)
+  for variable, old, total in zip(private.trainable_variables, before, expected):
+    np.testing.assert_allclose(old - variable.numpy(), total / 6, rtol=2e-3, atol=1e-6,
+                               err_msg=variable.name)
+
+
 def test_shuffle_sampling_trains_on_arrays_and_labels_its_epsilon():
   images, labels = ref.batch(size=60)
   private = _private(ref.small_conv_model(), train_size=60, batch_size=20, sampling="shuffle")
@@ -283,3 +297,30 @@ def test_export_carries_the_privacy_report_in_its_model_card(tmp_path):
   expected = tf.nn.softmax(private(tf.cast(pixels, tf.float32))).numpy()
   np.testing.assert_allclose(served.signatures["predict_pixels"](pixels=pixels)["probabilities"],
                              expected, rtol=1e-5, atol=1e-6)
+
+
+def test_final_epsilon_equals_what_tfdp_train_reports_for_the_same_mechanism(tmp_path):
+  config = config_lib.Config(
+      privacy=config_lib.PrivacyConfig(epsilon=None, noise_multiplier=1.2, delta=1e-5),
+      model=config_lib.ModelConfig(name="linear"),
+      optimizer=config_lib.OptimizerConfig(name="dp_sgd", learning_rate=0.5),
+      run=config_lib.RunConfig(batch_size=128, epochs=2, output_dir=str(tmp_path / "cli"),
+                               export=False))
+  metrics = loop.train_and_evaluate(config)
+  digits = tfdp.data.load_dataset("digits")
+  images, labels = digits.train_images.astype(np.float32) / 255.0, digits.train_labels
+  inputs = tf.keras.Input(images.shape[1:])  # A model of our own: not the CLI's linear model.
+  hidden = tf.keras.layers.Conv2D(4, 3, activation="tanh")(inputs)
+  outputs = tf.keras.layers.Dense(10)(tf.keras.layers.Flatten()(hidden))
+  private = tfdp.keras.make_private(
+      tf.keras.Model(inputs, outputs), optimizer="dp_sgd", learning_rate=0.5, l2_norm_clip=1.0,
+      noise_multiplier=1.2, target_delta=1e-5, epochs=2, train_size=len(images), batch_size=128)
+  private.compile(loss=_LOSS)
+  history = private.fit(tfdp.data.poisson_dataset(images, labels, batch_size=128), epochs=2,
+                        verbose=0)
+  assert history.history["privacy_steps"][-1] == metrics["steps"]
+  assert history.history["epsilon"][-1] == metrics["epsilon"]
+  assert history.history["epsilon_pld"][-1] == metrics["epsilon_pld"]
+  before_tail = lambda statement: statement.split("float64 noise")[0]  # d differs: its tail too.
+  assert before_tail(private.privacy_report()["privacy_statement"]) == before_tail(
+      metrics["privacy_statement"])

@@ -1,6 +1,6 @@
 """Per-group noise (--layer_noise) with --clip_groups: each group is clipped to C / sqrt(G), once.
 
-The optimizer and its nested noise query are built through the run's own path (tfdp.planning), and
+The optimizer and its nested noise query are built through the run's own path (tfdp.training.planning), and
 the step's clipped sum is checked against one-example-at-a-time brute force.
 """
 
@@ -10,10 +10,10 @@ import tensorflow as tf
 
 from tests import dp_reference as ref
 from tfdp import config as config_lib
-from tfdp import models
-from tfdp import planning
-from tfdp import steps
 from tfdp.dp import groups as groups_lib
+from tfdp import models
+from tfdp.training import planning
+from tfdp.training import steps
 
 CLIP = 0.3  # Below every group's gradient norm here, so every group is clipped.
 NUM_TRAIN = 100

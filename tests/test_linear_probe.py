@@ -11,15 +11,15 @@ import tensorflow as tf
 from tests import dp_reference as ref
 from tfdp import config
 from tfdp import data
-from tfdp import models
-from tfdp import planning
-from tfdp import training
 from tfdp.dp import clipping
 from tfdp.dp import randomness
+from tfdp import models
 from tfdp.priors import linear_probe
 from tfdp.priors import prior_files
 from tfdp.privacy import accounting
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.training import loop as training
+from tfdp.training import planning
 
 DELTA = 1e-3
 
@@ -172,7 +172,7 @@ class _Path:
 
 
 def test_weight_average_restarts_from_the_probed_weights():
-  from tfdp import ema
+  from tfdp.training import ema
   _, model, _ = _digits_model()
   average = ema.WeightAverage(model, 0.99)
   average.update()

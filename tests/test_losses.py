@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfdp import losses
+from tfdp.dp import losses
 
 
 def test_hinge_is_crammer_singer_per_example():

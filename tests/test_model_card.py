@@ -2,7 +2,7 @@
 
 import pytest
 
-from tfdp import model_card
+from tfdp.serving import model_card
 
 _PRIVATE = {"epsilon": 2.9, "epsilon_pld": 2.5, "delta": 1e-5, "accountant": "rdp",
             "sampling": "poisson", "randomness": "secret", "noise_multiplier": 1.2,

@@ -11,12 +11,12 @@ import pytest
 import tensorflow as tf
 
 from tests import dp_reference as ref
-from tfdp import optimizers
-from tfdp import steps
 from tfdp.dp import clipping
 from tfdp.dp import noise
 from tfdp.dp import randomness
+from tfdp import optimizers
 from tfdp.privacy import mechanisms
+from tfdp.training import steps
 
 SIZE = 200_000  # Sample std of 200k draws: relative error ~0.16% (Gaussian), ~0.3% (Laplace).
 

@@ -11,11 +11,11 @@ import tensorflow as tf
 
 from tests import dp_reference as ref
 from tfdp import data
-from tfdp import optimizers
-from tfdp import steps
 from tfdp.data import sampling
 from tfdp.dp import clipping
 from tfdp.dp import groups as groups_lib
+from tfdp import optimizers
+from tfdp.training import steps
 
 CLIP = 0.5
 BAD = 255  # Pixel value that _preprocess turns into NaN: marks the poisoned example.

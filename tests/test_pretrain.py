@@ -114,8 +114,8 @@ def _digits_run(tmp_path, model, init_from):
 
 
 def test_train_starts_from_a_prior_and_names_it_in_metrics_and_card(tmp_path, monkeypatch):
-  from tfdp import model_card
-  from tfdp import training
+  from tfdp.serving import model_card
+  from tfdp.training import loop as training
   pretraining.pretrain(_config(tmp_path / "pre", steps=1, image_size=8, channels=1))
   loaded = []
   original = prior_files.load_into
@@ -131,7 +131,7 @@ def test_train_starts_from_a_prior_and_names_it_in_metrics_and_card(tmp_path, mo
 
 
 def test_train_refuses_a_prior_of_another_architecture_before_training(tmp_path):
-  from tfdp import training
+  from tfdp.training import loop as training
   pretraining.pretrain(_config(tmp_path / "pre", steps=1, image_size=8, channels=1))
   with pytest.raises(ValueError, match="model 'cnn'.*builds 'linear'"):
     training.prepare(_digits_run(tmp_path, "linear", str(tmp_path / "pre")))

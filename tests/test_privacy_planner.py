@@ -7,9 +7,9 @@ import pytest
 
 import tfdp.privacy
 from tfdp import config
-from tfdp import planning
-from tfdp.privacy import planner
 from tfdp.privacy import accounting
+from tfdp.privacy import planner
+from tfdp.training import planning
 
 PLAN = dict(num_examples=50000, batch_size=1024, epochs=4, delta=1e-5)
 

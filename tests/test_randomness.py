@@ -14,10 +14,10 @@ import tensorflow as tf
 
 from tests import dp_reference as ref
 from tfdp import config as config_lib
-from tfdp import optimizers
-from tfdp import steps
-from tfdp import training
 from tfdp.dp import randomness
+from tfdp import optimizers
+from tfdp.training import loop as training
+from tfdp.training import steps
 
 
 def _one_step_update(coins, seed=0):

@@ -6,10 +6,10 @@ import tensorflow as tf
 
 from tests import dp_reference as ref
 from tfdp import data
-from tfdp import ema
-from tfdp import lr_schedules
 from tfdp import optimizers
-from tfdp import steps
+from tfdp.training import ema
+from tfdp.training import lr_schedules
+from tfdp.training import steps
 
 
 def test_ema_equals_a_direct_computation_after_a_few_steps():

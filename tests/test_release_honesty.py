@@ -10,10 +10,10 @@ import pytest
 import tensorflow as tf
 
 from tfdp import config as config_lib
-from tfdp import model_card
-from tfdp import release
-from tfdp import training
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.serving import model_card
+from tfdp.serving import release
+from tfdp.training import loop as training
 
 _TRAIN_FIGURES = ("train_loss", "train_accuracy")
 

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from tfdp import config as config_lib
-from tfdp import planning
-from tfdp import training
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.training import loop as training
+from tfdp.training import planning
 
 NUM_TRAIN = 100
 

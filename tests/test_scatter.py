@@ -8,11 +8,11 @@ import tensorflow as tf
 
 from tests import dp_reference as ref
 from tfdp import config
-from tfdp import models
-from tfdp import training
 from tfdp.data import feature_cache
 from tfdp.dp import clipping
+from tfdp import models
 from tfdp.models import scatter
+from tfdp.training import loop as training
 
 # (input shape, scattering features, parameters of scatter_linear, of scatter_cnn) for 10
 # classes: the paper's counts (Tramèr & Boneh 2021, Table 9: 155K, 187K; 40K, 33K).

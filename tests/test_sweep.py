@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tfdp import sweep
+from tfdp.experiments import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,7 +111,7 @@ def test_summaries_say_that_choosing_among_runs_costs_privacy_and_label_unproven
 
 
 def test_epoch_plot_shows_train_accuracy_only_where_runs_released_it(tmp_path, monkeypatch):
-  from tfdp import sweep_plots
+  from tfdp.experiments import sweep_plots
   from matplotlib import pyplot
   runs, metrics = _fake_sweep({
       "dp_sgd": [{"history": [{"epoch": 1, "test_accuracy": 0.5}]}],

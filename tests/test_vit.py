@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from tests import dp_reference as ref
-from tfdp import models
 from tfdp.dp import clipping
 from tfdp.dp.fast import rules
+from tfdp import models
 from tfdp.models import vit
 
 NUM_CLASSES = 10

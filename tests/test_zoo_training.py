@@ -4,7 +4,7 @@ import pytest
 
 from tfdp import config
 from tfdp import models
-from tfdp import training
+from tfdp.training import loop as training
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

@@ -77,7 +77,7 @@ class ModelConfig:
   init_from: Optional[str] = None
 
   def __post_init__(self):
-    from tfdp import losses
+    from tfdp.dp import losses
     from tfdp import models
     _require(self.name in models.MODELS,
              f"unknown model {self.name!r}; valid: {', '.join(sorted(models.MODELS))}")
@@ -207,13 +207,13 @@ class OptimizerConfig:
   # Keras keyword arguments of the update rule, e.g. (("epsilon", 1e-3),) for Adam. Post-processing
   # of the noised gradient: they cost no privacy.
   hyperparameters: Tuple[Tuple[str, Any], ...] = ()
-  lr_schedule: str = "constant"  # tfdp.lr_schedules: constant, cosine, warmup_cosine.
+  lr_schedule: str = "constant"  # tfdp.training.lr_schedules: constant, cosine, warmup_cosine.
   end_learning_rate: float = 0.0  # Where cosine schedules end (the studies: 9e-5).
   warmup_epochs: float = 0.0  # warmup_cosine: linear warm-up length.
   weight_decay: float = 0.0  # λ·w added to the noised gradient (post-processing).
 
   def __post_init__(self):
-    from tfdp import lr_schedules
+    from tfdp.training import lr_schedules
     from tfdp import optimizers
     _require(self.lr_schedule in lr_schedules.LR_SCHEDULES,
              f"unknown lr_schedule {self.lr_schedule!r}; valid: "

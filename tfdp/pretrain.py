@@ -14,8 +14,8 @@ from absl import flags
 from absl import logging
 
 from tfdp import config as config_lib
-from tfdp import models
 from tfdp.data import random_processes
+from tfdp import models
 from tfdp.priors import pretraining
 
 _DEFAULTS = pretraining.PretrainConfig()

@@ -15,14 +15,14 @@ from absl import logging
 
 from tfdp import config as config_lib
 from tfdp import data
-from tfdp import losses
-from tfdp import lr_schedules
+from tfdp.dp import clipping
+from tfdp.dp import losses
 from tfdp import models
 from tfdp import optimizers
-from tfdp.dp import clipping
 from tfdp.privacy import accounting
 from tfdp.privacy import mechanisms
 from tfdp.privacy import schedules
+from tfdp.training import lr_schedules
 
 _DATASET = flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Dataset name.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset directory (folder: train/ and test/).")
@@ -249,13 +249,13 @@ def config_from_flags() -> config_lib.Config:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # TF's INFO lines (SavedModel writing) drown the progress.
-  from tfdp import training  # pylint: disable=import-outside-toplevel
+  from tfdp.training import loop  # pylint: disable=import-outside-toplevel
   try:
     config = config_from_flags()
-    prepared = training.prepare(config)
+    prepared = loop.prepare(config)
   except ValueError as error:  # data.DataError included: bad input, named in one line.
     sys.exit(f"tfdp.train: error: {error}")
-  training.train_and_evaluate(config, prepared)
+  loop.train_and_evaluate(config, prepared)
 
 
 if __name__ == "__main__":

@@ -12,53 +12,18 @@ Examples whose gradient is not finite are dropped, padding rows too (tfdp.dp.gro
 weight 0 and their rows are selected away before any sum.
 """
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import tensorflow as tf
 
-from tfdp import losses as losses_lib
 from tfdp.dp import groups as groups_lib
+from tfdp.dp import losses as losses_lib
+from tfdp.dp import per_example
 
-LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (labels [B], logits [B, K]) -> losses [B]
+LossFn = per_example.LossFn
 
 
 per_example_loss = losses_lib.cross_entropy  # The default loss.
-
-
-def vectorized_per_example_gradients(
-    model: tf.keras.Model, loss_fn: LossFn, images: tf.Tensor, labels: tf.Tensor,
-    variables: Optional[Sequence[tf.Variable]] = None
-) -> Tuple[List[tf.Tensor], tf.Tensor, tf.Tensor]:
-  """Per-example gradients, each example's forward and backward pass run alone, vectorized.
-
-  Each example is a batch of one inside `tf.vectorized_map`, so row i depends on example i alone.
-  The Jacobian of the batch's loss vector (TF Privacy's method) gives the same values but contracts
-  every row into every other's weight gradient (with zeros), so a single inf or NaN example would
-  turn every row into NaN.
-
-  Args:
-    model: maps images [B, ...] to logits [B, K]; must not mix examples (no BatchNorm).
-    loss_fn: per-example loss.
-    images: float32 [B, H, W, C], preprocessed.
-    labels: int [B].
-    variables: whose gradients (default: model.trainable_variables).
-
-  Returns:
-    (gradients, losses, logits): gradients is one tensor [B, *var.shape] per variable, losses
-    [B], logits [B, K]. All private.
-  """
-  variables = model.trainable_variables if variables is None else list(variables)
-
-  def one_example(example):
-    image, label = example
-    with tf.GradientTape() as tape:
-      logits = model(image[None], training=True)
-      loss = loss_fn(label[None], logits)[0]
-    gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return gradients, loss, logits[0]
-
-  gradients, losses, logits = tf.vectorized_map(one_example, (images, labels))
-  return list(gradients), losses, logits
 
 
 def per_example_norms(gradients: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -92,7 +57,7 @@ def vectorized_clipped_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Te
   contribute exactly nothing (tfdp.dp.groups.kept_examples).
 
   Args:
-    model, loss_fn, images, labels: as for `vectorized_per_example_gradients`.
+    model, loss_fn, images, labels: as for `tfdp.dp.per_example.gradients`.
     mask: float32 [B], 1 for real examples and 0 for padding.
     l2_norm_clip: C > 0.
 
@@ -100,7 +65,7 @@ def vectorized_clipped_sum(model: tf.keras.Model, loss_fn: LossFn, images: tf.Te
     (clipped_sum, losses, logits): one tensor per trainable variable (private, sensitivity C),
     and the per-example losses [B] and logits [B, K] for monitoring.
   """
-  gradients, losses, logits = vectorized_per_example_gradients(model, loss_fn, images, labels)
+  gradients, losses, logits = per_example.gradients(model, loss_fn, images, labels)
   norms = per_example_norms(gradients)
   kept = groups_lib.kept_examples([norms], mask)
   weights = tf.where(kept, clip_factors(norms, l2_norm_clip), tf.zeros_like(norms))
@@ -159,7 +124,7 @@ class VectorizedEngine:
     images and labels hold R = B * augmult rows, example-major; example i's gradient is the mean
     over its augmult copies, clipped as one; mask is [B].
     """
-    gradients, losses, logits = vectorized_per_example_gradients(self._model, loss_fn, images,
+    gradients, losses, logits = per_example.gradients(self._model, loss_fn, images,
                                                                  labels)
     gradients = [groups_lib.example_means(g, self._augmult) for g in gradients]
     terms = [_NORM_TERMS[self._norm](g) for g in gradients]

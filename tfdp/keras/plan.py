@@ -1,7 +1,7 @@
 """What `make_private` decides before the first step: σ, the steps the budget allows, the ledger.
 
 No TensorFlow here. σ is calibrated by the same accountant call as `tfdp.train`'s
-(tfdp.planning.plan_privacy): the smallest σ whose planned steps, ceil(N / B) per epoch, spend at
+(tfdp.training.planning.plan_privacy): the smallest σ whose planned steps, ceil(N / B) per epoch, spend at
 most the target ε by RDP, at q = B / N under Poisson sampling.
 """
 

@@ -8,7 +8,7 @@
     history.history["epsilon"]       # ε after every epoch (RDP), and "epsilon_pld"
 
 Privacy argument. Each `fit` step is one step of DP-SGD, the mechanism `tfdp.train` runs, through
-the same code (tfdp.steps.TrainStep): the step's examples are a Poisson draw with probability
+the same code (tfdp.training.steps.TrainStep): the step's examples are a Poisson draw with probability
 q = batch_size / N (tfdp.data.poisson_dataset, secret coins); each example's gradient (the mean
 over its `augmult` copies) is clipped to L2 norm C, per group to C / sqrt(G) with `clip_groups`,
 by the per-example engine, so the step's clipped sum has L2 sensitivity C under adding or removing
@@ -30,8 +30,6 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
-from tfdp import optimizers
-from tfdp import steps as steps_lib
 from tfdp.data import fit_input
 from tfdp.dp import clipping
 from tfdp.dp import groups as dp_groups
@@ -39,7 +37,9 @@ from tfdp.dp import noise
 from tfdp.dp import randomness
 from tfdp.keras import callbacks as callbacks_lib
 from tfdp.keras import plan as plan_lib
+from tfdp import optimizers
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.training import steps as steps_lib
 
 
 def per_example_loss(loss) -> Callable:
@@ -63,6 +63,7 @@ class _StepSettings:
   augmult: int
   augment: Callable
   jit_compile: bool
+  physical_batch_size: Optional[int]
 
 
 class PrivateModel(tf.keras.Model):
@@ -75,10 +76,12 @@ class PrivateModel(tf.keras.Model):
   """
 
   def _set_up_privacy(self, plan: plan_lib.PrivacyPlan, optimizer, ledger, *, engine: str,
-                      clip_groups, augmult: int, augment: Optional[Callable], jit_compile: bool):
+                      clip_groups, augmult: int, augment: Optional[Callable], jit_compile: bool,
+                      physical_batch_size: Optional[int]):
     self._plan = plan
     self._dp = _StepSettings(optimizer, engine, clip_groups, augmult,
-                             augment or (lambda images: images), jit_compile)
+                             augment or (lambda images: images), jit_compile,
+                             physical_batch_size)
     self._ledger = ledger
     self._max_steps = ledger.max_steps()
     # T, the noisy steps taken: a model variable, so every checkpoint of the model carries it.
@@ -181,7 +184,7 @@ class PrivateModel(tf.keras.Model):
     size = tf.shape(x)[0]
     tf.debugging.assert_less_equal(size, self._plan.batch_size,
                                    message="a shuffled batch is larger than the planned batch_size")
-    return x[tf.newaxis], y[tf.newaxis], tf.ones([1, size], tf.float32)
+    return _as_chunks(x, y, self._dp.physical_batch_size or self._plan.batch_size)
 
   def privacy_report(self) -> dict:
     """What the model card and metrics say of the privacy of this model's training."""
@@ -196,6 +199,20 @@ class PrivateModel(tf.keras.Model):
             "batch_size": self._plan.batch_size, "train_examples": self._plan.train_size,
             "optimizer": ledger.mechanism["optimizer"], "augmult": self._dp.augmult,
             "parameters": ledger.coordinates, "privacy_statement": ledger.statement()}
+
+
+def _as_chunks(x, y, rows: int):
+  """A batch [B, ...] as [n, rows, ...] chunks, the last padded with zeros, and their [n, rows]
+  mask: the shape the private step takes."""
+  size = tf.shape(x)[0]
+  chunks = (size + rows - 1) // rows
+  pad = chunks * rows - size
+
+  def split(t):
+    padded = tf.concat([t, tf.zeros(tf.concat([[pad], tf.shape(t)[1:]], 0), t.dtype)], 0)
+    return tf.reshape(padded, tf.concat([[chunks, rows], tf.shape(t)[1:]], 0))
+
+  return split(x), split(y), split(tf.ones([size], tf.float32))
 
 
 def _dp_optimizer(optimizer, learning_rate, momentum, l2_norm_clip, sigma, model, clip_groups):
@@ -224,7 +241,8 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
                  target_epsilon: Optional[float] = None, noise_multiplier: Optional[float] = None,
                  learning_rate: Optional[float] = None, momentum: float = 0.0, clip_groups=None,
                  engine: str = "fast", augmult: int = 1, augment: Optional[Callable] = None,
-                 sampling: str = "poisson", jit_compile: bool = False) -> PrivateModel:
+                 sampling: str = "poisson", physical_batch_size: Optional[int] = None,
+                 jit_compile: bool = False) -> PrivateModel:
   """A private copy of `model` (same layers and weights) whose `fit` runs DP-SGD.
 
   σ is calibrated to `target_epsilon` over `epochs` epochs before anything trains (or taken as
@@ -248,6 +266,9 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
     augment: images -> images, applied to every copy inside the step (public randomness).
     sampling: 'poisson' (tfdp.data.poisson_dataset) or 'shuffle' (fixed-size batches, ε the
       usual approximation, labelled so).
+    physical_batch_size: with sampling='shuffle', rows per chunk of fit's batches (default: the
+      whole batch); with 'poisson', poisson_dataset's own physical_batch_size decides. Memory,
+      never privacy: noise is added once per batch whatever the chunks.
     jit_compile: compile each chunk's clipped sum with XLA.
   """
   if not getattr(model, "_is_graph_network", False):
@@ -268,5 +289,6 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
   ledger.coordinates = int(sum(v.shape.num_elements() for v in model.trainable_variables))
   private = PrivateModel(inputs=model.inputs, outputs=model.outputs, name=model.name)
   private._set_up_privacy(plan, dp_optimizer, ledger, engine=engine, clip_groups=clip_groups,  # pylint: disable=protected-access
-                          augmult=augmult, augment=augment, jit_compile=jit_compile)
+                          augmult=augmult, augment=augment, jit_compile=jit_compile,
+                          physical_batch_size=physical_batch_size)
   return private

@@ -16,8 +16,8 @@ from tfdp.models import resnet  # noqa: F401  pylint: disable=unused-import
 from tfdp.models import resnet18  # noqa: F401  pylint: disable=unused-import
 from tfdp.models import scatter  # noqa: F401  pylint: disable=unused-import
 from tfdp.models import small  # noqa: F401  pylint: disable=unused-import
-from tfdp.models import wide_resnet  # noqa: F401  pylint: disable=unused-import
 from tfdp.models import vit  # noqa: F401  pylint: disable=unused-import
+from tfdp.models import wide_resnet  # noqa: F401  pylint: disable=unused-import
 
 MODELS = registry.MODELS
 build_model = registry.build_model

@@ -39,7 +39,6 @@ them; every variable of a layer is in the layer's group.
 
 from typing import List, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from tfdp.dp import groups as groups_lib

@@ -28,7 +28,7 @@ composes
 under add/remove-one adjacency, by RDP (Mironov 2017, Prop. 1, adaptive composition; Mironov,
 Talwar & Zhang 2019 for each subsampled Gaussian step) or PLD (Koskela et al.; dp_accounting).
 
-Calibration rule (tfdp.planning.plan_probe): σ_p is given, or the smallest σ for which the K probe
+Calibration rule (tfdp.training.planning.plan_probe): σ_p is given, or the smallest σ for which the K probe
 steps alone spend a fraction (--probe_epsilon_fraction) of the target ε; σ of phase III is then the
 smallest for which the composition of both spends at most the target.
 
@@ -45,13 +45,13 @@ import tensorflow as tf
 
 from tfdp import config as config_lib
 from tfdp import data
-from tfdp import optimizers
-from tfdp import steps as steps_lib
 from tfdp.data import feature_cache
 from tfdp.dp import noise
 from tfdp.dp import randomness
+from tfdp import optimizers
 from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.training import steps as steps_lib
 
 # Probe step k asks the coins for step FIRST_STEP + k, so that under --reproducible_noise its keys
 # differ from every main step's (secret coins draw fresh bits whatever the step number).

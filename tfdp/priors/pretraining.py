@@ -22,8 +22,8 @@ import time
 
 import tensorflow as tf
 
-from tfdp import models
 from tfdp.data import random_processes
+from tfdp import models
 from tfdp.priors import contrastive
 from tfdp.priors import prior_files
 

@@ -63,7 +63,7 @@ class PrivacyLedger:
       whose ε is DP-SGD's at the same σ, reported for comparison only (guarantee() == 'unproven').
     mechanism: every other setting that changes what the noisy steps release (optimizer, clip
       norms and groups, scaling, per-group noise, adaptive clipping, augmult), as JSON values
-      (tfdp.planning.mechanism_fields); a resume must match it. Empty in ledgers written before it
+      (tfdp.training.planning.mechanism_fields); a resume must match it. Empty in ledgers written before it
       was recorded, which therefore cannot be resumed.
     probe: the linear probe planned before the main steps (tfdp.priors.linear_probe), with keys
       noise_multiplier, sampling_probability and steps; empty without one. Its steps are Gaussian

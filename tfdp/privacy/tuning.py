@@ -23,7 +23,7 @@ tuning procedure:
   selected run is released: not the others, not their scores, not K;
 - the score that picks the best run is part of Q's private output: computed from public data, or
   privatized itself. A score from a private validation set is not covered.
-A fixed grid looked at in full (tfdp.sweep) satisfies none of this: its selected run's ε is not
+A fixed grid looked at in full (tfdp.experiments.sweep) satisfies none of this: its selected run's ε is not
 bounded by this module.
 
 >>> round(accounting.epsilon(1.0, 0.01, 100, 1e-5), 2)  # One run.

@@ -5,7 +5,7 @@ activations `a` [B, ...] and the gradient of the loss with respect to its output
 layer's rule turns (a, dz) into per-example squared gradient norms and, given per-example weights,
 into the weighted gradient sum. No per-example gradient of the whole model is ever alive at once.
 Layers without a rule fall back to per-example gradients computed one example at a time
-(tfdp.dp.clipping.vectorized_per_example_gradients), with a warning naming them.
+(tfdp.dp.per_example.gradients), with a warning naming them.
 """
 
 from tfdp.dp.fast import conv, dense, normalization  # pylint: disable=unused-import  (registers rules)

@@ -12,9 +12,9 @@ from typing import List
 from absl import logging
 import tensorflow as tf
 
-from tfdp.dp import clipping
-from tfdp.dp import groups as groups_lib
 from tfdp.dp.fast import rules
+from tfdp.dp import groups as groups_lib
+from tfdp.dp import per_example
 
 
 class FastEngine:
@@ -86,7 +86,7 @@ class FastEngine:
     """
     if not self._fallback_variables:
       return []
-    grads, _, _ = clipping.vectorized_per_example_gradients(self._model, loss_fn, images, labels,
+    grads, _, _ = per_example.gradients(self._model, loss_fn, images, labels,
                                                             self._fallback_variables)
     return [groups_lib.example_means(g, self._augmult) for g in grads]
 

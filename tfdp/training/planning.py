@@ -7,15 +7,15 @@ from typing import Any, Dict, List
 import tensorflow as tf
 
 from tfdp import config as config_lib
-from tfdp import lr_schedules
-from tfdp import models
-from tfdp import optimizers
 from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
+from tfdp import models
+from tfdp import optimizers
 from tfdp.privacy import accounting
 from tfdp.privacy import ledger as ledger_lib
 from tfdp.privacy import mechanisms
 from tfdp.privacy import schedules
+from tfdp.training import lr_schedules
 
 
 def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.PrivacyLedger:

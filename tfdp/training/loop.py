@@ -15,26 +15,26 @@ from typing import Optional
 import tensorflow as tf
 
 from tfdp import atomic
-from tfdp import checkpointing
 from tfdp import config as config_lib
 from tfdp import cpu
 from tfdp import data
-from tfdp import ema
-from tfdp import export
-from tfdp import losses
-from tfdp import model_card
-from tfdp import models
-from tfdp import planning
-from tfdp import release
-from tfdp import steps as steps_lib
 from tfdp.data import feature_cache
 from tfdp.dp import groups as dp_groups
+from tfdp.dp import losses
 from tfdp.dp import noise
 from tfdp.dp import randomness
+from tfdp import models
 from tfdp.models import scatter
 from tfdp.priors import linear_probe
 from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.serving import model_card
+from tfdp.serving import release
+from tfdp.serving import saved_model
+from tfdp.training import checkpointing
+from tfdp.training import ema
+from tfdp.training import planning
+from tfdp.training import steps as steps_lib
 
 
 def load_training_data(config: config_lib.Config) -> data.Dataset:
@@ -341,10 +341,10 @@ def _export(config, model, preprocess, class_names, weight_average, card) -> dic
   """The run's own SavedModel and the next version under the export dir, with the released
   weights (EMA when used) and the model card."""
   with release.released_weights(weight_average):
-    return {"saved_model": export.export_saved_model(
+    return {"saved_model": saved_model.export_saved_model(
                 model, preprocess, class_names,
                 os.path.join(config.run.output_dir, "saved_model"), card),
-            "export_dir": export.export_versioned(model, preprocess, class_names,
+            "export_dir": saved_model.export_versioned(model, preprocess, class_names,
                                                   _export_dir(config), card)}
 
 

@@ -38,9 +38,9 @@ class TrainStep:
     augmult: augmented copies of each example (De et al. 2022); its gradient is the mean over its
       copies, clipped as one, so the sensitivity is unchanged.
     weight_decay: λ, adds λ·w to the (noised) gradient: post-processing, no privacy cost.
-    weight_average: a tfdp.ema.WeightAverage updated after every step, or None.
+    weight_average: a tfdp.training.ema.WeightAverage updated after every step, or None.
     jit_compile: compile the chunk computation with XLA.
-    loss_fn: per-example loss (tfdp.losses).
+    loss_fn: per-example loss (tfdp.dp.losses).
     coins: the mechanism's coins (tfdp.dp.randomness); each step's noise is keyed by
       coins.noise_seed(step). Default: fresh SecretCoins.
   """

@@ -7,22 +7,26 @@ import glob
 import hashlib
 import json
 import os
+import sys
 from typing import Optional
 
+from absl import app
+from absl import flags
+
 from tfdp import atomic
-from tfdp import checkpointing
 from tfdp import config as config_lib
 from tfdp import data
-from tfdp import ema
-from tfdp import export
-from tfdp import model_card
 from tfdp import models
+from tfdp.serving import model_card
+from tfdp.serving import saved_model
+from tfdp.training import checkpointing
+from tfdp.training import ema
 
 
 RUN_SPEC = "run_spec.json"  # What tfdp.export needs to rebuild the model without the data.
 # Files that mark a directory as (part of) a tfdp run or export, and record whether it was private.
-RUN_RECORDS = ("state.json", "metrics.json", export.MODEL_CARD,
-               os.path.join("assets", export.MODEL_CARD))
+RUN_RECORDS = ("state.json", "metrics.json", saved_model.MODEL_CARD,
+               os.path.join("assets", saved_model.MODEL_CARD))
 _RECORD_LEVELS = 4  # The weights' directory and 3 above: run/checkpoints/, export/1/variables/.
 
 
@@ -54,7 +58,7 @@ def export_run(checkpoint_dir: str, export_dir: str) -> str:
   preprocess = data.make_preprocess(spec["mean"], spec["std"], spec["augment"], training=False)
   card = model_card.build(_metrics_for_card(checkpoint_dir, restored))
   with released_weights(weight_average):
-    return export.export_versioned(model, preprocess, spec["class_names"], export_dir, card)
+    return saved_model.export_versioned(model, preprocess, spec["class_names"], export_dir, card)
 
 
 def _metrics_for_card(checkpoint_dir: str, restored) -> dict:
@@ -141,3 +145,25 @@ def with_weights(evaluate, weight_average):
     with released_weights(weight_average):
       return evaluate(images, labels)
   return evaluate_released
+
+
+def main(argv):
+  del argv
+  try:
+    path = export_run(flags.FLAGS.checkpoint_dir, flags.FLAGS.export_dir)
+  except (ValueError, OSError) as error:
+    sys.exit(f"tfdp.export: error: {error}")
+  print(f"Exported {path}")
+
+
+def run_export_command() -> None:
+  """python -m tfdp.export --checkpoint_dir=RUN --export_dir=BASE: the next version of BASE."""
+  # Defined only here: tfdp.train, which imports this module, has its own --export_dir.
+  flags.DEFINE_string("checkpoint_dir", None, "A tfdp.train --output_dir (its last checkpoint).")
+  flags.DEFINE_string("export_dir", None, "Base directory; the next version number goes in it.")
+  flags.mark_flags_as_required(["checkpoint_dir", "export_dir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run_export_command()

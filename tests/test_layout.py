@@ -1,0 +1,79 @@
+"""The package's layout: public names where the docs say, commands that run, no import cycles."""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "tfdp"
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(ROOT).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict:
+  return {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def _imports(path: pathlib.Path, modules: dict) -> set:
+  """Every tfdp module `path` imports, at any depth of its code (a function's import counts)."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found.update(alias.name for alias in node.names if alias.name in modules)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tfdp"):
+      for alias in node.names:
+        submodule = f"{node.module}.{alias.name}"
+        found.add(submodule if submodule in modules else node.module)
+  return found
+
+
+def _cycle(graph: dict):
+  """One import cycle as a list of modules, or None."""
+  state = {}
+
+  def visit(module, trail):
+    state[module] = "open"
+    for imported in sorted(graph.get(module, ())):
+      if state.get(imported) == "open":
+        return trail[trail.index(imported):] + [imported]
+      if imported not in state:
+        found = visit(imported, trail + [imported])
+        if found:
+          return found
+    state[module] = "done"
+    return None
+
+  for module in sorted(graph):
+    if module not in state:
+      found = visit(module, [module])
+      if found:
+        return found
+  return None
+
+
+def test_no_module_imports_itself_through_others():
+  modules = _modules()
+  graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+  graph = {name: {m for m in imported if m != "tfdp"} for name, imported in graph.items()}
+  assert _cycle(graph) is None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+  assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+  assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+@pytest.mark.parametrize("command, own_flag", [
+    ("train", "--epsilon"), ("export", "--checkpoint_dir"), ("predict", "--top"),
+    ("evaluate", "--model_dir"), ("sweep", "--grid"), ("bench", "--modes"),
+    ("pretrain", "--model_kwargs"), ("privacy", "--num_examples")])
+def test_every_command_still_runs_by_its_name(command, own_flag):
+  result = subprocess.run([sys.executable, "-m", f"tfdp.{command}", "--helpshort"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert own_flag in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]

@@ -1,0 +1,3 @@
+"""What a trained model is served and released as: the SavedModel with its serving signatures
+(saved_model), its model card (model_card), the run records and exports from checkpoints
+(release), and the commands over an export (predict, evaluate)."""
