@@ -263,8 +263,25 @@ class RunConfig:
   # Private runs: also release the training batches' loss and accuracy, computed from the private
   # data without noise and labelled as not private wherever they appear. Off: nothing uncovered.
   monitor_private_metrics: bool = False
+  # Data parallelism (tfdp.training.distribution): 'none', or 'mirrored' over every visible GPU.
+  distribution: str = "none"
+  cpu_replicas: Optional[int] = None  # 'mirrored' over this many logical CPU devices (testing).
+
+  @property
+  def distributed(self) -> bool:
+    return self.distribution != "none"
 
   def __post_init__(self):
+    from tfdp.training import distribution  # pylint: disable=import-outside-toplevel
+    _require(self.distribution in distribution.STRATEGIES,
+             f"unknown distribution {self.distribution!r}; valid: "
+             f"{', '.join(sorted(distribution.STRATEGIES))}")
+    _require(self.cpu_replicas is None or (self.distributed and self.cpu_replicas >= 1),
+             f"cpu_replicas={self.cpu_replicas} needs --distribution=mirrored and a value >= 1")
+    _require(not (self.distributed and self.jit_compile),
+             "--jit_compile is not supported with --distribution yet: drop one")
+    _require(not (self.distributed and self.ema_decay),
+             "--ema_decay is not supported with --distribution yet: drop one")
     _require(self.ema_decay is None or 0 < self.ema_decay < 1,
              f"ema_decay must be in (0, 1), got {self.ema_decay}")
     _require(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
@@ -329,6 +346,13 @@ class Config:
              f"warmup_epochs ({self.optimizer.warmup_epochs}) must be shorter than the run "
              f"({self.run.epochs} epochs)")
     dice = self.optimizer.name == "dice_sgd"
+    _require(not (self.run.distributed and (dice or self.probe.steps)),
+             "--distribution does not support dice_sgd or --linear_probe_steps yet")
+    replicas = self.run.cpu_replicas or 1
+    _require(-(-self.run.batch_size // self.chunk_size) >= replicas,
+             f"batch_size {self.run.batch_size} in chunks of {self.chunk_size} gives fewer "
+             f"chunks than the {replicas} replicas: lower --physical_batch_size to at most "
+             f"{self.run.batch_size // replicas}")
     _require(self.privacy.dice_error_clip is None or dice,
              "--dice_error_clip is DiceSGD's error clip: it needs --optimizer=dice_sgd")
     _require(not dice or (self.privacy.noise == "gaussian"

@@ -22,6 +22,7 @@ from tfdp import optimizers
 from tfdp.privacy import accounting
 from tfdp.privacy import mechanisms
 from tfdp.privacy import schedules
+from tfdp.training import distribution
 from tfdp.training import lr_schedules
 
 _DATASET = flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Dataset name.")
@@ -172,6 +173,13 @@ _MONITOR_PRIVATE_METRICS = flags.DEFINE_bool(
     "does not cover them; they are labelled NOT PRIVATE in the logs, TensorBoard, metrics.json "
     "and the model card. Off by default: a private run releases only what the guarantee covers.")
 _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile the per-chunk step with XLA.")
+_DISTRIBUTION = flags.DEFINE_enum(
+    "distribution", "none", sorted(distribution.STRATEGIES), "Data parallelism: 'mirrored' deals "
+    "each step's chunks out to every visible GPU (or --cpu_replicas CPU devices), all-reduces the "
+    "clipped sums and adds the noise once (tfdp.training.distribution). Same mechanism and ε.")
+_CPU_REPLICAS = flags.DEFINE_integer(
+    "cpu_replicas", None, "With --distribution=mirrored: this many logical CPU devices instead of "
+    "the GPUs (for testing on a CPU machine).")
 
 
 def _parse_clip_groups(value):
@@ -238,7 +246,9 @@ def config_from_flags() -> config_lib.Config:
                                export=_EXPORT.value,
                                jit_compile=_JIT_COMPILE.value, ema_decay=_EMA_DECAY.value,
                                reproducible_noise=_REPRODUCIBLE_NOISE.value,
-                               monitor_private_metrics=_MONITOR_PRIVATE_METRICS.value),
+                               monitor_private_metrics=_MONITOR_PRIVATE_METRICS.value,
+                               distribution=_DISTRIBUTION.value,
+                               cpu_replicas=_CPU_REPLICAS.value),
       probe=config_lib.ProbeConfig(steps=_LINEAR_PROBE_STEPS.value,
                                    batch_size=_PROBE_BATCH_SIZE.value,
                                    learning_rate=_PROBE_LEARNING_RATE.value,

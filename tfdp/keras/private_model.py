@@ -103,6 +103,7 @@ class PrivateModel(tf.keras.Model):
   def compile(self, loss=None, metrics=None, optimizer=None, **kwargs):
     """Keras's compile with the DP optimizer make_private built; `loss` as in Keras (its
     reduction is ignored: each example's loss is clipped on its own)."""
+    _refuse_replicas()
     if optimizer is not None and optimizer is not self._dp.optimizer:
       raise ValueError("a private model trains with the DP optimizer make_private built; "
                        "pass the optimizer to make_private, not to compile")
@@ -215,6 +216,14 @@ def _as_chunks(x, y, rows: int):
   return split(x), split(y), split(tf.ones([size], tf.float32))
 
 
+def _refuse_replicas() -> None:
+  """Keras would split each step among replicas and noise every part: not what is accounted."""
+  if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+    raise ValueError("a private Keras model does not run under a multi-replica tf.distribute "
+                     "strategy yet (each replica would noise its part of the step); use "
+                     "python -m tfdp.train --distribution=mirrored")
+
+
 def _dp_optimizer(optimizer, learning_rate, momentum, l2_norm_clip, sigma, model, clip_groups):
   """The tfdp DP optimizer: built from its name, or a given one checked against the plan."""
   if isinstance(optimizer, str):
@@ -271,6 +280,7 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
       never privacy: noise is added once per batch whatever the chunks.
     jit_compile: compile each chunk's clipped sum with XLA.
   """
+  _refuse_replicas()
   if not getattr(model, "_is_graph_network", False):
     raise ValueError("make_private needs a functional or Sequential model with known inputs "
                      "(the per-example engine reads its layer graph); build a subclassed model's "

@@ -36,7 +36,9 @@ class PrivateGradientMixin:
     self._adaptive_clip = None
     if isinstance(self._dp_sum_query, _AdaptiveQuery):
       initial = self._global_state.sum_state.l2_norm_clip
-      self._adaptive_clip = tf.Variable(initial, trainable=False, name="adaptive_l2_norm_clip")
+      # Every replica assigns the same value (tfdp.training.distribution): keep the first's.
+      self._adaptive_clip = tf.Variable(initial, trainable=False, name="adaptive_l2_norm_clip",
+                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self._track_trackable(self._adaptive_clip, name="adaptive_l2_norm_clip")
 
   @property

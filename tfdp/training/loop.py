@@ -5,6 +5,7 @@ planned steps spend at most ε (RDP accountant); with a given σ the ε is only 
 ledger is consulted before every step, and a step that would spend past the target is not taken.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +33,7 @@ from tfdp.serving import model_card
 from tfdp.serving import release
 from tfdp.serving import saved_model
 from tfdp.training import checkpointing
+from tfdp.training import distribution
 from tfdp.training import ema
 from tfdp.training import planning
 from tfdp.training import steps as steps_lib
@@ -232,34 +234,41 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
     config: the run.
     prepared: the result of `prepare(config)`, when the caller already has it.
   """
+  # First: --cpu_replicas configures devices, which only works before TensorFlow starts.
+  strategy = distribution.make_strategy(config.run.distribution, config.run.cpu_replicas)
   tf.keras.utils.set_random_seed(config.run.seed)  # Public: initialization and augmentation only.
   coins = randomness.make_coins(config.run.reproducible_noise, config.run.seed)
   dataset, ledger = prepared or prepare(config)
-  model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape,
-                             **config.model.kwargs)
-  if config.model.init_from:  # A resumed run's checkpoint overwrites these weights below.
-    prior_files.load_into(config.model.init_from, model, config.model.name, config.model.kwargs)
-  loss_fn = losses.get(config.model.loss)
-  sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
-                              config.chunk_size, coins)
-  augment = _augment(config, dataset)
-  train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
-  test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
-  trained = _trained_part(model, dataset, train_preprocess, test_preprocess)
-  optimizer = planning.build_optimizer(config, ledger, trained.model, sampler.steps_per_epoch)
-  weight_average = (ema.WeightAverage(trained.model, config.run.ema_decay)
-                    if config.run.ema_decay else None)
-  step_fn = _make_step(config, trained.model, optimizer, trained.train_preprocess,
-                       weight_average, loss_fn, coins)
-  extra = {"ema": weight_average} if weight_average else {}
-  state = checkpointing.RunState(config.run.output_dir, model, optimizer, **extra)
-  start_epoch, ledger, history = _restore_or_start(state, ledger)
+  with strategy.scope() if strategy else contextlib.nullcontext():  # Mirrored variables.
+    model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape,
+                               **config.model.kwargs)
+    if config.model.init_from:  # A resumed run's checkpoint overwrites these weights below.
+      prior_files.load_into(config.model.init_from, model, config.model.name, config.model.kwargs)
+    loss_fn = losses.get(config.model.loss)
+    sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
+                                config.chunk_size, coins)
+    augment = _augment(config, dataset)
+    train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
+    test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
+    trained = _trained_part(model, dataset, train_preprocess, test_preprocess)
+    optimizer = planning.build_optimizer(config, ledger, trained.model, sampler.steps_per_epoch)
+    weight_average = (ema.WeightAverage(trained.model, config.run.ema_decay)
+                      if config.run.ema_decay else None)
+    step_fn = _make_step(config, trained.model, optimizer, trained.train_preprocess,
+                         weight_average, loss_fn, coins, strategy)
+    extra = {"ema": weight_average} if weight_average else {}
+    state = checkpointing.RunState(config.run.output_dir, model, optimizer, **extra)
+    start_epoch, ledger, history = _restore_or_start(state, ledger)
   ledger.coordinates = models.count_params(model)  # Sizes the float noise's tail in δ.
   release.write_run_spec(config, dataset)
   evaluate = release.with_weights(
       steps_lib.make_evaluate(trained.model, trained.test_preprocess, loss_fn=loss_fn),
       weight_average)
   _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
+  if strategy:
+    print(f"Distribution {config.run.distribution}: {strategy.num_replicas_in_sync} replicas "
+          f"({', '.join(strategy.extended.worker_devices)}); each step's chunks are dealt out, "
+          "the clipped sums all-reduced, and the noise added once")
   if ledger.probe and ledger.probe_steps < ledger.probe["steps"]:
     _linear_probe(config, model, dataset, test_preprocess, ledger, loss_fn, coins)
     if weight_average:  # It began at the initial head; the probed one is where training starts.
@@ -326,7 +335,8 @@ def _probe_metrics(config, ledger) -> Optional[dict]:
           "test_accuracy": done[-1]["test_accuracy"] if done else None}
 
 
-def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn, coins):
+def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn, coins,
+               strategy=None):
   return steps_lib.TrainStep(model, optimizer, preprocess, private=config.optimizer.private,
                              expected_batch_size=config.run.batch_size,
                              engine=config.privacy.clipping, clip_groups=config.privacy.clip_groups,
@@ -334,7 +344,7 @@ def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn, co
                              augmult=config.data.augmult,
                              weight_decay=config.optimizer.weight_decay,
                              weight_average=weight_average, jit_compile=config.run.jit_compile,
-                             loss_fn=loss_fn, coins=coins)
+                             loss_fn=loss_fn, coins=coins, strategy=strategy)
 
 
 def _export(config, model, preprocess, class_names, weight_average, card) -> dict:
@@ -467,6 +477,8 @@ def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
       "dataset": config.data.dataset,
       "seed": config.run.seed,
       "jit_compile": config.run.jit_compile,
+      "distribution": config.run.distribution,
+      "cpu_replicas": config.run.cpu_replicas,
       "history": history,
       "ledger_history": ledger.history,
       **_release_metrics(config, ledger, history),

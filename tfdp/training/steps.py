@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfdp.dp import clipping
 from tfdp.dp import groups as groups_lib
 from tfdp.dp import randomness
+from tfdp.training import distribution
 
 
 class TrainStep:
@@ -43,6 +44,9 @@ class TrainStep:
     loss_fn: per-example loss (tfdp.dp.losses).
     coins: the mechanism's coins (tfdp.dp.randomness); each step's noise is keyed by
       coins.noise_seed(step). Default: fresh SecretCoins.
+    strategy: a tf.distribute strategy whose scope built the model and optimizer, or None (one
+      device). Each step's chunks are dealt out to its replicas, their clipped sums all-reduced,
+      and every replica applies the same noised update (tfdp.training.distribution).
   """
 
   def __init__(self, model: tf.keras.Model, optimizer, preprocess: Callable, *, private: bool,
@@ -50,7 +54,8 @@ class TrainStep:
                scaling=None, norm: str = "l2", augmult: int = 1, weight_decay: float = 0.0,
                weight_average=None, jit_compile: bool = False,
                loss_fn: Callable = clipping.per_example_loss,
-               coins: Optional[randomness.Coins] = None):
+               coins: Optional[randomness.Coins] = None,
+               strategy: Optional[tf.distribute.Strategy] = None):
     self._model = model
     self._optimizer = optimizer
     self._preprocess = preprocess
@@ -62,6 +67,8 @@ class TrainStep:
     self._weight_average = weight_average
     self._coins = coins or randomness.SecretCoins()
     self._steps_taken = 0  # Keys the noise when the caller does not say which step this is.
+    self._strategy = strategy
+    self._replicated = None  # Traced on the first distributed call (_replicated_step).
     self.engine = None
     if private:
       self.engine = clipping.make_engine(engine, model, clip_groups,
@@ -138,6 +145,13 @@ class TrainStep:
   def _apply_update(self, noise_seed):
     """Noises and applies the accumulated step, zeroes the accumulators; returns the monitor sums."""
     sums, extras, monitored = self._read_totals()
+    self._update_with(sums, extras, monitored, noise_seed)
+    self._zero_totals()  # After the reads above: tf.function orders ops on a variable as written.
+    return monitored
+
+  def _update_with(self, sums, extras, monitored, noise_seed, aggregate: bool = True) -> None:
+    """The noised mean of one step's clipped sums, applied; `aggregate`: let the optimizer
+    all-reduce the gradients (False when every replica already holds the same ones)."""
     count = monitored[2]
     if self._private:
       gradients = self._optimizer.noised_mean(sums, self._expected_batch_size,
@@ -147,11 +161,41 @@ class TrainStep:
     if self._weight_decay:  # Data-independent, applied after the noise.
       gradients = [g + self._weight_decay * v
                    for g, v in zip(gradients, self._model.trainable_variables)]
-    self._optimizer.apply_gradients(zip(gradients, self._model.trainable_variables))
+    self._optimizer.apply_gradients(zip(gradients, self._model.trainable_variables),
+                                    experimental_aggregate_gradients=aggregate)
     if self._weight_average is not None:
       self._weight_average.update()
-    self._zero_totals()  # After the reads above: tf.function orders ops on a variable as written.
+
+  def _replica_step(self, images, labels, masks, noise_seed):
+    """On one replica: the clipped sums of its [m, P, ...] chunks, all-reduced over the replicas,
+    then the one noised update, which every replica computes identically from the same key."""
+    zeros = ([tf.zeros_like(v) for v in self._model.trainable_variables],
+             tf.nest.map_structure(tf.zeros_like, self._extra_totals), tf.zeros([3]))
+
+    def add_chunk(i, totals):
+      sums, extras, loss_sum, correct = self._chunk_sum(images[i], labels[i], masks[i])
+      monitored = tf.stack([loss_sum, correct, tf.reduce_sum(masks[i])])
+      return i + 1, tf.nest.map_structure(tf.add, totals, (sums, extras, monitored))
+
+    _, local = tf.while_loop(lambda i, _: i < tf.shape(masks)[0], add_chunk, (0, zeros))
+    context = tf.distribute.get_replica_context()
+    sums, extras, monitored = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    self._update_with(sums, extras, monitored, noise_seed, aggregate=False)
     return monitored
+
+  def _replicated_step(self, stacked, noise_seed):
+    """One logical step over the strategy's replicas; returns the monitor sums."""
+    strategy = self._strategy
+    parts = distribution.split_chunks(stacked, strategy.num_replicas_in_sync)
+    values = strategy.experimental_distribute_values_from_function(
+        lambda context: tuple(parts[context.replica_id_in_sync_group]))
+    if self._replicated is None:
+      self._replicated = tf.function(
+          lambda images, labels, masks, seed: strategy.run(
+              self._replica_step, args=(images, labels, masks, seed)),
+          reduce_retracing=True)  # The chunks per replica vary with the draw.
+    result = self._replicated(*values, noise_seed)
+    return strategy.experimental_local_results(result)[0]  # The same on every replica.
 
   def set_noise_factor(self, factor: float) -> None:
     """Multiplies every noise std of the next steps by `factor` (a noise schedule; private only)."""
@@ -217,7 +261,10 @@ class TrainStep:
     step = self._steps_taken if step is None else step
     noise_seed = tf.constant(self._coins.noise_seed(step), tf.int64)
     try:
-      if len({np.shape(chunk[0]) for chunk in chunks}) == 1:  # Training's case: one call.
+      if self._strategy is not None:
+        monitored = self._replicated_step([np.stack(parts) for parts in zip(*chunks)],
+                                          noise_seed)
+      elif len({np.shape(chunk[0]) for chunk in chunks}) == 1:  # Training's case: one call.
         stacked = [np.stack(parts) for parts in zip(*chunks)]
         monitored = self._step_for(stacked, noise_seed)(*stacked, noise_seed)
       else:
