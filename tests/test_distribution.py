@@ -3,12 +3,15 @@ process: tests/distributed_checks.py): the single-device sum, noise added once, 
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tfdp import config as config_lib
+from tfdp.training import distribution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,11 +48,16 @@ def test_keras_api_refuses_a_multi_replica_scope_with_the_reason():
   assert "multi-replica" in _check("keras_refusal")["error"]
 
 
-def _train(tmp_path, name, *extra):
+_TRAIN_FLAGS = ("--dataset=digits", "--model=linear", "--optimizer=dp_sgd", "--learning_rate=0.5",
+                "--batch_size=128", "--physical_batch_size=32", "--noexport")
+_CALIBRATED = ("--epsilon=4",)
+_GIVEN_SIGMA = ("--noise_multiplier=1.0",)  # The same σ whatever the epochs: runs can resume.
+
+
+def _train(tmp_path, name, *extra, privacy=_CALIBRATED):
   output = tmp_path / name
-  _run("-m", "tfdp.train", "--dataset=digits", "--model=linear", "--optimizer=dp_sgd",
-       "--learning_rate=0.5", "--epsilon=4", "--batch_size=128", "--physical_batch_size=32",
-       "--epochs=2", "--noexport", f"--output_dir={output}", *extra)
+  _run("-m", "tfdp.train", *_TRAIN_FLAGS, *privacy, "--epochs=2", f"--output_dir={output}",
+       *extra)
   with open(output / "metrics.json") as f:
     return json.load(f)
 
@@ -62,6 +70,93 @@ def test_mirrored_digits_run_ends_with_the_single_device_steps_and_epsilon(tmp_p
     assert two[key] == one[key], key
   assert min(one["test_accuracy"], two["test_accuracy"]) > 0.3  # Chance is 0.1.
   assert abs(one["test_accuracy"] - two["test_accuracy"]) < 0.25  # DP noise: runs differ.
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def _start_workers(outputs, *extra, epochs=2, privacy=_CALIBRATED):
+  """Two tfdp.train processes of one TF_CONFIG cluster on localhost; output_dir per worker."""
+  cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+  workers = []
+  for index, output in enumerate(outputs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    workers.append(subprocess.Popen(
+        [sys.executable, "-m", "tfdp.train", *_TRAIN_FLAGS, *privacy, f"--epochs={epochs}",
+         "--distribution=multi_worker", f"--output_dir={output}", *extra],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  return workers
+
+
+def _finish(workers, timeout=300):
+  outputs = [worker.communicate(timeout=timeout)[0] for worker in workers]
+  return [worker.returncode for worker in workers], outputs
+
+
+def test_two_workers_train_digits_with_the_single_process_steps_and_epsilon(tmp_path):
+  one = _train(tmp_path, "one")
+  codes, logs = _finish(_start_workers([tmp_path / "chief", tmp_path / "worker"]))
+  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  assert not (tmp_path / "worker").exists()  # Only the chief writes.
+  with open(tmp_path / "chief" / "metrics.json") as f:
+    chief = json.load(f)
+  assert chief["distribution"] == "multi_worker"
+  for key in ("steps", "epsilon", "epsilon_pld", "noise_multiplier", "privacy_statement"):
+    assert chief[key] == one[key], key
+  # Both workers applied the same updates: they report the same test accuracy.
+  accuracies = [log.strip().splitlines()[-1].split(",")[0] for log in logs]
+  assert accuracies[0] == accuracies[1] and accuracies[0].startswith("Test accuracy")
+
+
+def test_a_restarted_worker_set_resumes_from_the_chiefs_checkpoint(tmp_path):
+  one = _train(tmp_path, "one", privacy=_GIVEN_SIGMA)
+  shared = tmp_path / "shared"
+  codes, logs = _finish(_start_workers([shared, shared], epochs=1, privacy=_GIVEN_SIGMA))
+  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  codes, logs = _finish(_start_workers([shared, shared], epochs=2, privacy=_GIVEN_SIGMA))
+  assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+  assert all("Resumed after epoch 1" in log for log in logs)
+  with open(shared / "metrics.json") as f:
+    resumed = json.load(f)
+  assert (resumed["steps"], resumed["epsilon"]) == (one["steps"], one["epsilon"])
+  assert [e["event"] for e in resumed["ledger_history"]] == ["start", "resume"]
+
+
+def test_a_worker_that_dies_stops_the_other_with_the_reason(tmp_path):
+  chief, other = _start_workers([tmp_path / "chief", tmp_path / "worker"], epochs=50)
+  time.sleep(25)  # Both have started training (about 10 s to connect and trace).
+  other.kill()
+  start = time.monotonic()
+  code, log = _finish([chief], timeout=240)
+  assert code[0] != 0
+  assert time.monotonic() - start < 200
+  assert "tfdp.train: error: a worker stopped responding" in log[0], log[0][-3000:]
+  assert "task:1" in log[0]
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "needs TF_CONFIG"),
+    ("{not json", "not a cluster spec"),
+    ('{"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}',
+     "host:port"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}',
+     "task must be"),
+])
+def test_a_malformed_tf_config_is_refused_before_any_work(tf_config, message, monkeypatch):
+  if tf_config is None:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+  else:
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+  with pytest.raises(ValueError, match=message):
+    distribution.cluster_spec()
 
 
 @pytest.mark.parametrize("run, message", [

@@ -346,6 +346,9 @@ class Config:
              f"warmup_epochs ({self.optimizer.warmup_epochs}) must be shorter than the run "
              f"({self.run.epochs} epochs)")
     dice = self.optimizer.name == "dice_sgd"
+    _require(self.run.distribution != "multi_worker" or self.data.sampling == "poisson",
+             "--distribution=multi_worker draws each worker's shard by Poisson sampling: "
+             "--sampling must be poisson")
     _require(not (self.run.distributed and (dice or self.probe.steps)),
              "--distribution does not support dice_sgd or --linear_probe_steps yet")
     replicas = self.run.cpu_replicas or 1

@@ -12,6 +12,7 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from tfdp import config as config_lib
 from tfdp import data
@@ -175,8 +176,9 @@ _MONITOR_PRIVATE_METRICS = flags.DEFINE_bool(
 _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "Compile the per-chunk step with XLA.")
 _DISTRIBUTION = flags.DEFINE_enum(
     "distribution", "none", sorted(distribution.STRATEGIES), "Data parallelism: 'mirrored' deals "
-    "each step's chunks out to every visible GPU (or --cpu_replicas CPU devices), all-reduces the "
-    "clipped sums and adds the noise once (tfdp.training.distribution). Same mechanism and ε.")
+    "each step's chunks out to every visible GPU (or --cpu_replicas CPU devices); 'multi_worker' "
+    "runs one replica per process of the TF_CONFIG cluster, each drawing its shard. Clipped sums "
+    "are all-reduced and the noise added once (tfdp.training.distribution): same mechanism and ε.")
 _CPU_REPLICAS = flags.DEFINE_integer(
     "cpu_replicas", None, "With --distribution=mirrored: this many logical CPU devices instead of "
     "the GPUs (for testing on a CPU machine).")
@@ -265,7 +267,13 @@ def main(argv):
     prepared = loop.prepare(config)
   except ValueError as error:  # data.DataError included: bad input, named in one line.
     sys.exit(f"tfdp.train: error: {error}")
-  loop.train_and_evaluate(config, prepared)
+  try:
+    loop.train_and_evaluate(config, prepared)
+  except tf.errors.OpError as error:
+    failure = distribution.worker_failure(error)
+    if failure is None:
+      raise
+    sys.exit(f"tfdp.train: error: {failure}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def gather_chunk(images: np.ndarray, labels: np.ndarray,
     return rows, row_labels, chunk.mask
 
 
-def _split_into_chunks(indices: np.ndarray, physical_batch_size: int) -> list[Chunk]:
+def split_into_chunks(indices: np.ndarray, physical_batch_size: int) -> list[Chunk]:
     """Splits [n] indices into ceil(n / P) chunks of P rows (at least one), padding the last."""
     num_chunks = max(1, math.ceil(len(indices) / physical_batch_size))
     padded = np.full(num_chunks * physical_batch_size, PADDING, np.int64)
@@ -111,7 +111,7 @@ class _Sampler:
 
     def chunks(self, step: int) -> list[Chunk]:
         """The batch of `step` as a list of at least one [physical_batch_size] chunk."""
-        return _split_into_chunks(self.sample(step), self.physical_batch_size)
+        return split_into_chunks(self.sample(step), self.physical_batch_size)
 
     def _check_step(self, step: int) -> None:
         if step < 0:

@@ -24,14 +24,21 @@ from tfdp.privacy import ledger as ledger_lib
 class RunState:
   """Saves and restores (model, optimizer, epoch, ledger) for one output_dir."""
 
-  def __init__(self, output_dir: str, model: tf.keras.Model, optimizer, **extra):
-    """`extra`: further trackables saved with the model (e.g. ema=WeightAverage)."""
+  def __init__(self, output_dir: str, model: tf.keras.Model, optimizer, *,
+               save_dir: Optional[str] = None, **extra):
+    """`extra`: further trackables saved with the model (e.g. ema=WeightAverage).
+
+    `save_dir`: where `save` writes, when not output_dir (a worker other than the chief restores
+    the chief's run from output_dir and saves to a scratch directory).
+    """
     # The optimizer's state that checkpoints leave out, one sentence each (a resume restarts it).
     self.not_checkpointed = tuple(getattr(optimizer, "not_checkpointed", ()))
     self._state_path = os.path.join(output_dir, "state.json")
+    self._save_state_path = os.path.join(save_dir or output_dir, "state.json")
     self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
     self._directory = os.path.join(output_dir, "checkpoints")
-    self._manager = tf.train.CheckpointManager(self._checkpoint, self._directory, max_to_keep=3)
+    self._manager = tf.train.CheckpointManager(
+        self._checkpoint, os.path.join(save_dir or output_dir, "checkpoints"), max_to_keep=3)
 
   def restore(self) -> Optional[Tuple[int, ledger_lib.PrivacyLedger, List[dict]]]:
     """Restores the last complete checkpoint.
@@ -51,7 +58,7 @@ class RunState:
     prefix = self._manager.save(checkpoint_number=epoch)
     state = {"epoch": epoch, "checkpoint": os.path.basename(prefix),
              "ledger": json.loads(ledger.to_json()), "history": history}
-    atomic.write_text(self._state_path, json.dumps(state, indent=2, sort_keys=True))
+    atomic.write_text(self._save_state_path, json.dumps(state, indent=2, sort_keys=True))
 
 
 def restore_weights(output_dir: str, model: tf.keras.Model, weight_average=None):

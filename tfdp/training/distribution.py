@@ -21,15 +21,34 @@ Privacy argument. The mechanism is the single-device one (tfdp.training.steps), 
   composition of Poisson-subsampled Gaussian (or Laplace) steps applies unchanged, with the same
   q = batch_size / N and step count as on one device.
 
-Strategies by name (`--distribution`): 'none' (one device) and 'mirrored' (every visible GPU, or
-`--cpu_replicas` logical CPU devices for testing).
+Several hosts ('multi_worker', one replica per worker process). Worker w of W owns the examples
+whose index is w mod W and draws each of them with probability q from its own CSPRNG
+(`ShardedPoissonSampler`): every example of the data set still joins each step independently
+with probability q, from a secret source, so the union of the workers' draws is exactly a Poisson
+draw of the whole set, and no example is drawn by two workers. The step's noise key is the chief's
+(replica 0's) key, broadcast to every replica by a SUM all-reduce in which the others contribute
+zeros, so all replicas draw the chief's noise; like the draws, it stays in memory. Only the chief
+writes the run's files (checkpoints, ledger, metrics, TensorBoard, exports); every worker restores
+from the chief's last checkpoint when the run resumes. A worker that stops makes the others' next
+all-reduce fail within the coordination service's heartbeat timeout, and the run ends with an
+error that names the task.
+
+Strategies by name (`--distribution`): 'none' (one device), 'mirrored' (every visible GPU of this
+host, or `--cpu_replicas` logical CPU devices for testing) and 'multi_worker' (the hosts of
+TF_CONFIG, one replica each).
 """
 
+import dataclasses
+import json
 import math
+import os
+import re
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from tfdp.data import sampling
 
 
 def _mirrored(cpu_replicas: Optional[int]) -> tf.distribute.Strategy:
@@ -46,10 +65,113 @@ def _mirrored(cpu_replicas: Optional[int]) -> tf.distribute.Strategy:
   return tf.distribute.MirroredStrategy(devices)
 
 
+WORKER_TIMEOUT_S = 60  # A collective that waits longer for a peer fails instead of hanging.
+
+
+def cluster_spec() -> dict:
+  """TF_CONFIG, checked: {"cluster": {"worker": [host:port, ...]}, "task": {"type": "worker",
+  "index": i}}. Raises ValueError naming what is wrong."""
+  raw = os.environ.get("TF_CONFIG")
+  if not raw:
+    raise ValueError("--distribution=multi_worker needs TF_CONFIG (the cluster and this task)")
+  try:
+    spec = json.loads(raw)
+    workers, task = spec["cluster"]["worker"], spec["task"]
+  except (ValueError, KeyError, TypeError) as error:
+    raise ValueError(f"TF_CONFIG is not a cluster spec with cluster.worker and task ({error!r}): "
+                     f"{raw[:200]}") from error
+  if not isinstance(workers, list) or len(workers) < 1 or not all(
+      isinstance(w, str) and re.fullmatch(r"[^:\s]+:\d+", w) for w in workers):
+    raise ValueError(f"TF_CONFIG cluster.worker must list host:port addresses, got {workers!r}")
+  if task.get("type") != "worker" or task.get("index") not in range(len(workers)):
+    raise ValueError(f"TF_CONFIG task must be {{'type': 'worker', 'index': 0..{len(workers) - 1}}}"
+                     f", got {task!r}")
+  return spec
+
+
+def _multi_worker(cpu_replicas: Optional[int]) -> tf.distribute.Strategy:
+  if cpu_replicas:
+    raise ValueError("--cpu_replicas is for --distribution=mirrored; multi_worker runs one "
+                     "replica per worker process")
+  cluster_spec()
+  options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=WORKER_TIMEOUT_S)
+  strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+  if local_replicas(strategy) != 1:
+    raise ValueError(f"multi_worker runs one replica per worker; this one has "
+                     f"{local_replicas(strategy)} devices (hide all but one, e.g. "
+                     "CUDA_VISIBLE_DEVICES)")
+  return strategy
+
+
 STRATEGIES: Dict[str, Callable[[Optional[int]], Optional[tf.distribute.Strategy]]] = {
     "none": lambda cpu_replicas: None,
     "mirrored": _mirrored,
+    "multi_worker": _multi_worker,
 }
+
+
+def local_replicas(strategy: tf.distribute.Strategy) -> int:
+  """Replicas of this process."""
+  return len(strategy.extended.worker_devices)
+
+
+def worker(strategy: Optional[tf.distribute.Strategy]):
+  """(this worker's index, the number of workers): (0, 1) within one process."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if strategy is None or resolver is None or not resolver.cluster_spec().as_dict():
+    return 0, 1
+  return resolver.task_id, len(resolver.cluster_spec().as_dict()["worker"])
+
+
+def is_chief(strategy: Optional[tf.distribute.Strategy]) -> bool:
+  """Whether this process writes the run's files: worker 0 (the only one without workers)."""
+  return worker(strategy)[0] == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedPoissonSampler:
+  """Worker `worker` of `workers`'s part of a Poisson draw of the whole data set.
+
+  Examples i with i % workers == worker join each step independently with probability
+  q = batch_size / num_examples, from this worker's coins: with every worker doing the same, each
+  example of the set joins with probability q, exactly once. Steps and q are the whole set's.
+  """
+  sampler: sampling.PoissonSampler
+  worker: int
+  workers: int
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.sampler.steps_per_epoch
+
+  def chunks(self, step: int) -> List[sampling.Chunk]:
+    """This worker's draw for `step` in chunks of physical_batch_size rows (at least one)."""
+    shard = np.arange(self.worker, self.sampler.num_examples, self.workers, dtype=np.int64)
+    included = self.sampler.coins.inclusion(step, len(shard), self.sampler.sampling_probability)
+    return sampling.split_into_chunks(shard[included], self.sampler.physical_batch_size)
+
+
+def shard_sampler(sampler, strategy):
+  """`sampler` itself within one process; this worker's ShardedPoissonSampler across workers."""
+  index, count = worker(strategy)
+  if count == 1:
+    return sampler
+  if not isinstance(sampler, sampling.PoissonSampler):
+    raise ValueError("multi_worker runs need --sampling=poisson")
+  return ShardedPoissonSampler(sampler, index, count)
+
+
+_TASK = re.compile(r"/job:worker/(?:replica:\d+/)?task:\d+")
+
+
+def worker_failure(error: Exception) -> Optional[str]:
+  """A one-line reason when `error` is a peer worker failing, else None."""
+  if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                            tf.errors.CancelledError, tf.errors.AbortedError)):
+    return None
+  tasks = sorted(set(_TASK.findall(str(error))))
+  return (f"a worker stopped responding ({', '.join(tasks) or 'task unknown'}): "
+          f"{type(error).__name__}; restart every worker to resume from the chief's checkpoint")
 
 
 def make_strategy(name: str, cpu_replicas: Optional[int] = None):

@@ -9,7 +9,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -175,6 +177,8 @@ def prepare(config: config_lib.Config):
     --weights from an earlier private run (release.weights_provenance).
   """
   release.weights_provenance(config.model.kwargs.get("weights"))
+  if config.run.distribution == "multi_worker":
+    distribution.cluster_spec()
   dataset = load_training_data(config)
   _check_augmentation(config)
   if config.model.init_from:
@@ -245,8 +249,9 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
     if config.model.init_from:  # A resumed run's checkpoint overwrites these weights below.
       prior_files.load_into(config.model.init_from, model, config.model.name, config.model.kwargs)
     loss_fn = losses.get(config.model.loss)
-    sampler = data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
-                                config.chunk_size, coins)
+    sampler = distribution.shard_sampler(
+        data.make_sampler(config.data.sampling, dataset.num_train, config.run.batch_size,
+                          config.chunk_size, coins), strategy)
     augment = _augment(config, dataset)
     train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
     test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
@@ -257,10 +262,14 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
     step_fn = _make_step(config, trained.model, optimizer, trained.train_preprocess,
                          weight_average, loss_fn, coins, strategy)
     extra = {"ema": weight_average} if weight_average else {}
-    state = checkpointing.RunState(config.run.output_dir, model, optimizer, **extra)
+    chief = distribution.is_chief(strategy)  # Only the chief writes the run's files.
+    scratch = None if chief else tempfile.mkdtemp(prefix="tfdp-worker-")
+    state = checkpointing.RunState(config.run.output_dir, model, optimizer, save_dir=scratch,
+                                   **extra)
     start_epoch, ledger, history = _restore_or_start(state, ledger)
   ledger.coordinates = models.count_params(model)  # Sizes the float noise's tail in δ.
-  release.write_run_spec(config, dataset)
+  if chief:
+    release.write_run_spec(config, dataset)
   evaluate = release.with_weights(
       steps_lib.make_evaluate(trained.model, trained.test_preprocess, loss_fn=loss_fn),
       weight_average)
@@ -275,7 +284,8 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
       weight_average.restart()
     state.save(0, ledger, history)  # All of the probe or none of it is on disk.
 
-  writer = tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
+  writer = (tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
+            if chief else tf.summary.create_noop_writer())
   max_steps = ledger.max_steps()
   train_seconds, train_examples_seen, budget_exhausted = 0.0, 0.0, False
   final_evaluation = None  # The last epoch's evaluation, when this invocation trained.
@@ -304,11 +314,14 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   metrics = _final_metrics(config, dataset, model, ledger, optimizer, final_evaluation,
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
-  if config.run.export:
+  if config.run.export and chief:
     metrics.update(_export(config, model, test_preprocess, dataset.class_names, weight_average,
                            model_card.build(metrics)))
-  atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
-                    json.dumps(metrics, indent=2, sort_keys=True))
+  if chief:
+    atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
+                      json.dumps(metrics, indent=2, sort_keys=True))
+  if scratch:  # A worker's own checkpoints, kept only for its collectives' sake.
+    shutil.rmtree(scratch, ignore_errors=True)
   print(f"Test accuracy {metrics['test_accuracy']:.4f}, balanced "
         f"{metrics['test_balanced_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
         f"{ledger.statement()}")

@@ -180,22 +180,39 @@ class TrainStep:
     _, local = tf.while_loop(lambda i, _: i < tf.shape(masks)[0], add_chunk, (0, zeros))
     context = tf.distribute.get_replica_context()
     sums, extras, monitored = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    chief = tf.equal(context.replica_id_in_sync_group, 0)  # Its key, on every replica and host.
+    noise_seed = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                    tf.where(chief, noise_seed, tf.zeros_like(noise_seed)))
     self._update_with(sums, extras, monitored, noise_seed, aggregate=False)
     return monitored
 
   def _replicated_step(self, stacked, noise_seed):
-    """One logical step over the strategy's replicas; returns the monitor sums."""
+    """One logical step over the strategy's replicas; returns the monitor sums.
+
+    `stacked` is this process's draw: the whole draw on one host, this worker's part across
+    workers (tfdp.training.distribution.ShardedPoissonSampler), dealt out to its local replicas.
+    """
     strategy = self._strategy
-    parts = distribution.split_chunks(stacked, strategy.num_replicas_in_sync)
-    values = strategy.experimental_distribute_values_from_function(
-        lambda context: tuple(parts[context.replica_id_in_sync_group]))
+    parts = distribution.split_chunks(stacked, distribution.local_replicas(strategy))
+    if len(parts) == 1:  # One replica here: plain tensors, one trace for every chunk count,
+      values = parts[0]  # so every worker's collectives stay in step with the others'.
+    else:
+      values = strategy.experimental_distribute_values_from_function(
+          lambda context: tuple(parts[context.replica_id_in_sync_group]))
     if self._replicated is None:
-      self._replicated = tf.function(
-          lambda images, labels, masks, seed: strategy.run(
-              self._replica_step, args=(images, labels, masks, seed)),
-          reduce_retracing=True)  # The chunks per replica vary with the draw.
+      self._replicated = self._replicated_function(parts[0], noise_seed)
     result = self._replicated(*values, noise_seed)
     return strategy.experimental_local_results(result)[0]  # The same on every replica.
+
+  def _replicated_function(self, example_parts, noise_seed):
+    run = lambda images, labels, masks, seed: self._strategy.run(
+        self._replica_step, args=(images, labels, masks, seed))
+    if distribution.local_replicas(self._strategy) > 1:
+      return tf.function(run, reduce_retracing=True)  # The chunks per replica vary.
+    signature = [tf.TensorSpec((None,) + array.shape[1:], tf.as_dtype(array.dtype))
+                 for array in example_parts]
+    return tf.function(run, input_signature=signature + [
+        tf.TensorSpec(noise_seed.shape, noise_seed.dtype)])
 
   def set_noise_factor(self, factor: float) -> None:
     """Multiplies every noise std of the next steps by `factor` (a noise schedule; private only)."""
