@@ -5,6 +5,7 @@ done, so tests/test_distribution.py runs `python -m tests.distributed_checks CHE
 this prints one JSON line.
 """
 
+import contextlib
 import json
 import sys
 
@@ -84,21 +85,113 @@ def noise_std(steps_to_take):
                                                     kernel.values[1].numpy()))}
 
 
-def keras_refusal():
-  """make_private inside a 2-replica scope: refused with the reason."""
+def keras_fit(noise_multiplier):
+  """make_private + fit inside a 2-replica scope: one step at σ = 0 against brute force, or the
+  noise of a zero-gradient model over many steps; and whether the replicas stay identical."""
   import tfdp  # pylint: disable=import-outside-toplevel
+  from tfdp.dp import randomness  # pylint: disable=import-outside-toplevel
   strategy = distribution.make_strategy("mirrored", 2)
+  sigma = float(noise_multiplier)
+  zero = sigma > 0.01  # The noise check: a model whose every gradient is 0.
+  images, labels = ref.batch(size=12)
+  if zero:
+    images, labels = np.zeros((64, 4, 4, 1), np.float32), np.zeros(64, np.int64)
+  batch = 8 if zero else 6
   with strategy.scope():
-    try:
-      tfdp.keras.make_private(ref.small_conv_model(), optimizer="dp_sgd", l2_norm_clip=1.0,
-                              noise_multiplier=1.0, target_delta=1e-3, epochs=1, train_size=60,
-                              batch_size=20)
-    except ValueError as error:
-      return {"error": str(error)}
-  return {"error": None}
+    model = ref.small_conv_model()
+    if zero:
+      inputs = tf.keras.Input((4, 4, 1))
+      model = tf.keras.Model(inputs, tf.keras.layers.Dense(10, use_bias=False)(
+          tf.keras.layers.Flatten()(inputs)))
+    private = tfdp.keras.make_private(
+        model, optimizer="dp_sgd", learning_rate=1.0, l2_norm_clip=CLIP if not zero else 1.5,
+        noise_multiplier=sigma, target_delta=1e-3, epochs=1, train_size=len(images),
+        batch_size=batch)
+    private.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  kernel = private.trainable_variables[0]
+  before = [v.numpy() for v in private.trainable_variables]
+  updates = []
+  record = tf.keras.callbacks.LambdaCallback(
+      on_train_batch_end=lambda batch_index, logs: updates.append(kernel.numpy().copy()))
+  private.fit(tfdp.data.poisson_dataset(images, labels, batch_size=batch, physical_batch_size=2,
+                                        seed=5),
+              epochs=50 if zero else 1, steps_per_epoch=None if zero else 1, verbose=0,
+              callbacks=[tfdp.keras.PrivacyBudget(pld=False), record])
+  identical = all(np.array_equal(v.values[0].numpy(), v.values[1].numpy())
+                  for v in private.trainable_variables)
+  if zero:
+    noise = np.diff(np.stack([before[0]] + updates), axis=0) * batch
+    return {"std_over_sigma_c": float(np.std(noise) / (sigma * 1.5)), "samples": noise.size,
+            "replicas_identical": identical}
+  drawn = randomness.ReproducibleCoins(5).inclusion(0, 12, 0.5).astype(np.float32)
+  expected = ref.clipped_sum(ref.small_conv_model(), images, labels, drawn, CLIP)
+  errors = [float(np.max(np.abs((old - v.numpy()) - total / 6)))
+            for v, old, total in zip(private.trainable_variables, before, expected)]
+  return {"errors": errors, "scales": [float(np.max(np.abs(t / 6))) for t in expected],
+          "drawn": int(drawn.sum()), "replicas_identical": identical,
+          "steps": int(private.privacy_steps.numpy())}
 
 
-CHECKS = {"clipped_sum": clipped_sum, "noise_std": noise_std, "keras_refusal": keras_refusal}
+def _build_for(option, strategy):
+  """Model, optimizer and step with `option`'s state, under `strategy` (None: one device)."""
+  from tfdp.dp import noise  # pylint: disable=import-outside-toplevel
+  from tfdp.dp import randomness  # pylint: disable=import-outside-toplevel
+  from tfdp.training import ema  # pylint: disable=import-outside-toplevel
+  with strategy.scope() if strategy else contextlib.nullcontext():
+    model = ref.small_conv_model()
+    if option == "dice":
+      optimizer = optimizers.build_optimizer("dice_sgd", 0.5, l2_norm_clip=CLIP,
+                                             noise_multiplier=1.0, error_clip=2 * CLIP)
+    elif option == "adaptive":
+      optimizer = optimizers.build_optimizer("dp_sgd", 0.5, dp_query=noise.adaptive(
+          CLIP, 1.0, target_quantile=0.5, learning_rate=0.2, count_stddev=2.0,
+          expected_batch_size=6))
+    else:
+      optimizer = optimizers.build_optimizer("dp_adam", 0.05, l2_norm_clip=CLIP,
+                                             noise_multiplier=1.0)
+    average = ema.WeightAverage(model, 0.9) if option == "ema" else None
+    step = steps.TrainStep(model, optimizer, tf.identity, private=True, expected_batch_size=6,
+                           weight_average=average, coins=randomness.ReproducibleCoins(7),
+                           strategy=strategy)
+  return model, optimizer, average, step
+
+
+def _state(model, optimizer, average, option):
+  """Everything the steps change, as arrays of this process's first replica."""
+  first = lambda v: (v.values[0] if hasattr(v, "values") else v).numpy()
+  state = [first(v) for v in model.trainable_variables]
+  if option == "ema":
+    state += [first(v) for v in average.averages]
+  if option == "dice":
+    state += [e.numpy() for e in optimizer.error]
+  if option == "adaptive":
+    state.append(np.array(optimizer.clip_norm()))
+  if option == "schedule":
+    state += [first(v) for v in optimizer.variables()]
+  return state
+
+
+def same_as_one_device(option):
+  """Three steps with the same chunks and noise keys on one device and on two replicas."""
+  strategy = distribution.make_strategy("mirrored", 2)
+  images, labels = ref.batch(size=10)
+  states, moved = [], None
+  for where in (None, strategy):
+    model, optimizer, average, step = _build_for(option, where)
+    initial = model.get_weights()[0]
+    for i in range(3):
+      if option == "schedule":
+        step.set_noise_factor(1.0 / (i + 1))
+      step(_chunks(images, labels, 4), step=i)
+    states.append(_state(model, optimizer, average, option))
+    moved = moved or float(np.max(np.abs(model.get_weights()[0] - initial)))
+  errors = [float(np.max(np.abs(a - b))) for a, b in zip(*states)]
+  scales = [float(np.max(np.abs(a))) for a in states[0]]
+  return {"errors": errors, "scales": scales, "compared": len(errors), "moved": moved}
+
+
+CHECKS = {"clipped_sum": clipped_sum, "noise_std": noise_std, "keras_fit": keras_fit,
+          "same_as_one_device": same_as_one_device}
 
 if __name__ == "__main__":
   print(json.dumps(CHECKS[sys.argv[1]](*sys.argv[2:])))

@@ -324,3 +324,10 @@ def test_final_epsilon_equals_what_tfdp_train_reports_for_the_same_mechanism(tmp
   before_tail = lambda statement: statement.split("float64 noise")[0]  # d differs: its tail too.
   assert before_tail(private.privacy_report()["privacy_statement"]) == before_tail(
       metrics["privacy_statement"])
+
+
+def test_make_private_refuses_to_run_across_workers(monkeypatch):
+  from tfdp.training import distribution  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(distribution, "worker", lambda strategy: (0, 2))
+  with pytest.raises(ValueError, match="not across workers"):
+    _private(ref.small_conv_model())

@@ -280,8 +280,6 @@ class RunConfig:
              f"cpu_replicas={self.cpu_replicas} needs --distribution=mirrored and a value >= 1")
     _require(not (self.distributed and self.jit_compile),
              "--jit_compile is not supported with --distribution yet: drop one")
-    _require(not (self.distributed and self.ema_decay),
-             "--ema_decay is not supported with --distribution yet: drop one")
     _require(self.ema_decay is None or 0 < self.ema_decay < 1,
              f"ema_decay must be in (0, 1), got {self.ema_decay}")
     _require(self.batch_size > 0, f"batch_size must be > 0, got {self.batch_size}")
@@ -349,8 +347,8 @@ class Config:
     _require(self.run.distribution != "multi_worker" or self.data.sampling == "poisson",
              "--distribution=multi_worker draws each worker's shard by Poisson sampling: "
              "--sampling must be poisson")
-    _require(not (self.run.distributed and (dice or self.probe.steps)),
-             "--distribution does not support dice_sgd or --linear_probe_steps yet")
+    _require(not (self.run.distributed and self.probe.steps),
+             "--distribution does not support --linear_probe_steps yet")
     replicas = self.run.cpu_replicas or 1
     _require(-(-self.run.batch_size // self.chunk_size) >= replicas,
              f"batch_size {self.run.batch_size} in chunks of {self.chunk_size} gives fewer "

@@ -23,6 +23,10 @@ the adaptive composition of T Poisson-subsampled Gaussian mechanisms, which the 
 bounds (Mironov et al. 2019, Abadi et al. 2016), with PLD beside it; the ledger counts T in a
 model variable that every checkpoint of the model holds, so a resumed `fit` continues the same ε,
 and a guard in the compiled step refuses any step past the target.
+
+Under a MirroredStrategy scope, Keras deals each step's chunks out to the replicas; each replica
+clips its share, the sums are all-reduced, and every replica draws the noise from replica 0's key,
+so the step is the single-device one (tfdp.training.distribution says why).
 """
 
 import dataclasses
@@ -39,6 +43,7 @@ from tfdp.keras import callbacks as callbacks_lib
 from tfdp.keras import plan as plan_lib
 from tfdp import optimizers
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.training import distribution
 from tfdp.training import steps as steps_lib
 
 
@@ -85,7 +90,9 @@ class PrivateModel(tf.keras.Model):
     self._ledger = ledger
     self._max_steps = ledger.max_steps()
     # T, the noisy steps taken: a model variable, so every checkpoint of the model carries it.
-    self.privacy_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="privacy_steps")
+    self.privacy_steps = tf.Variable(  # Every replica counts the same steps: keep the first's.
+        0, dtype=tf.int64, trainable=False, name="privacy_steps",
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self._noise_keys = [randomness.SecretKeyStream()]  # In a list: untracked, never saved.
     self._private_step = None
 
@@ -103,7 +110,6 @@ class PrivateModel(tf.keras.Model):
   def compile(self, loss=None, metrics=None, optimizer=None, **kwargs):
     """Keras's compile with the DP optimizer make_private built; `loss` as in Keras (its
     reduction is ignored: each example's loss is clipped on its own)."""
-    _refuse_replicas()
     if optimizer is not None and optimizer is not self._dp.optimizer:
       raise ValueError("a private model trains with the DP optimizer make_private built; "
                        "pass the optimizer to make_private, not to compile")
@@ -163,7 +169,11 @@ class PrivateModel(tf.keras.Model):
     step = self._private_step[0]
 
     def take_step():
-      step.step_in_graph(images, labels, masks, self._noise_keys[0].next())
+      if tf.distribute.get_replica_context().num_replicas_in_sync > 1:
+        # This replica's share of the step's chunks: all-reduced sums, the chief's noise key.
+        step._replica_step(images, labels, masks, self._noise_keys[0].next())  # pylint: disable=protected-access
+      else:
+        step.step_in_graph(images, labels, masks, self._noise_keys[0].next())
       self.privacy_steps.assign_add(1)
       return tf.constant(True)
 
@@ -216,12 +226,11 @@ def _as_chunks(x, y, rows: int):
   return split(x), split(y), split(tf.ones([size], tf.float32))
 
 
-def _refuse_replicas() -> None:
-  """Keras would split each step among replicas and noise every part: not what is accounted."""
-  if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-    raise ValueError("a private Keras model does not run under a multi-replica tf.distribute "
-                     "strategy yet (each replica would noise its part of the step); use "
-                     "python -m tfdp.train --distribution=mirrored")
+def _refuse_multi_worker() -> None:
+  """Keras would shard the steps themselves among workers: not one step on every worker."""
+  if distribution.worker(tf.distribute.get_strategy())[1] > 1:
+    raise ValueError("a private Keras model runs under one host's MirroredStrategy, not across "
+                     "workers yet; use python -m tfdp.train --distribution=multi_worker")
 
 
 def _dp_optimizer(optimizer, learning_rate, momentum, l2_norm_clip, sigma, model, clip_groups):
@@ -280,7 +289,7 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
       never privacy: noise is added once per batch whatever the chunks.
     jit_compile: compile each chunk's clipped sum with XLA.
   """
-  _refuse_replicas()
+  _refuse_multi_worker()
   if not getattr(model, "_is_graph_network", False):
     raise ValueError("make_private needs a functional or Sequential model with known inputs "
                      "(the per-example engine reads its layer graph); build a subclassed model's "

@@ -177,7 +177,9 @@ class DiceSGD(DPSGD):
 
   def track_variables(self, variables):
     """Creates E = 0 beside `variables`, untracked: no checkpoint or export can hold it."""
-    self._errors = tuple(tf.Variable(tf.zeros_like(v), trainable=False, name="dice_error")
+    # Under tf.distribute every replica computes the same E from the all-reduced sums.
+    self._errors = tuple(tf.Variable(tf.zeros_like(v), trainable=False, name="dice_error",
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                          for v in variables)
 
   @property

@@ -17,7 +17,9 @@ Privacy argument. The mechanism is the single-device one (tfdp.training.steps), 
   identical with no further communication. The key is the step's key from the run's coins, handed
   from the host to the replicas of this process; it is never stored.
 - State: the weights and optimizer slots are mirrored, updated from that one noised mean; the
-  replicas' local sums live only inside the step. Nothing else crosses steps, so the accountant's
+  state other mechanisms carry (EMA averages, DiceSGD's error, the adaptive clip) is computed by
+  every replica from the same all-reduced values, and the first replica's is kept. The replicas'
+  local sums live only inside the step. Nothing else crosses steps, so the accountant's
   composition of Poisson-subsampled Gaussian (or Laplace) steps applies unchanged, with the same
   q = batch_size / N and step count as on one device.
 

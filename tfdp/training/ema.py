@@ -23,8 +23,11 @@ class WeightAverage(tf.Module):
       raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
     self._model = model
     self.decay = decay
-    self.averages = [tf.Variable(v, trainable=False, name="ema") for v in model.trainable_variables]
-    self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates")
+    # Under tf.distribute every replica computes the same update: keep the first's.
+    self.averages = [tf.Variable(v, trainable=False, name="ema", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+                     for v in model.trainable_variables]
+    self.updates = tf.Variable(0, dtype=tf.int64, trainable=False, name="ema_updates",
+                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
   def restart(self) -> None:
     """Starts the average again from the current weights (after weights changed outside steps)."""
