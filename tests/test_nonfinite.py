@@ -118,7 +118,7 @@ def test_fast_engine_fallback_layer_drops_the_poisoned_example():
 def test_padding_rows_are_a_constant_not_example_0():
   images = np.arange(1, 6, dtype=np.uint8)[:, None, None, None] * np.ones((5, 2, 2, 1), np.uint8)
   labels = np.array([4, 1, 2, 3, 4], np.int64)
-  chunks = sampling._split_into_chunks(np.array([2, 3, 4]), 2)  # pylint: disable=protected-access
+  chunks = sampling.split_into_chunks(np.array([2, 3, 4]), 2)
   assert [c.indices.tolist() for c in chunks] == [[2, 3], [4, sampling.PADDING]]
   rows, row_labels, mask = sampling.gather_chunk(images, labels, chunks[1])
   assert rows[0, 0, 0, 0] == 5 and row_labels[0] == 4 and mask.tolist() == [1.0, 0.0]
@@ -152,7 +152,7 @@ def test_train_step_sum_ignores_example_0_whether_or_not_it_is_drawn(engine, dra
                          engine=engine)
   images, labels = _uint8_dataset()
   chunks = [sampling.gather_chunk(images, labels, c)
-            for c in sampling._split_into_chunks(np.array(drawn), 2)]  # pylint: disable=protected-access
+            for c in sampling.split_into_chunks(np.array(drawn), 2)]
   sums, loss_sum, _, count = step.clipped_sum(chunks)
   assert count == len(drawn)
   if 0 not in drawn:
