@@ -7,12 +7,17 @@ import tempfile
 
 def write_text(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (readers see the old file or the new one, never a part)."""
+  write_bytes(path, text.encode())
+
+
+def write_bytes(path: str, content: bytes) -> None:
+  """Writes `content` to `path` atomically, like write_text."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
   try:
-    with os.fdopen(handle, "w") as f:
-      f.write(text)
+    with os.fdopen(handle, "wb") as f:
+      f.write(content)
       f.flush()
       os.fsync(f.fileno())
     os.replace(temp_path, path)

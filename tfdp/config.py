@@ -29,9 +29,20 @@ class DataConfig:
   sampling: str = "poisson"  # What the accountant assumes; 'shuffle' is reported as such.
   augment: Optional[str] = None  # None: the dataset's default.
   augmult: int = 1  # Augmented copies per example, averaged before clipping (De et al. 2022).
+  # Local DP (tfdp.data.local_dp): every training image perturbed once before training.
+  local_dp: str = "none"  # 'none' or a key of tfdp.data.local_dp.MECHANISMS ('laplace').
+  local_dp_scale: Optional[float] = None  # β, in pixel values of the 0..255 range.
 
   def __post_init__(self):
     from tfdp import data  # Deferred: the registry imports TensorFlow.
+    from tfdp.data import local_dp  # pylint: disable=import-outside-toplevel
+    _require(self.local_dp == "none" or self.local_dp in local_dp.MECHANISMS,
+             f"unknown local_dp {self.local_dp!r}; valid: none, "
+             f"{', '.join(sorted(local_dp.MECHANISMS))}")
+    _require((self.local_dp == "none") == (self.local_dp_scale is None),
+             "--local_dp_scale goes with --local_dp (and --local_dp with a scale)")
+    _require(self.local_dp_scale is None or self.local_dp_scale > 0,
+             f"local_dp_scale must be > 0, got {self.local_dp_scale}")
     _require(self.augment is None or self.augment in data.AUGMENTATIONS,
              f"unknown augment {self.augment!r}; valid: {', '.join(sorted(data.AUGMENTATIONS))}")
     _require(self.augmult >= 1, f"augmult must be >= 1, got {self.augmult}")
@@ -347,6 +358,9 @@ class Config:
     _require(self.run.distribution != "multi_worker" or self.data.sampling == "poisson",
              "--distribution=multi_worker draws each worker's shard by Poisson sampling: "
              "--sampling must be poisson")
+    _require(not (self.run.distribution == "multi_worker" and self.data.local_dp != "none"),
+             "--local_dp with --distribution=multi_worker would perturb the images once per "
+             "worker (several releases): not supported")
     _require(not (self.run.distributed and self.probe.steps),
              "--distribution does not support --linear_probe_steps yet")
     replicas = self.run.cpu_replicas or 1

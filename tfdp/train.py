@@ -37,6 +37,12 @@ _SAMPLING = flags.DEFINE_enum("sampling", "poisson", list(config_lib.SAMPLINGS),
 _AUGMENT = flags.DEFINE_enum("augment", None, sorted(data.AUGMENTATIONS),
                              "Training augmentation (keras-cv for randaugment and augmix); "
                              "default: the dataset's.")
+_LOCAL_DP = flags.DEFINE_enum(
+    "local_dp", "none", ["none", "laplace"], "Local DP: perturb every training image once, before "
+    "training, with Laplace noise of scale --local_dp_scale per pixel value; training only sees "
+    "the perturbed copy. Reports ε per image (H·W·C·255/β, replace-one) and 255/β per pixel.")
+_LOCAL_DP_SCALE = flags.DEFINE_float("local_dp_scale", None,
+                                     "β of --local_dp, in pixel values (0..255).")
 _AUGMULT = flags.DEFINE_integer(
     "augmult", 1, "Augmented copies of each sampled example; its gradient is the mean over the "
     "copies, clipped as one (De et al. 2022): no privacy cost, augmult times the compute.")
@@ -209,7 +215,8 @@ def config_from_flags() -> config_lib.Config:
   return config_lib.Config(
       data=config_lib.DataConfig(dataset=_DATASET.value, data_dir=_DATA_DIR.value,
                                  train_examples=_TRAIN_EXAMPLES.value, sampling=_SAMPLING.value,
-                                 augment=_AUGMENT.value, augmult=_AUGMULT.value),
+                                 augment=_AUGMENT.value, augmult=_AUGMULT.value,
+                                 local_dp=_LOCAL_DP.value, local_dp_scale=_LOCAL_DP_SCALE.value),
       model=config_lib.ModelConfig(name=_MODEL.value, options=_model_options(),
                                    loss=_LOSS.value, init_from=_INIT_FROM.value),
       privacy=config_lib.PrivacyConfig(epsilon=_EPSILON.value, delta=_DELTA.value,

@@ -62,7 +62,8 @@ FIELDS = ("epsilon", "epsilon_pld", "epsilon_if_dp_sgd", "delta", "delta_float_t
           "batch_size", "dataset", "train_examples", "train_subset", "test_examples", "model",
           "model_options", "weights_file", "prior", "linear_probe", "parameters", "optimizer",
           "learning_rate", "ema_decay", "augmult", "test_accuracy", "test_balanced_accuracy",
-          "test_auc", "test_loss", "privacy_statement", "seed", "not_private_monitoring")
+          "test_auc", "test_loss", "privacy_statement", "seed", "not_private_monitoring",
+          "local_dp")
 # Fields computed from the training data through the weights or the mechanism: covered by a
 # guarantee when there is one, not covered otherwise.
 _DATA_DEPENDENT = ("test_accuracy", "test_balanced_accuracy", "test_auc", "test_loss",
@@ -113,4 +114,17 @@ def build(metrics: Dict[str, Any]) -> Dict[str, Any]:
               exported_weights="exponential moving average" if metrics.get("ema_decay")
               else "final",
               tfdp_version=tfdp.__version__, tensorflow_version=tf.__version__)
+  if metrics.get("local_dp"):
+    card["local_dp_guarantee"] = local_dp_guarantee(metrics["local_dp"])
   return card
+
+
+def local_dp_guarantee(report: Dict[str, Any]) -> str:
+  """The guarantee of images perturbed once before training (tfdp.data.local_dp), in words."""
+  return (f"Local differential privacy: every training image was perturbed once, before training, "
+          f"with {report['mechanism']} noise of scale {report['scale']:g} per pixel value, and "
+          f"training saw only the perturbed copy, so everything released is "
+          f"ε = {report['epsilon_per_image']:.6g}-DP per training image under replace-one "
+          f"adjacency (δ = 0). The per-pixel figure {report['epsilon_per_pixel']:.4g} holds for "
+          "one pixel value alone and is not the image's guarantee. Labels are not covered. "
+          "This is in addition to, and composes with, any guarantee of the training above.")

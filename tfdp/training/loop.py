@@ -7,6 +7,7 @@ ledger is consulted before every step, and a step that would spend past the targ
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import tempfile
 import time
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from tfdp import atomic
@@ -22,6 +24,7 @@ from tfdp import config as config_lib
 from tfdp import cpu
 from tfdp import data
 from tfdp.data import feature_cache
+from tfdp.data import local_dp
 from tfdp.dp import groups as dp_groups
 from tfdp.dp import losses
 from tfdp.dp import noise
@@ -51,7 +54,38 @@ def load_training_data(config: config_lib.Config) -> data.Dataset:
   if config.optimizer.private and config.privacy.delta >= 1 / n:
     raise ValueError(f"delta {config.privacy.delta:g} must be < 1/N = {1 / n:.3g} "
                      f"(N = {n} training examples)")
+  if config.data.local_dp != "none":
+    dataset = dataclasses.replace(dataset, train_images=_locally_private_images(config, dataset))
   return dataset
+
+
+LOCAL_DP_IMAGES = "local_dp_train_images.npy"  # The one perturbed copy, kept for resumes.
+
+
+def _locally_private_images(config: config_lib.Config, dataset: data.Dataset):
+  """The training images perturbed once (tfdp.data.local_dp): from the run directory when an
+  earlier invocation of this run made them (a fresh draw would be a second release), else drawn
+  now from a secure source (or the seed, with --reproducible_noise) and saved there."""
+  path = os.path.join(config.run.output_dir, LOCAL_DP_IMAGES)
+  if os.path.exists(path):
+    images = np.load(path)
+    if images.shape == dataset.train_images.shape:
+      return images
+    raise ValueError(f"{path} holds {images.shape} images, not the {dataset.train_images.shape} "
+                     "of this run; use a new --output_dir")
+  rng = (np.random.default_rng([config.run.seed, 1]) if config.run.reproducible_noise
+         else local_dp.secret_rng())
+  images = local_dp.MECHANISMS[config.data.local_dp].perturb(
+      dataset.train_images, config.data.local_dp_scale, rng)
+  os.makedirs(config.run.output_dir, exist_ok=True)
+  atomic.write_bytes(path, _npy_bytes(images))
+  return images
+
+
+def _npy_bytes(array) -> bytes:
+  buffer = io.BytesIO()
+  np.save(buffer, array)
+  return buffer.getvalue()
 
 
 def _restore_or_start(state: checkpointing.RunState, planned: ledger_lib.PrivacyLedger):
@@ -404,6 +438,12 @@ def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
   print(f"Optimizer {config.optimizer.name}, lr {config.optimizer.step_size}; "
         f"{sampler.steps_per_epoch} steps per epoch of expected batch {config.run.batch_size} "
         f"({config.data.sampling} sampling, chunks of {config.chunk_size})")
+  if config.data.local_dp != "none":
+    report = local_dp.report(config.data.local_dp, config.data.local_dp_scale,
+                             dataset.input_shape)
+    print(f"Local DP: training images perturbed once by {report['mechanism']} noise of scale "
+          f"{report['scale']:g}: ε = {report['epsilon_per_image']:.6g} per image (replace-one, "
+          f"δ = 0); {report['epsilon_per_pixel']:.4g} per pixel value alone")
   if ledger.private:
     planned = ledger.history[0]["planned_steps"]
     print(f"Privacy: {config.privacy.noise} noise, σ = {ledger.noise_multiplier:.4f}"
@@ -494,13 +534,14 @@ def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
       "cpu_replicas": config.run.cpu_replicas,
       "history": history,
       "ledger_history": ledger.history,
-      **_release_metrics(config, ledger, history),
+      **_release_metrics(config, ledger, history, dataset.input_shape),
   }
 
 
-def _release_metrics(config, ledger, history) -> dict:
+def _release_metrics(config, ledger, history, dataset_shape) -> dict:
   """What the guarantee is and rests on: its kind, the randomness, DiceSGD's C2, the
-  pretrained weights' or prior's provenance, the public subset, and any not-private monitoring."""
+  pretrained weights' or prior's provenance, local DP on the images, the public subset, and any
+  not-private monitoring."""
   subset = config.data.train_examples
   return {
       "dp_guarantee": ledger.guarantee(),
@@ -510,6 +551,8 @@ def _release_metrics(config, ledger, history) -> dict:
       "weights_file": release.weights_provenance(config.model.kwargs.get("weights")),
       "prior": prior_files.provenance(config.model.init_from),
       "linear_probe": _probe_metrics(config, ledger),
+      "local_dp": (local_dp.report(config.data.local_dp, config.data.local_dp_scale,
+                                   dataset_shape) if config.data.local_dp != "none" else None),
       "train_subset": ({"examples": subset, "seed": config.run.seed, "chosen_by": "public seed"}
                        if subset else None),
       "not_private_monitoring": _not_private_monitoring(config, history),
