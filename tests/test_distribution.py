@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tfdp import config as config_lib
+from tfdp.privacy import accounting
 from tfdp.training import distribution
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,8 +84,14 @@ def _train(tmp_path, name, *extra, privacy=_CALIBRATED):
     return json.load(f)
 
 
-def test_mirrored_digits_run_ends_with_the_single_device_steps_and_epsilon(tmp_path):
-  one = _train(tmp_path, "one")
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+  """metrics.json of the reference run on one device (the module shares it)."""
+  return _train(tmp_path_factory.mktemp("one_device"), "one")
+
+
+def test_mirrored_digits_run_ends_with_the_single_device_steps_and_epsilon(tmp_path, one_device):
+  one = one_device
   two = _train(tmp_path, "two", "--distribution=mirrored", "--cpu_replicas=2")
   assert two["distribution"] == "mirrored" and two["cpu_replicas"] == 2
   for key in ("steps", "epsilon", "epsilon_pld", "noise_multiplier", "privacy_statement"):
@@ -122,8 +129,8 @@ def _finish(workers, timeout=300):
   return [worker.returncode for worker in workers], outputs
 
 
-def test_two_workers_train_digits_with_the_single_process_steps_and_epsilon(tmp_path):
-  one = _train(tmp_path, "one")
+def test_two_workers_train_digits_with_the_single_process_steps_and_epsilon(tmp_path, one_device):
+  one = one_device
   codes, logs = _finish(_start_workers([tmp_path / "chief", tmp_path / "worker"]))
   assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
   assert not (tmp_path / "worker").exists()  # Only the chief writes.
@@ -137,8 +144,7 @@ def test_two_workers_train_digits_with_the_single_process_steps_and_epsilon(tmp_
   assert accuracies[0] == accuracies[1] and accuracies[0].startswith("Test accuracy")
 
 
-def test_a_restarted_worker_set_resumes_from_the_chiefs_checkpoint(tmp_path):
-  one = _train(tmp_path, "one", privacy=_GIVEN_SIGMA)
+def test_a_restarted_worker_set_resumes_from_the_chiefs_checkpoint(tmp_path, one_device):
   shared = tmp_path / "shared"
   codes, logs = _finish(_start_workers([shared, shared], epochs=1, privacy=_GIVEN_SIGMA))
   assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
@@ -147,7 +153,10 @@ def test_a_restarted_worker_set_resumes_from_the_chiefs_checkpoint(tmp_path):
   assert all("Resumed after epoch 1" in log for log in logs)
   with open(shared / "metrics.json") as f:
     resumed = json.load(f)
-  assert (resumed["steps"], resumed["epsilon"]) == (one["steps"], one["epsilon"])
+  steps = one_device["steps"]  # 2 epochs of ceil(N / B) steps, as on one device.
+  assert resumed["steps"] == steps
+  assert resumed["epsilon"] == accounting.epsilon(1.0, 128 / one_device["train_examples"], steps,
+                                                  1e-5)  # The single-process ε at σ = 1.
   assert [e["event"] for e in resumed["ledger_history"]] == ["start", "resume"]
 
 
