@@ -57,9 +57,11 @@ class LocalDP:
 MECHANISMS: Dict[str, LocalDP] = {"laplace": LocalDP(perturb_once)}
 
 
-def report(name: str, scale: float, image_shape) -> dict:
-  """What a run with local DP releases about it (metrics.json, model card)."""
+def report(name: str, scale: float, image_shape, randomness: str = "secret") -> dict:
+  """What a run with local DP releases about it (metrics.json, model card); `randomness`
+  'reproducible' when the noise followed from the public seed (no guarantee then)."""
   return {"mechanism": name, "scale": scale, "adjacency": "replace one image",
+          "randomness": randomness,
           "epsilon_per_image": epsilon_per_image(image_shape, scale),
           "epsilon_per_pixel": epsilon_per_pixel(scale),
           "note": ("ε-LDP per training image (δ = 0), each image perturbed once before training; "

@@ -121,6 +121,9 @@ def build(metrics: Dict[str, Any]) -> Dict[str, Any]:
 
 def local_dp_guarantee(report: Dict[str, Any]) -> str:
   """The guarantee of images perturbed once before training (tfdp.data.local_dp), in words."""
+  if report.get("randomness") == "reproducible":
+    return ("NO LOCAL-DP GUARANTEE against anyone who knows the seed: the images' noise followed "
+            "from the published seed (--reproducible_noise), so it can be subtracted.")
   return (f"Local differential privacy: every training image was perturbed once, before training, "
           f"with {report['mechanism']} noise of scale {report['scale']:g} per pixel value, and "
           f"training saw only the perturbed copy, so everything released is "

@@ -552,7 +552,8 @@ def _release_metrics(config, ledger, history, dataset_shape) -> dict:
       "prior": prior_files.provenance(config.model.init_from),
       "linear_probe": _probe_metrics(config, ledger),
       "local_dp": (local_dp.report(config.data.local_dp, config.data.local_dp_scale,
-                                   dataset_shape) if config.data.local_dp != "none" else None),
+                                   dataset_shape, ledger.randomness)
+                   if config.data.local_dp != "none" else None),
       "train_subset": ({"examples": subset, "seed": config.run.seed, "chosen_by": "public seed"}
                        if subset else None),
       "not_private_monitoring": _not_private_monitoring(config, history),
