@@ -125,3 +125,14 @@ def test_docstring_examples(module):
   import importlib
   result = doctest.testmod(importlib.import_module(f"tfdp.privacy.{module}"))
   assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.15])
+def test_the_pld_grid_widens_below_sigma_half_and_only_over_reports(sigma):
+  q, steps, delta = 0.1, 20, 1e-5
+  assert accounting.pld_discretization(0.5) == accounting.pld_discretization(2.0)
+  assert accounting.pld_discretization(sigma) > accounting.pld_discretization(0.5)
+  fine = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
+  fine.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+  coarse = accounting.epsilon(sigma, q, steps, delta, "pld")
+  assert fine.get_epsilon(delta) <= coarse <= 1.1 * fine.get_epsilon(delta)

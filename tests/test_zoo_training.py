@@ -1,4 +1,10 @@
-"""A one-epoch DP run on synthetic data completes for every model of the zoo."""
+"""A one-epoch DP run on synthetic data completes for every model of the zoo.
+
+DenseNet-121 and WRN-40-4 are marked slow (about 3 and 1.2 minutes of CPU, nearly all of it
+tracing the fast engine's graph): the default suite checks their fast engine against brute force
+(tests/test_zoo.py), WRN-40-4's builder is WRN-16-4's (trained here), and `pytest -m slow` runs
+their loops too.
+"""
 
 import pytest
 
@@ -7,7 +13,11 @@ from tfdp import models
 from tfdp.training import loop as training
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+SLOW = {"densenet121", "wrn40_4"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW
+                                  else name for name in sorted(models.MODELS)])
 def test_one_dp_epoch_on_synthetic_data(name, tmp_path):
   run = config.Config(
       data=config.DataConfig(dataset="synthetic", train_examples=32),

@@ -32,6 +32,11 @@ class DataConfig:
   # Local DP (tfdp.data.local_dp): every training image perturbed once before training.
   local_dp: str = "none"  # 'none' or a key of tfdp.data.local_dp.MECHANISMS ('laplace').
   local_dp_scale: Optional[float] = None  # β, in pixel values of the 0..255 range.
+  # The one-run audit (tfdp.privacy.audit): canaries (tfdp.data.canaries), each trained on with
+  # probability 1/2 by the auditor's coins; 0 turns it off.
+  audit_canaries: int = 0
+  audit_canary_type: str = "mislabeled"  # 'mislabeled' training images or 'noise' images.
+  audit_seed: Optional[int] = None  # None: the auditor's coins come from a secure source.
 
   def __post_init__(self):
     from tfdp import data  # Deferred: the registry imports TensorFlow.
@@ -46,6 +51,12 @@ class DataConfig:
     _require(self.augment is None or self.augment in data.AUGMENTATIONS,
              f"unknown augment {self.augment!r}; valid: {', '.join(sorted(data.AUGMENTATIONS))}")
     _require(self.augmult >= 1, f"augmult must be >= 1, got {self.augmult}")
+    from tfdp.data import canaries  # pylint: disable=import-outside-toplevel
+    _require(self.audit_canaries == 0 or self.audit_canaries >= 2,
+             f"audit_canaries must be 0 (no audit) or >= 2, got {self.audit_canaries}")
+    _require(self.audit_canary_type in canaries.KINDS,
+             f"unknown audit_canary_type {self.audit_canary_type!r}; valid: "
+             f"{', '.join(canaries.KINDS)}")
     _require(self.dataset in data.DATASETS,
              f"unknown dataset {self.dataset!r}; valid: {', '.join(sorted(data.DATASETS))}")
     _require(self.sampling in SAMPLINGS,
@@ -361,6 +372,9 @@ class Config:
     _require(not (self.run.distribution == "multi_worker" and self.data.local_dp != "none"),
              "--local_dp with --distribution=multi_worker would perturb the images once per "
              "worker (several releases): not supported")
+    _require(not (self.run.distribution == "multi_worker" and self.data.audit_canaries),
+             "--audit_canaries with --distribution=multi_worker would draw the canaries once "
+             "per worker: not supported")
     _require(not (self.run.distributed and self.probe.steps),
              "--distribution does not support --linear_probe_steps yet")
     replicas = self.run.cpu_replicas or 1

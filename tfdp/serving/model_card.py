@@ -53,6 +53,9 @@ NON_PRIVATE = "Trained without differential privacy: this model carries no priva
 GUARANTEES = {"proven": _PROVEN, "shuffle": _SHUFFLE, "reproducible": _REPRODUCIBLE,
               "unproven": _UNPROVEN, "none": NON_PRIVATE}
 
+# The one-run audit (tfdp.privacy.audit), when the run had canaries.
+AUDIT_FIELDS = ("audit_epsilon_lower_bound", "audit_guesses", "audit_correct", "mia_auc",
+                "mia_tpr_at_fpr_0.01", "mia_tpr_at_fpr_0.001", "audit")
 FIELDS = ("epsilon", "epsilon_pld", "epsilon_if_dp_sgd", "delta", "delta_float_tail",
           "target_epsilon", "accountant",
           "dp_guarantee", "randomness", "sampling", "sampling_probability", "noise",
@@ -63,13 +66,14 @@ FIELDS = ("epsilon", "epsilon_pld", "epsilon_if_dp_sgd", "delta", "delta_float_t
           "model_options", "weights_file", "prior", "linear_probe", "parameters", "optimizer",
           "learning_rate", "ema_decay", "augmult", "test_accuracy", "test_balanced_accuracy",
           "test_auc", "test_loss", "privacy_statement", "seed", "not_private_monitoring",
-          "local_dp")
+          "local_dp", *AUDIT_FIELDS)
 # Fields computed from the training data through the weights or the mechanism: covered by a
 # guarantee when there is one, not covered otherwise.
 _DATA_DEPENDENT = ("test_accuracy", "test_balanced_accuracy", "test_auc", "test_loss",
                    "final_clip_norm", "linear_probe")  # The probe's figures include its accuracy.
 # Computed from the private data without noise (--monitor_private_metrics): never covered.
-_NEVER_COVERED = ("not_private_monitoring",)
+# So are the audit's figures: the canaries' losses without noise.
+_NEVER_COVERED = ("not_private_monitoring", *AUDIT_FIELDS)
 
 
 def guarantee_kind(metrics: Dict[str, Any]) -> str:

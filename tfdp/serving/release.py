@@ -46,6 +46,25 @@ def export_run(checkpoint_dir: str, export_dir: str) -> str:
   The model card comes from the run's metrics.json when the run finished, else from its ledger
   and last evaluated epoch (state.json). EMA weights are exported when the run used EMA.
   """
+  run = restore_run(checkpoint_dir)
+  card = model_card.build(_metrics_for_card(checkpoint_dir, run.restored))
+  with released_weights(run.weight_average):
+    return saved_model.export_versioned(run.model, run.preprocess, run.spec["class_names"],
+                                        export_dir, card)
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredRun:
+  """A run's model with its last checkpoint's weights, as tfdp.export and tfdp.audit need it."""
+  spec: dict  # The run spec (RUN_SPEC).
+  model: object  # tf.keras.Model with the live weights restored.
+  weight_average: Optional[ema.WeightAverage]  # Its EMA, when the run used one.
+  preprocess: object  # The evaluation preprocessing: uint8 images -> model inputs.
+  restored: tuple  # checkpointing.restore_weights's (epoch, ledger, history).
+
+
+def restore_run(checkpoint_dir: str) -> RestoredRun:
+  """Rebuilds a tfdp.train run's model from its run spec and restores its last checkpoint."""
   spec_path = os.path.join(checkpoint_dir, RUN_SPEC)
   if not os.path.exists(spec_path):
     raise ValueError(f"{checkpoint_dir} is not a tfdp.train run directory (no {RUN_SPEC})")
@@ -56,9 +75,7 @@ def export_run(checkpoint_dir: str, export_dir: str) -> str:
   weight_average = ema.WeightAverage(model, spec["ema_decay"]) if spec["ema_decay"] else None
   restored = checkpointing.restore_weights(checkpoint_dir, model, weight_average)
   preprocess = data.make_preprocess(spec["mean"], spec["std"], spec["augment"], training=False)
-  card = model_card.build(_metrics_for_card(checkpoint_dir, restored))
-  with released_weights(weight_average):
-    return saved_model.export_versioned(model, preprocess, spec["class_names"], export_dir, card)
+  return RestoredRun(spec, model, weight_average, preprocess, restored)
 
 
 def _metrics_for_card(checkpoint_dir: str, restored) -> dict:

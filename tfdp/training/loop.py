@@ -23,6 +23,7 @@ from tfdp import atomic
 from tfdp import config as config_lib
 from tfdp import cpu
 from tfdp import data
+from tfdp.data import canaries
 from tfdp.data import feature_cache
 from tfdp.data import local_dp
 from tfdp.dp import groups as dp_groups
@@ -37,6 +38,7 @@ from tfdp.privacy import ledger as ledger_lib
 from tfdp.serving import model_card
 from tfdp.serving import release
 from tfdp.serving import saved_model
+from tfdp.training import canary_audit
 from tfdp.training import checkpointing
 from tfdp.training import distribution
 from tfdp.training import ema
@@ -48,6 +50,8 @@ def load_training_data(config: config_lib.Config) -> data.Dataset:
   """The dataset with its seeded training subset; checks what depends on N."""
   dataset = data.load_dataset(config.data.dataset, config.data.data_dir,
                               train_examples=config.data.train_examples, seed=config.run.seed)
+  if config.data.audit_canaries:
+    dataset = _with_canaries(config, dataset)
   n = dataset.num_train
   if config.run.batch_size > n:
     raise ValueError(f"batch_size {config.run.batch_size} is larger than the training set ({n})")
@@ -57,6 +61,23 @@ def load_training_data(config: config_lib.Config) -> data.Dataset:
   if config.data.local_dp != "none":
     dataset = dataclasses.replace(dataset, train_images=_locally_private_images(config, dataset))
   return dataset
+
+
+def _with_canaries(config: config_lib.Config, dataset: data.Dataset) -> data.Dataset:
+  """The training set with the audit's canaries drawn in (tfdp.data.canaries): the run
+  directory's when an earlier invocation of this run drew them, else a new draw, saved there."""
+  drawn = canaries.load(config.run.output_dir)
+  if drawn is None:
+    drawn = canaries.draw(dataset.train_images, dataset.train_labels, dataset.num_classes,
+                          config.data.audit_canaries, config.data.audit_canary_type,
+                          canaries.audit_rng(config.data.audit_seed))
+    canaries.save(config.run.output_dir, drawn)
+  elif (drawn.count, drawn.kind) != (config.data.audit_canaries, config.data.audit_canary_type):
+    raise ValueError(f"{config.run.output_dir} holds {drawn.count} {drawn.kind} canaries, not the "
+                     f"{config.data.audit_canaries} {config.data.audit_canary_type} of this run; "
+                     "use a new --output_dir")
+  images, labels = canaries.training_set(dataset.train_images, dataset.train_labels, drawn)
+  return dataclasses.replace(dataset, train_images=images, train_labels=labels)
 
 
 LOCAL_DP_IMAGES = "local_dp_train_images.npy"  # The one perturbed copy, kept for resumes.
@@ -348,6 +369,10 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   metrics = _final_metrics(config, dataset, model, ledger, optimizer, final_evaluation,
                            train_examples_seen / train_seconds if train_seconds else None,
                            budget_exhausted, history)
+  if config.data.audit_canaries:
+    with release.released_weights(weight_average):
+      metrics.update(canary_audit.audit_run(config.run.output_dir, model, test_preprocess,
+                                             loss_fn, metrics))
   if config.run.export and chief:
     metrics.update(_export(config, model, test_preprocess, dataset.class_names, weight_average,
                            model_card.build(metrics)))
