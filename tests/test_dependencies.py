@@ -8,10 +8,10 @@ import pytest
 MODULES = ["tensorflow", "tensorflow_privacy", "dp_accounting", "keras_cv", "tensorflow_datasets",
            "tensorflow_metadata.proto.v0.schema_pb2", "absl.flags", "sklearn.datasets",
            "matplotlib", "numpy", "scipy", "kymatio", "kymatio.keras", "tfdp.train",
-           "tfdp.priors.pretraining"]  # Not tfdp.pretrain too: two entry points' absl flags clash.
+           "tfdp.priors.pretraining", "diffprivlib", "diffprivlib.models"]  # Not tfdp.pretrain too: two entry points' absl flags clash.
 
 PINNED = {"tensorflow": "2.15.1", "tensorflow-privacy": "0.9.0", "dp-accounting": "0.4.3",
-          "kymatio": "0.3.0"}
+          "kymatio": "0.3.0", "diffprivlib": "0.6.5"}  # 0.6.6 needs NumPy 2, which TF 2.15 cannot use.
 
 
 @pytest.mark.parametrize("module", MODULES)

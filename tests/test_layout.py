@@ -72,7 +72,8 @@ def test_the_cycle_finder_finds_a_cycle():
 @pytest.mark.parametrize("command, own_flag", [
     ("train", "--epsilon"), ("export", "--checkpoint_dir"), ("predict", "--top"),
     ("evaluate", "--model_dir"), ("sweep", "--grid"), ("bench", "--modes"),
-    ("pretrain", "--model_kwargs"), ("privacy", "--num_examples"), ("audit", "--run_dir")])
+    ("pretrain", "--model_kwargs"), ("privacy", "--num_examples"), ("audit", "--run_dir"),
+    ("baselines", "--epsilons")])
 def test_every_command_still_runs_by_its_name(command, own_flag):
   result = subprocess.run([sys.executable, "-m", f"tfdp.{command}", "--helpshort"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
