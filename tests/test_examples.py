@@ -27,3 +27,12 @@ def test_keras_fit_example_trains_privately_and_exports_its_guarantee(tmp_path):
   assert result["epsilon"] > 2.5  # Calibrated to spend the budget over the 3 planned epochs.
   card = tfdp.export.read_model_card(result["saved_model"])
   assert card["dp_guarantee"] == "proven" and card["epsilon"] == pytest.approx(result["epsilon"])
+
+
+def test_keras_audit_example_bounds_epsilon_within_the_proof():
+  example = runpy.run_path(str(EXAMPLES / "keras_audit.py"), run_name="example")
+  result = example["main"](epochs=2)
+  assert result["train_size"] == 1400 + result["included"]  # Canaries count in N.
+  assert result["epsilon"] <= 3.0
+  assert 0.0 <= result["audit_epsilon_lower_bound"] <= result["epsilon"]
+  assert not result["audit"]["above_proven"] and result["audit"]["canaries"] == 100

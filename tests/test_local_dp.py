@@ -86,3 +86,10 @@ def test_a_resumed_run_reuses_its_perturbed_copy(tmp_path):
 def test_bad_local_dp_settings_are_refused(data, message):
   with pytest.raises(ValueError, match=message):
     config_lib.DataConfig(**data)
+
+
+def test_images_perturbed_from_the_public_seed_get_no_local_dp_guarantee():
+  secret = local_dp.report("laplace", 2.0, (8, 8, 1))
+  seeded = local_dp.report("laplace", 2.0, (8, 8, 1), randomness="reproducible")
+  assert "ε = 8160-DP per training image" in model_card.local_dp_guarantee(secret)
+  assert model_card.local_dp_guarantee(seeded).startswith("NO LOCAL-DP GUARANTEE")
