@@ -1,9 +1,9 @@
 """A one-epoch DP run on synthetic data completes for every model of the zoo.
 
-DenseNet-121 and WRN-40-4 are marked slow (about 3 and 1.2 minutes of CPU, nearly all of it
-tracing the fast engine's graph): the default suite checks their fast engine against brute force
-(tests/test_zoo.py), WRN-40-4's builder is WRN-16-4's (trained here), and `pytest -m slow` runs
-their loops too.
+DenseNet-121, EfficientNet-B0 and WRN-40-4 are marked slow (about 3, 1.7 and 1.2 minutes of CPU,
+nearly all of it tracing the fast engine's graph): the default suite checks their fast engine
+against brute force (tests/test_zoo.py), WRN-40-4's builder is WRN-16-4's (trained here), and
+`pytest -m slow` runs their loops too.
 """
 
 import pytest
@@ -13,7 +13,7 @@ from tfdp import models
 from tfdp.training import loop as training
 
 
-SLOW = {"densenet121", "wrn40_4"}
+SLOW = {"densenet121", "efficientnet_b0", "wrn40_4"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW
