@@ -171,9 +171,14 @@ def _state(model, optimizer, average, option):
   return state
 
 
-def same_as_one_device(option):
-  """Three steps with the same chunks and noise keys on one device and on two replicas."""
+def same_as_one_device(*options):
+  """Per option, three steps with the same chunks and noise keys on one device and on two
+  replicas (all options in one process: starting TensorFlow is most of a check's time)."""
   strategy = distribution.make_strategy("mirrored", 2)
+  return {option: _same_as_one_device(option, strategy) for option in options}
+
+
+def _same_as_one_device(option, strategy):
   images, labels = ref.batch(size=10)
   states, moved = [], None
   for where in (None, strategy):

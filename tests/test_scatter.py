@@ -1,5 +1,7 @@
 """ScatterNet models: a frozen scattering front, the paper's heads, cached features, fast clipping."""
 
+import dataclasses
+import json
 import os
 
 import numpy as np
@@ -82,11 +84,17 @@ def test_training_uses_cached_features_and_leaves_the_front_unchanged(tmp_path, 
   assert "from the cache" in capsys.readouterr().out
 
 
-def test_export_serves_pixels_through_the_front(tmp_path, monkeypatch):
+def test_export_serves_pixels_through_the_front_and_the_statistics(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDP_CACHE_DIR", str(tmp_path / "cache"))
   from tfdp import data
-  metrics = training.train_and_evaluate(_digits_run(tmp_path, epochs=1,
-                                                    export_dir=str(tmp_path / "export")))
+  run = _digits_run(tmp_path, epochs=1, export_dir=str(tmp_path / "export"))
+  run = dataclasses.replace(run, model=config.ModelConfig(
+      name="scatter_linear", options=(("normalization", "statistics"),)))
+  metrics = training.train_and_evaluate(run)
+  assert metrics["feature_statistics"]["released"]
+  card = json.loads((tmp_path / "export" / "model_card.json").read_text())
+  assert card["feature_statistics"] == metrics["feature_statistics"]
+  assert "feature_statistics" in card["covered_fields"]
   dataset = data.load_dataset("digits")
   serve = tf.saved_model.load(metrics["saved_model"]).signatures["predict_pixels"]
   outputs = serve(pixels=tf.constant(dataset.test_images))

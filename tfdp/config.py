@@ -138,6 +138,9 @@ class PrivacyConfig:
   # DiceSGD's C2 >= C1 = l2_norm_clip, bounding the error of the summed gradient: the paper's C2
   # (on the averaged error) times the batch size. None: C2 = C1.
   dice_error_clip: Optional[float] = None
+  # σ_n of the DP feature statistics of normalization="statistics" (tfdp.dp.feature_statistics):
+  # Tramèr & Boneh's 8. Two Gaussian releases at q = 1, composed ahead of the steps.
+  normalization_noise_multiplier: float = 8.0
 
   def __post_init__(self):
     from tfdp.dp import clipping
@@ -149,6 +152,9 @@ class PrivacyConfig:
     _require(self.noise_multiplier is None or self.noise_multiplier >= 0,
              f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
     _require(self.l2_norm_clip > 0, f"l2_norm_clip must be > 0, got {self.l2_norm_clip}")
+    _require(self.normalization_noise_multiplier > 0,
+             f"normalization_noise_multiplier must be > 0, got "
+             f"{self.normalization_noise_multiplier}")
     _require(self.clipping in clipping.CLIPPING_ENGINES,
              f"unknown clipping {self.clipping!r}; valid: "
              f"{', '.join(sorted(clipping.CLIPPING_ENGINES))}")
@@ -396,6 +402,20 @@ class Config:
              "ε at that σ for comparison only, not as a guarantee")
 
     self._check_probe()
+    self._check_statistics()
+
+  def _check_statistics(self):
+    from tfdp.models import scatter
+    if not scatter.uses_statistics(self.model.name, self.model.kwargs):
+      return
+    _require(self.run.distribution != "multi_worker",
+             "normalization=statistics with --distribution=multi_worker would release the "
+             "statistics once per worker: not supported")
+    _require(not self.optimizer.private or (self.privacy.noise == "gaussian"
+                                            and self.optimizer.proven),
+             "normalization=statistics is accounted as Gaussian releases composed with the "
+             f"steps: it needs --noise=gaussian and a proven optimizer, not "
+             f"--noise={self.privacy.noise} with {self.optimizer.name}")
 
   def _check_probe(self):
     if not self.probe.steps:

@@ -111,6 +111,10 @@ _NOISE_MULTIPLIER = flags.DEFINE_float("noise_multiplier", None,
                                        "σ (noise std / clip norm); without --epsilon, ε is "
                                        "only reported.")
 _L2_NORM_CLIP = flags.DEFINE_float("l2_norm_clip", 1.0, "Per-example L2 clip norm C.")
+_NORMALIZATION_NOISE_MULTIPLIER = flags.DEFINE_float(
+    "normalization_noise_multiplier", config_lib.PrivacyConfig.normalization_noise_multiplier,
+    "σ of the DP per-map mean and variance that --model_kwargs=normalization=statistics "
+    "(ScatterNet models) releases once before training; composed into ε.")
 _CLIPPING = flags.DEFINE_enum("clipping", "fast", sorted(clipping.CLIPPING_ENGINES),
                               "Per-example gradient engine: fast (per-layer closed forms) or "
                               "vectorized (TF Privacy's Jacobian, the slow reference).")
@@ -254,7 +258,9 @@ def config_from_flags() -> config_lib.Config:
                                        noise_schedule_step_epochs=(
                                            _NOISE_SCHEDULE_STEP_EPOCHS.value),
                                        noise_schedule_step_gamma=_NOISE_SCHEDULE_STEP_GAMMA.value,
-                                       dice_error_clip=_DICE_ERROR_CLIP.value),
+                                       dice_error_clip=_DICE_ERROR_CLIP.value,
+                                       normalization_noise_multiplier=(
+                                           _NORMALIZATION_NOISE_MULTIPLIER.value)),
       optimizer=config_lib.OptimizerConfig(name=_OPTIMIZER.value,
                                            learning_rate=_LEARNING_RATE.value,
                                            momentum=_MOMENTUM.value,

@@ -23,7 +23,12 @@ import numpy as np
 import tensorflow as tf
 
 BATCH = 500  # images per call of the front while computing features.
-STORED_DTYPE = np.float16  # Halves memory (CIFAR-10 train: 1.6 GB); the head normalizes first.
+# Training features: float16 halves memory (CIFAR-10 train: 1.6 GB); the head normalizes first.
+# Test features are kept in float32 (EVALUATION_DTYPE), as the exported model computes them, so
+# that the reported test metrics are the export's own: after a DP standardization that scales a
+# low-variance map up, float16 rounding can flip a near-tie prediction.
+STORED_DTYPE = np.float16
+EVALUATION_DTYPE = np.float32
 
 
 def cache_dir() -> str:
@@ -44,7 +49,8 @@ def cache_key(images: np.ndarray, front: tf.keras.layers.Layer,
 
 
 def features(images: np.ndarray, front: tf.keras.layers.Layer, preprocess: Callable,
-             standardization: Sequence, log: Callable = print) -> np.ndarray:
+             standardization: Sequence, log: Callable = print,
+             dtype=STORED_DTYPE) -> np.ndarray:
     """The front's features of `images`, from the cache when it has them.
 
     Args:
@@ -53,18 +59,20 @@ def features(images: np.ndarray, front: tf.keras.layers.Layer, preprocess: Calla
         preprocess: uint8 batch -> the front's input (no augmentation).
         standardization: What `preprocess` does, for the key (e.g. [mean, std]).
         log: Where one line about a miss or hit goes.
+        dtype: How they are stored (and returned): STORED_DTYPE or EVALUATION_DTYPE.
 
     Returns:
-        STORED_DTYPE [N, ...features shape].
+        dtype [N, ...features shape].
     """
     key = cache_key(images, front, standardization)
-    path = os.path.join(cache_dir(), f"{front.name}-{key[:24]}.npy")
+    suffix = "" if np.dtype(dtype) == np.dtype(STORED_DTYPE) else f"-{np.dtype(dtype).name}"
+    path = os.path.join(cache_dir(), f"{front.name}-{key[:24]}{suffix}.npy")
     if os.path.exists(path):
         log(f"Features of {len(images)} images from the cache {path}")
         return np.load(path)
     log(f"Computing {front.name} features of {len(images)} images (once; cached in {path})")
     compute = tf.function(lambda batch: front(preprocess(batch)))
-    parts = [compute(images[start:start + BATCH]).numpy().astype(STORED_DTYPE)
+    parts = [compute(images[start:start + BATCH]).numpy().astype(dtype)
              for start in range(0, len(images), BATCH)]
     result = np.concatenate(parts)
     _save(path, result)

@@ -6,9 +6,11 @@ Features"): a fixed wavelet scattering transform in front of a small trained hea
             (channel-major: the 81 maps of channel 0 first). No weights: nothing is learned and
             nothing depends on data, so it costs no privacy and its output for an example depends
             on that example alone.
-    norm:   GroupNorm without scale or offset over 27 groups of scattering maps (the paper's
-            data-independent normalization; its alternative, a DP estimate of each map's mean and
-            variance, is not offered here).
+    norm:   normalization="group" (default): GroupNorm without scale or offset over 27 groups of
+            scattering maps, the paper's data-independent normalization;
+            normalization="statistics": each map standardized by a fixed mean and variance, set
+            before training from a DP estimate over the training set (tfdp.dp.feature_statistics,
+            the paper's "data normalization"; its cost is composed into the run's ε).
     head:   scatter_linear: flatten -> dense (logits);
             scatter_cnn: the paper's CNN on scattering features (RGB: conv3x3 64, tanh, maxpool,
             conv3x3 64, tanh; grayscale: conv3x3/2 16, tanh, conv3x3 32, tanh, dense 32, tanh),
@@ -27,6 +29,8 @@ SCATTER_J = 2  # Scales: the output is downsampled by 2^J.
 SCATTER_L = 8  # Angles.
 NORM_GROUPS = 27  # The paper's GroupNorm: 9 maps per group for RGB (243), 3 for grayscale (81).
 FRONT_MODELS = ("scatter_cnn", "scatter_linear")  # Models whose head trains on cached features.
+NORMALIZATIONS = ("group", "statistics")
+NORM_LAYER = "scattering_norm"
 
 
 class Scattering(tf.keras.layers.Layer):
@@ -67,6 +71,47 @@ class Scattering(tf.keras.layers.Layer):
         return {**super().get_config(), "j": self.j, "angles": self.angles}
 
 
+class FeatureStandardization(tf.keras.layers.Layer):
+    """(x - mean) / sqrt(variance + 1e-5) per map (last axis), with mean and variance fixed weights.
+
+    Maps whose variance is 0 are set to 0. The weights are not trainable: `set_moments` sets them
+    once, from tfdp.dp.feature_statistics, before training; checkpoints and exports carry them.
+    """
+
+    def build(self, input_shape):
+        maps = int(input_shape[-1])
+        self.mean = self.add_weight(name="mean", shape=[maps], initializer="zeros",
+                                    trainable=False)
+        self.variance = self.add_weight(name="variance", shape=[maps], initializer="ones",
+                                        trainable=False)
+        super().build(input_shape)
+
+    def call(self, features):
+        from tfdp.dp import feature_statistics  # pylint: disable=import-outside-toplevel
+        scale = tf.math.rsqrt(self.variance + feature_statistics.VARIANCE_EPSILON)
+        scale *= tf.cast(self.variance > 0, scale.dtype)
+        return (features - self.mean) * scale
+
+    def set_moments(self, moments) -> None:
+        """Sets the weights from a feature_statistics.Moments (float64 [maps] each)."""
+        self.mean.assign(moments.mean.astype("float32"))
+        self.variance.assign(moments.variance.astype("float32"))
+
+
+def statistics_layer(model: tf.keras.Model):
+    """The FeatureStandardization layer of a ScatterNet model's head, or None."""
+    parts = split(model)
+    if parts is None:
+        return None
+    layer = parts[1].get_layer(NORM_LAYER)
+    return layer if isinstance(layer, FeatureStandardization) else None
+
+
+def uses_statistics(name: str, options: dict) -> bool:
+    """Whether model `name` with builder `options` normalizes by released data statistics."""
+    return name in FRONT_MODELS and options.get("normalization", "group") == "statistics"
+
+
 def split(model: tf.keras.Model):
     """(front, head) of a ScatterNet model: the frozen "scattering" layer and the trained "head"
     model; None for any other model."""
@@ -76,17 +121,24 @@ def split(model: tf.keras.Model):
     return model.get_layer("scattering"), model.get_layer("head")
 
 
-def _scatter_model(name, num_classes, input_shape, build_head, norm_groups):
+def _normalization(kind, norm_groups, channels):
+    if kind not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {kind!r}.")
+    if kind == "statistics":
+        return FeatureStandardization(name=NORM_LAYER)
+    if not isinstance(norm_groups, int) or norm_groups < 1 or channels % norm_groups:
+        raise ValueError(f"norm_groups must be a positive int dividing the {channels} scattering "
+                         f"maps, got {norm_groups!r}.")
+    return tf.keras.layers.GroupNormalization(groups=norm_groups, center=False, scale=False,
+                                              name=NORM_LAYER)
+
+
+def _scatter_model(name, num_classes, input_shape, build_head, norm_groups, normalization):
     inputs = tf.keras.Input(shape=input_shape, name="image")
     front = Scattering(name="scattering")
     features = front(inputs)
     head_inputs = tf.keras.Input(shape=features.shape[1:], name="scattering_features")
-    channels = features.shape[-1]
-    if not isinstance(norm_groups, int) or norm_groups < 1 or channels % norm_groups:
-        raise ValueError(f"norm_groups must be a positive int dividing the {channels} scattering "
-                         f"maps, got {norm_groups!r}.")
-    x = tf.keras.layers.GroupNormalization(groups=norm_groups, center=False, scale=False,
-                                           name="scattering_norm")(head_inputs)
+    x = _normalization(normalization, norm_groups, features.shape[-1])(head_inputs)
     logits = build_head(x, num_classes, input_shape[-1])
     head = tf.keras.Model(head_inputs, logits, name="head")
     return tf.keras.Model(inputs, head(features), name=name)
@@ -119,12 +171,14 @@ def _cnn_head(x, num_classes, image_channels):
 
 
 @registry.register("scatter_linear")
-def scatter_linear(num_classes, input_shape, norm_groups=NORM_GROUPS):
+def scatter_linear(num_classes, input_shape, norm_groups=NORM_GROUPS, normalization="group"):
     """ScatterNet + linear: [B, H, W, C] -> logits [B, num_classes]; H, W multiples of 4."""
-    return _scatter_model("scatter_linear", num_classes, input_shape, _linear_head, norm_groups)
+    return _scatter_model("scatter_linear", num_classes, input_shape, _linear_head, norm_groups,
+                          normalization)
 
 
 @registry.register("scatter_cnn")
-def scatter_cnn(num_classes, input_shape, norm_groups=NORM_GROUPS):
+def scatter_cnn(num_classes, input_shape, norm_groups=NORM_GROUPS, normalization="group"):
     """ScatterNet + the paper's small tanh CNN: [B, H, W, C] -> logits; H, W multiples of 4."""
-    return _scatter_model("scatter_cnn", num_classes, input_shape, _cnn_head, norm_groups)
+    return _scatter_model("scatter_cnn", num_classes, input_shape, _cnn_head, norm_groups,
+                          normalization)

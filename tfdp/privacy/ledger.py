@@ -69,6 +69,10 @@ class PrivacyLedger:
       noise_multiplier, sampling_probability and steps; empty without one. Its steps are Gaussian
       steps of their own q and σ, composed ahead of the main ones.
     probe_steps: probe steps taken (the main steps start once all of them are).
+    normalization: the DP feature statistics planned before any step
+      (tfdp.dp.feature_statistics), with keys noise_multiplier and releases; empty without them.
+      They are Gaussian releases at q = 1, composed ahead of the probe and the main steps.
+    normalization_released: whether they were released (they are, once, before the first step).
   """
   noise_multiplier: float
   sampling_probability: float
@@ -88,6 +92,8 @@ class PrivacyLedger:
   mechanism: Dict[str, Any] = dataclasses.field(default_factory=dict)
   probe: Dict[str, Any] = dataclasses.field(default_factory=dict)
   probe_steps: int = 0
+  normalization: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  normalization_released: bool = False
 
   def __post_init__(self):
     if self.randomness not in RANDOMNESS_NOTES:
@@ -100,6 +106,9 @@ class PrivacyLedger:
                        noise=self.noise)
     if self.probe and self.noise != "gaussian":
       raise ValueError(f"a linear probe is accounted as Gaussian steps; noise is {self.noise!r}")
+    if self.normalization and self.noise != "gaussian":
+      raise ValueError("DP feature statistics are accounted as Gaussian releases; noise is "
+                       f"{self.noise!r}")
 
   @property
   def accountant(self) -> str:
@@ -115,8 +124,10 @@ class PrivacyLedger:
     """What the float64 noise samplers add to δ after `steps` (tfdp.privacy.mechanisms); the
     probe's steps count as if they noised every coordinate (they noise the head's only)."""
     steps = self.steps if steps is None else steps
-    return mechanisms.float_tail_delta(self.epsilon(steps=steps), steps + self.probe_steps,
-                                       self.coordinates, self.noise)
+    releases = self.normalization.get("releases", 0) if self.normalization_released else 0
+    return mechanisms.float_tail_delta(self.epsilon(steps=steps),
+                                       steps + self.probe_steps + releases, self.coordinates,
+                                       self.noise)
 
   def noise_multiplier_at(self, step: int) -> float:
     """σ of step `step` (0-based) under the schedule."""
@@ -165,18 +176,29 @@ class PrivacyLedger:
     count = self.probe_steps if probe_steps is None else probe_steps
     return [(self.probe["noise_multiplier"], count, self.probe["sampling_probability"])]
 
+  def normalization_segments(self, released: Optional[bool] = None
+                             ) -> List[Tuple[float, int, float]]:
+    """The feature statistics' releases as one (σ_n, releases, 1.0) segment, when `released`
+    (default: whether they were)."""
+    released = self.normalization_released if released is None else released
+    if not self.normalization or not released:
+      return []
+    return [(self.normalization["noise_multiplier"], self.normalization["releases"], 1.0)]
+
   def epsilon(self, accountant: Optional[str] = None, steps: Optional[int] = None,
-              probe_steps: Optional[int] = None) -> float:
-    """ε spent by the probe's `probe_steps` then `steps` main steps (defaults: those taken), by
-    `accountant` (default: self.accountant)."""
+              probe_steps: Optional[int] = None, normalized: Optional[bool] = None) -> float:
+    """ε spent by the feature statistics (if `normalized`), the probe's `probe_steps` then
+    `steps` main steps (defaults: what was released), by `accountant` (default:
+    self.accountant)."""
     steps = self.steps if steps is None else steps
-    segments = self.probe_segments(probe_steps) + self.segments(steps)
+    segments = (self.normalization_segments(normalized) + self.probe_segments(probe_steps)
+                + self.segments(steps))
     return accounting.composed_epsilon(segments, self.sampling_probability, self.delta,
                                        accountant or self.accountant, self.noise)
 
   def planned_epsilon(self, steps: int) -> float:
     """ε after the whole planned probe and `steps` main steps."""
-    return self.epsilon(steps=steps, probe_steps=self.probe.get("steps", 0))
+    return self.epsilon(steps=steps, probe_steps=self.probe.get("steps", 0), normalized=True)
 
   def epsilon_by(self, accountant: str) -> Optional[float]:
     """ε by `accountant` after the steps taken, or None when it has no bound for this noise."""
@@ -198,10 +220,11 @@ class PrivacyLedger:
       return None
     if not self.private:
       return 0
-    # Main steps follow the whole planned probe, so they are counted after it.
+    # Main steps follow the statistics and the whole planned probe, so they are counted after.
     probe_steps = self.probe.get("steps", 0)
     return accounting.max_steps_within(
-        lambda n: self.epsilon(steps=n, probe_steps=probe_steps), self.target_epsilon)
+        lambda n: self.epsilon(steps=n, probe_steps=probe_steps, normalized=True),
+        self.target_epsilon)
 
   def record(self, event: str, **details) -> None:
     self.history.append({"event": event, "step": self.steps, **details})
@@ -216,10 +239,16 @@ class PrivacyLedger:
     if self.epoch_factors:
       mechanism += (f" in epoch 1 on a {self.schedule} schedule (σ now "
                     f"{self.noise_multiplier_at(max(self.steps - 1, 0)):.4f})")
-    return (f"{prefix}{accountants} at δ = {self.delta:g} after {self._probe_text()}{self.steps} "
+    return (f"{prefix}{accountants} at δ = {self.delta:g} after {self._normalization_text()}{self._probe_text()}{self.steps} "
             f"steps, {mechanism}, "
             f"q = {self.sampling_probability:.5f}; {SAMPLING_NOTES[self.sampling]}; "
             f"{RANDOMNESS_NOTES[self.randomness]}; {self._float_note()}")
+
+  def _normalization_text(self) -> str:
+    if not self.normalization or not self.normalization_released:
+      return ""
+    return (f"DP feature statistics ({self.normalization['releases']} Gaussian releases, σ = "
+            f"{self.normalization['noise_multiplier']:.4f}, q = 1), ")
 
   def _probe_text(self) -> str:
     if not self.probe:
@@ -265,7 +294,8 @@ class PrivacyLedger:
   def mechanism_changes(self, other: "PrivacyLedger") -> List[str]:
     """What differs from `other` in the mechanism and budget, one 'name: ours -> theirs' each."""
     keys = ("noise_multiplier", "sampling_probability", "delta", "sampling", "target_epsilon",
-            "noise", "schedule", "epoch_factors", "steps_per_epoch", "randomness", "probe")
+            "noise", "schedule", "epoch_factors", "steps_per_epoch", "randomness", "probe",
+            "normalization")
     changes = [f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}" for k in keys
                if not _close(getattr(self, k), getattr(other, k))]
     return changes + _setting_changes(self.mechanism, other.mechanism)

@@ -63,14 +63,16 @@ FIELDS = ("epsilon", "epsilon_pld", "epsilon_if_dp_sgd", "delta", "delta_float_t
           "adaptive_clip_quantile", "final_clip_norm", "l2_norm_clip", "l1_norm_clip",
           "dice_error_clip", "clip_groups", "clipping_mode", "steps", "epochs_completed",
           "batch_size", "dataset", "train_examples", "train_subset", "test_examples", "model",
-          "model_options", "weights_file", "prior", "linear_probe", "parameters", "optimizer",
+          "model_options", "weights_file", "prior", "linear_probe", "feature_statistics",
+          "parameters", "optimizer",
           "learning_rate", "ema_decay", "augmult", "test_accuracy", "test_balanced_accuracy",
           "test_auc", "test_loss", "privacy_statement", "seed", "not_private_monitoring",
           "local_dp", *AUDIT_FIELDS)
 # Fields computed from the training data through the weights or the mechanism: covered by a
 # guarantee when there is one, not covered otherwise.
 _DATA_DEPENDENT = ("test_accuracy", "test_balanced_accuracy", "test_auc", "test_loss",
-                   "final_clip_norm", "linear_probe")  # The probe's figures include its accuracy.
+                   "final_clip_norm", "linear_probe",  # The probe's figures include its accuracy.
+                   "feature_statistics")
 # Computed from the private data without noise (--monitor_private_metrics): never covered.
 # So are the audit's figures: the canaries' losses without noise.
 _NEVER_COVERED = ("not_private_monitoring", *AUDIT_FIELDS)

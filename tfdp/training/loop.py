@@ -26,6 +26,7 @@ from tfdp import data
 from tfdp.data import canaries
 from tfdp.data import feature_cache
 from tfdp.data import local_dp
+from tfdp.dp import feature_statistics
 from tfdp.dp import groups as dp_groups
 from tfdp.dp import losses
 from tfdp.dp import noise
@@ -281,7 +282,8 @@ def _trained_part(model, dataset, train_preprocess, test_preprocess) -> _Trained
   front, head = parts
   standardization = [list(dataset.mean), list(dataset.std)]
   train = feature_cache.features(dataset.train_images, front, test_preprocess, standardization)
-  test = feature_cache.features(dataset.test_images, front, test_preprocess, standardization)
+  test = feature_cache.features(dataset.test_images, front, test_preprocess, standardization,
+                                dtype=feature_cache.EVALUATION_DTYPE)
   as_float = lambda features: tf.cast(features, tf.float32)
   return _Trained(head, as_float, as_float, train, dataset.train_labels, test, dataset.test_labels)
 
@@ -333,6 +335,9 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
     print(f"Distribution {config.run.distribution}: {strategy.num_replicas_in_sync} replicas "
           f"({', '.join(strategy.extended.worker_devices)}); each step's chunks are dealt out, "
           "the clipped sums all-reduced, and the noise added once")
+  if scatter.statistics_layer(model) is not None:
+    _set_statistics(model, dataset, trained, test_preprocess, ledger, coins, start_epoch, state,
+                    history)
   if ledger.probe and ledger.probe_steps < ledger.probe["steps"]:
     _linear_probe(config, model, dataset, test_preprocess, ledger, loss_fn, coins)
     if weight_average:  # It began at the initial head; the probed one is where training starts.
@@ -387,6 +392,40 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   return metrics
 
 
+def _set_statistics(model, dataset, trained, preprocess, ledger, coins, start_epoch, state,
+                    history) -> None:
+  """Sets the per-map statistics of normalization="statistics" once, before the first step: a DP
+  release (tfdp.dp.feature_statistics) for private runs, recorded in the ledger and saved at
+  once; the exact statistics for non-private runs. A resumed run has them in its checkpoint."""
+  layer, front = scatter.statistics_layer(model), scatter.split(model)[0]
+  if not ledger.private:
+    if start_epoch == 0:
+      layer.set_moments(feature_statistics.exact_moments(trained.train_images))
+    return
+  if ledger.normalization_released:
+    return
+  clips = feature_statistics.public_clip_norms(front, preprocess, dataset.input_shape)
+  sigma = ledger.normalization["noise_multiplier"]
+  layer.set_moments(feature_statistics.private_moments(trained.train_images, dataset.num_train,
+                                                       clips, sigma, coins))
+  ledger.normalization_released = True
+  ledger.record("feature_statistics", mean_clip=clips.first, square_clip=clips.second)
+  print(f"DP feature statistics: each map's mean and variance from {dataset.num_train} examples, "
+        f"clip norms {clips.first:.4g} and {clips.second:.4g} (public: random-process images), "
+        f"σ = {sigma:g}; ε alone {ledger.epsilon(steps=0, probe_steps=0):.3f}", flush=True)
+  state.save(0, ledger, history)  # Released once: a resumed run reads them from here.
+
+
+def _statistics_metrics(ledger) -> Optional[dict]:
+  """What the run releases about its DP feature statistics: the plan, clips and ε alone."""
+  if not ledger.normalization:
+    return None
+  done = [event for event in ledger.history if event["event"] == "feature_statistics"]
+  clips = {k: done[-1][k] for k in ("mean_clip", "square_clip")} if done else {}
+  return {**ledger.normalization, **clips, "released": ledger.normalization_released,
+          "epsilon_alone": ledger.epsilon(steps=0, probe_steps=0, normalized=True)}
+
+
 def _linear_probe(config, model, dataset, preprocess, ledger, loss_fn, coins) -> None:
   """Phase II: the planned probe steps on the head (tfdp.priors.linear_probe), then its record."""
   result = linear_probe.run(config, model, dataset, preprocess, ledger, loss_fn, coins)
@@ -403,7 +442,7 @@ def _probe_metrics(config, ledger) -> Optional[dict]:
           "batch_size": round(ledger.probe["sampling_probability"] * config.run.batch_size
                               / ledger.sampling_probability),  # q_p N.
           "steps_taken": ledger.probe_steps,
-          "epsilon_alone": ledger.epsilon(steps=0),
+          "epsilon_alone": ledger.epsilon(steps=0, normalized=False),
           "test_accuracy": done[-1]["test_accuracy"] if done else None}
 
 
@@ -474,7 +513,8 @@ def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
     print(f"Privacy: {config.privacy.noise} noise, σ = {ledger.noise_multiplier:.4f}"
           f"{_schedule_text(ledger)}, {config.privacy.norm.upper()} clip "
           f"{config.privacy.clip_norm}, planned ε = {ledger.planned_epsilon(planned):.3f} over "
-          f"{planned} steps{_probe_text(ledger)} at δ = {ledger.delta:g} "
+          f"{planned} steps{_probe_text(ledger)}{_statistics_text(ledger)} at δ = "
+          f"{ledger.delta:g} "
           f"({ledger.accountant.upper()}); budget {ledger.target_epsilon}")
     for note in ledger.notes:
       print(f"  {note}")
@@ -485,13 +525,21 @@ def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
       print(f"  group noise stds: {', '.join(f'{s:.4g}' for s in stds)}")
 
 
+def _statistics_text(ledger) -> str:
+  if not ledger.normalization:
+    return ""
+  sigma = ledger.normalization["noise_multiplier"]
+  alone = ledger.epsilon(steps=0, probe_steps=0, normalized=True)
+  return f" and DP feature statistics first (σ = {sigma:g}, q = 1, ε alone {alone:.3f})"
+
+
 def _probe_text(ledger) -> str:
   if not ledger.probe:
     return ""
   probe = ledger.probe
   return (f" after a linear probe of {probe['steps']} steps (σ = {probe['noise_multiplier']:.4f}, "
           f"q = {probe['sampling_probability']:.4f}, ε alone "
-          f"{ledger.epsilon(steps=0, probe_steps=probe['steps']):.3f})")
+          f"{ledger.epsilon(steps=0, probe_steps=probe['steps'], normalized=False):.3f})")
 
 
 def _schedule_text(ledger) -> str:
@@ -576,6 +624,7 @@ def _release_metrics(config, ledger, history, dataset_shape) -> dict:
       "weights_file": release.weights_provenance(config.model.kwargs.get("weights")),
       "prior": prior_files.provenance(config.model.init_from),
       "linear_probe": _probe_metrics(config, ledger),
+      "feature_statistics": _statistics_metrics(ledger),
       "local_dp": (local_dp.report(config.data.local_dp, config.data.local_dp_scale,
                                    dataset_shape, ledger.randomness)
                    if config.data.local_dp != "none" else None),

@@ -7,9 +7,11 @@ from typing import Any, Dict, List
 import tensorflow as tf
 
 from tfdp import config as config_lib
+from tfdp.dp import feature_statistics
 from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
 from tfdp import models
+from tfdp.models import scatter
 from tfdp import optimizers
 from tfdp.privacy import accounting
 from tfdp.privacy import ledger as ledger_lib
@@ -33,8 +35,10 @@ def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.Privac
   shape = [(f, steps_per_epoch) for f in factors] or [(1.0, planned_steps)]
   accountant = "pld" if privacy.noise == "laplace" else "rdp"
   probe = plan_probe(config, num_train)
-  before = ([(probe["noise_multiplier"], probe["steps"], probe["sampling_probability"])]
-            if probe else [])
+  statistics = plan_normalization(config)
+  before = ([(statistics["noise_multiplier"], statistics["releases"], 1.0)] if statistics else [])
+  before += ([(probe["noise_multiplier"], probe["steps"], probe["sampling_probability"])]
+             if probe else [])
   if not config.optimizer.private:
     sigma = 0.0
   elif privacy.noise_multiplier is not None:
@@ -49,13 +53,32 @@ def plan_privacy(config: config_lib.Config, num_train: int) -> ledger_lib.Privac
       steps_per_epoch=steps_per_epoch if factors else 0,
       notes=mechanism_notes(config, sigma) if config.optimizer.private else [],
       randomness="reproducible" if config.run.reproducible_noise else "secret",
-      proven=config.optimizer.proven, mechanism=mechanism_fields(config), probe=probe)
+      proven=config.optimizer.proven, mechanism=mechanism_fields(config), probe=probe,
+      normalization=statistics)
   ledger.record("start", planned_steps=planned_steps,
                 calibrated=privacy.noise_multiplier is None and config.optimizer.private)
   if ledger.max_steps() == 0 and ledger.private:
     raise ValueError(f"noise_multiplier {sigma} spends more than epsilon {privacy.epsilon} in a "
                      "single step; raise --noise_multiplier or drop it to calibrate")
   return ledger
+
+
+def plan_normalization(config: config_lib.Config) -> Dict[str, Any]:
+  """The DP feature statistics' σ_n and release count ({} when the model does not use them or
+  the run is not private: a non-private run uses the exact statistics)."""
+  if not (config.optimizer.private
+          and scatter.uses_statistics(config.model.name, config.model.kwargs)):
+    return {}
+  sigma = config.privacy.normalization_noise_multiplier
+  planned = {"noise_multiplier": sigma, "releases": feature_statistics.RELEASES}
+  if config.privacy.epsilon is not None:
+    alone = accounting.composed_epsilon([(sigma, feature_statistics.RELEASES, 1.0)], 1.0,
+                                        config.privacy.delta)
+    if alone >= config.privacy.epsilon:
+      raise ValueError(f"the DP feature statistics alone spend ε = {alone:.3f} of the target "
+                       f"{config.privacy.epsilon}: raise --normalization_noise_multiplier "
+                       f"({sigma:g})")
+  return planned
 
 
 def plan_probe(config: config_lib.Config, num_train: int) -> Dict[str, Any]:
