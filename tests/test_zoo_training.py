@@ -3,7 +3,9 @@
 DenseNet-121, EfficientNet-B0 and WRN-40-4 are marked slow (about 3, 1.7 and 1.2 minutes of CPU,
 nearly all of it tracing the fast engine's graph): the default suite checks their fast engine
 against brute force (tests/test_zoo.py), WRN-40-4's builder is WRN-16-4's (trained here), and
-`pytest -m slow` runs their loops too.
+`pytest -m slow` runs their loops too. So are ResNet-18 (30 s; its fast engine is checked in
+tests/test_zoo.py and the loop is the one ResNet-20 runs here) and the ScatterNet models (their
+runs on real digits are in tests/test_scatter.py and tests/test_feature_statistics.py).
 """
 
 import pytest
@@ -13,7 +15,7 @@ from tfdp import models
 from tfdp.training import loop as training
 
 
-SLOW = {"densenet121", "efficientnet_b0", "wrn40_4"}
+SLOW = {"densenet121", "efficientnet_b0", "wrn40_4", "resnet18", "scatter_cnn", "scatter_linear"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW
