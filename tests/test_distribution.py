@@ -164,16 +164,29 @@ def test_a_restarted_worker_set_resumes_from_the_chiefs_checkpoint(tmp_path, one
   assert [e["event"] for e in resumed["ledger_history"]] == ["start", "resume"]
 
 
+def _lines_until(process, marker):
+  """`process`'s output lines up to and including the first that contains `marker`."""
+  lines = []
+  for line in process.stdout:
+    lines.append(line)
+    if marker in line:
+      return lines
+  pytest.fail(f"the output ended before {marker!r}: {''.join(lines)[-3000:]}")
+
+
 def test_a_worker_that_dies_stops_the_other_with_the_reason(tmp_path):
-  chief, other = _start_workers([tmp_path / "chief", tmp_path / "worker"], epochs=50)
-  time.sleep(25)  # Both have started training (about 10 s to connect and trace).
+  # Far more epochs than any machine finishes before the kill, which waits for the second epoch
+  # to start rather than for a time (a fast CPU once finished 50 epochs in the 25 s waited).
+  chief, other = _start_workers([tmp_path / "chief", tmp_path / "worker"], epochs=5000)
+  started = _lines_until(chief, "Epoch 2/")
   other.kill()
   start = time.monotonic()
   code, log = _finish([chief], timeout=240)
-  assert code[0] != 0
+  log = "".join(started) + log[0]
+  assert code[0] != 0, log[-3000:]
   assert time.monotonic() - start < 200
-  assert "tfdp.train: error: a worker stopped responding" in log[0], log[0][-3000:]
-  assert "task:1" in log[0]
+  assert "tfdp.train: error: a worker stopped responding" in log, log[-3000:]
+  assert "task:1" in log
 
 
 @pytest.mark.parametrize("tf_config, message", [
