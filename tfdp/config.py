@@ -139,7 +139,8 @@ class PrivacyConfig:
   # (on the averaged error) times the batch size. None: C2 = C1.
   dice_error_clip: Optional[float] = None
   # σ_n of the DP feature statistics of normalization="statistics" (tfdp.dp.feature_statistics):
-  # Tramèr & Boneh's 8. Two Gaussian releases at q = 1, composed ahead of the steps.
+  # Tramèr & Boneh's 8 ("bn_noise_multiplier" of their CIFAR-10 runs). Two Gaussian releases at
+  # q = 1, composed ahead of the steps.
   normalization_noise_multiplier: float = 8.0
 
   def __post_init__(self):

@@ -39,7 +39,6 @@ import tensorflow as tf
 from tfdp.dp import randomness
 
 RELEASES = 2  # A and B: two Gaussian releases, each at q = 1.
-NOISE_MULTIPLIER = 8.0  # σ_n of Tramèr & Boneh's CIFAR-10 runs ("bn_noise_multiplier").
 # Their clip norms were the median norms of the private moments (a leak); ours are the median over
 # public random-process images. A clip below an example's norm only shrinks its term.
 CLIP_QUANTILE = 0.5
