@@ -7,31 +7,31 @@ from tfdp.dp import clipping
 from tfdp.dp import randomness
 
 
-def per_example_gradient(model, image, label):
+def per_example_gradient(model, image, label, loss_fn=clipping.per_example_loss):
   """The gradient of one example's loss, computed alone: list of var-shaped arrays."""
   with tf.GradientTape() as tape:
-    loss = clipping.per_example_loss(label[None], model(image[None], training=True))[0]
+    loss = loss_fn(label[None], model(image[None], training=True))[0]
   grads = tape.gradient(loss, model.trainable_variables,
                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
-  return [g.numpy() for g in grads]
+  return [tf.convert_to_tensor(g).numpy() for g in grads]  # Embeddings give IndexedSlices.
 
 
-def scaled_sum(model, images, labels, mask, factor):
+def scaled_sum(model, images, labels, mask, factor, loss_fn=clipping.per_example_loss):
   """sum over real rows of factor(g_i) * g_i, each g_i computed alone."""
   total = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
   for i in range(len(images)):
     if mask[i] == 0:
       continue
-    grads = per_example_gradient(model, tf.constant(images[i]), tf.constant(labels[i]))
+    grads = per_example_gradient(model, tf.constant(images[i]), tf.constant(labels[i]), loss_fn)
     scale = factor(grads)
     total = [t + scale * g for t, g in zip(total, grads)]
   return total
 
 
-def clipped_sum(model, images, labels, mask, l2_norm_clip):
+def clipped_sum(model, images, labels, mask, l2_norm_clip, loss_fn=clipping.per_example_loss):
   """sum over real rows of clip(g_i, C), each g_i computed alone and clipped by global norm."""
   return scaled_sum(model, images, labels, mask,
-                    lambda grads: min(1.0, l2_norm_clip / global_norm(grads)))
+                    lambda grads: min(1.0, l2_norm_clip / global_norm(grads)), loss_fn)
 
 
 def grouped_clipped_sum(model, images, labels, mask, l2_norm_clip, groups):

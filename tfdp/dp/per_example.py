@@ -43,5 +43,20 @@ def gradients(
     gradients = tape.gradient(loss, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return gradients, loss, logits[0]
 
-  gradients, losses, logits = tf.vectorized_map(one_example, (images, labels))
+  gradients, losses, logits = map_examples(one_example, (images, labels))
   return list(gradients), losses, logits
+
+
+def map_examples(fn: Callable, elems, vectorize: bool = True):
+  """fn over the rows of `elems`: vectorized (tf.vectorized_map), or one row after another
+  (tf.map_fn) when `vectorize` is False or TensorFlow cannot vectorize the ops (Keras's LSTM and
+  GRU kernels). Both run fn on each row alone, so row i of the result depends on row i only."""
+  if vectorize:
+    try:
+      return tf.vectorized_map(fn, elems)
+    except (TypeError, ValueError, NotImplementedError):
+      pass
+  row_specs = tf.nest.map_structure(lambda e: tf.TensorSpec(e.shape[1:], e.dtype), elems)
+  outputs = tf.function(fn).get_concrete_function(row_specs).structured_outputs
+  signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), outputs)
+  return tf.map_fn(fn, elems, fn_output_signature=signature)

@@ -8,7 +8,10 @@ Layers without a rule fall back to per-example gradients computed one example at
 (tfdp.dp.per_example.gradients), with a warning naming them.
 """
 
+# Registration order matters: rule_for takes the first rule that supports a layer, so the closed
+# forms come first and the per-layer vectorized rule last.
 from tfdp.dp.fast import conv, dense, normalization  # pylint: disable=unused-import  (registers rules)
-from tfdp.dp.fast import embeddings  # pylint: disable=unused-import  (registers rules)
+from tfdp.dp.fast import conv_nd, embeddings, separable  # pylint: disable=unused-import
+from tfdp.dp.fast import vectorized  # pylint: disable=unused-import
 from tfdp.dp.fast.engine import FastEngine
 from tfdp.dp.fast.rules import RULES, rule_for

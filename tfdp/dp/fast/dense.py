@@ -12,10 +12,8 @@ def _flatten_tokens(x):
 
 @rules.register(tf.keras.layers.Dense)
 class DenseRule(rules.LayerRule):
-  """Exact per-example gradients of tf.keras.layers.Dense (any input rank)."""
-
-  def supports(self, layer) -> bool:
-    return layer.activation is tf.keras.activations.linear  # dz must be the pre-activation grad.
+  """Exact per-example gradients of tf.keras.layers.Dense (any input rank, any activation: the
+  engine hands every rule the gradient of the pre-activation output)."""
 
   def per_example_gradients(self, layer, a, dz):
     a, dz = _flatten_tokens(a), _flatten_tokens(dz)

@@ -12,6 +12,7 @@ from typing import List
 from absl import logging
 import tensorflow as tf
 
+from tfdp.dp.fast import graph
 from tfdp.dp.fast import rules
 from tfdp.dp import groups as groups_lib
 from tfdp.dp import per_example
@@ -36,16 +37,11 @@ class FastEngine:
     self._scaling = scaling
     self._augmult = augmult
     self._groups = groups_lib.variable_groups(model, clip_groups)
-    layers = groups_lib.parameter_layers(model)
-    self.fast_layers = [layer for layer in layers if rules.rule_for(layer) is not None]
-    self.fallback_layers = [layer for layer in layers if rules.rule_for(layer) is None]
+    self._graph = graph.tap(model, rules.rule_for)
+    self.fast_layers = self._graph.layers
+    self.fallback_layers = self._graph.fallback_layers
     if self.fallback_layers:
-      logging.warning("fast clipping has no rule for %s; their per-example gradients are "
-                      "computed one example at a time (slow)",
-                      [layer.name for layer in self.fallback_layers])
-    self._tap = tf.keras.Model(
-        model.inputs, [model.output] + [layer.input for layer in self.fast_layers]
-        + [layer.output for layer in self.fast_layers])
+      logging.warning("%s", fallback_warning(self.fallback_layers))
     self._fallback_variables = [v for layer in self.fallback_layers
                                 for v in layer.trainable_weights]
     self._position = {v.ref(): i for i, v in enumerate(model.trainable_variables)}
@@ -60,11 +56,9 @@ class FastEngine:
     Each example's gradient is clipped (per group) so the sum has L2 sensitivity l2_norm_clip;
     examples with mask 0 or a non-finite gradient norm contribute nothing.
     """
-    n = len(self.fast_layers)
     row_mask = groups_lib.repeat_rows(mask, self._augmult)
     with tf.GradientTape() as tape:
-      tapped = self._tap(images, training=True)
-      logits, inputs, outputs = tapped[0], tapped[1:1 + n], tapped[1 + n:]
+      logits, inputs, outputs = self._graph.split(self._graph.model(images, training=True))
       losses = loss_fn(labels, logits)
       # Σ_i mask_i * mean_k loss_ik, padding selected out (its loss is never multiplied).
       total = tf.reduce_sum(tf.where(row_mask > 0, losses, tf.zeros_like(losses))) / self._augmult
@@ -138,8 +132,24 @@ class FastEngine:
       layer_weights = groups_lib.repeat_rows(weight_of[layer.trainable_weights[0].ref()],
                                              self._augmult)  # One group per layer.
       kept = tf.not_equal(layer_weights, 0)
-      a, dz = groups_lib.zero_rows(a, kept), groups_lib.zero_rows(dz, kept)
+      a = graph.map_tensors(lambda t: groups_lib.zero_rows(t, kept), a)
+      dz = groups_lib.zero_rows(dz, kept)
       per_layer.extend(rules.rule_for(layer).weighted_sum(layer, a, dz, layer_weights))
     fallback = [groups_lib.weighted_sum(weight_of[v.ref()], g)
                 for v, g in zip(self._fallback_variables, fallback_grads)]
     return self._in_model_order(per_layer, fallback)
+
+
+def fallback_warning(layers) -> str:
+  """What the slow path costs, which layers take it and why, and how to give them a rule."""
+  reasons = []
+  for layer in layers:
+    why = ("it is called more than once (shared weights)" if rules.rule_for(layer) is not None
+           else f"no rule for {type(layer).__name__}" + (
+               "" if not isinstance(layer, tf.keras.Model) else " (a model whose layers cannot "
+               "be seen: build it as a functional model)"))
+    reasons.append(f"{layer.name} ({why})")
+  return ("fast clipping has no usable rule for " + ", ".join(reasons) + "; their per-example "
+          "gradients are computed by running the whole model one example at a time (slow). "
+          "Register a rule for a layer class with tfdp.keras.register_rule(LayerClass) (the "
+          "per-layer vectorized rule) or register_rule(LayerClass, YourRule()).")

@@ -46,21 +46,24 @@ def _row_squared_norms(per_example: tf.Tensor) -> tf.Tensor:
   return tf.reduce_sum(tf.reshape(tf.square(per_example), [tf.shape(per_example)[0], -1]), axis=1)
 
 
-RULES: Dict[Type[tf.keras.layers.Layer], LayerRule] = {}
+RULES: Dict[Type[tf.keras.layers.Layer], List[LayerRule]] = {}
 
 
 def register(*layer_classes: Type[tf.keras.layers.Layer]) -> Callable:
-  """Class decorator: registers one instance of the rule for each layer class (exact type)."""
+  """Class decorator: registers one instance of the rule for each layer class (exact type), after
+  the rules already registered for it (rule_for takes the first that supports a layer)."""
 
   def add(rule_class):
     for layer_class in layer_classes:
-      RULES[layer_class] = rule_class()
+      RULES.setdefault(layer_class, []).append(rule_class())
     return rule_class
 
   return add
 
 
 def rule_for(layer: tf.keras.layers.Layer) -> Optional[LayerRule]:
-  """The rule for `layer`'s exact class, if it has one and supports this configuration."""
-  rule = RULES.get(type(layer))
-  return rule if rule is not None and rule.supports(layer) else None
+  """The first rule registered for `layer`'s exact class that supports its configuration."""
+  for rule in RULES.get(type(layer), ()):
+    if rule.supports(layer):
+      return rule
+  return None
