@@ -79,7 +79,8 @@ def test_export_holds_weights_only(run, tmp_path):
   from tfdp import models
   fresh = models.build_model("linear", 10, (8, 8, 1))
   preprocess = data.make_preprocess((0.5,), (0.5,), "none", training=False)
-  export.export_saved_model(fresh, preprocess, [str(d) for d in range(10)], str(tmp_path / "fresh"))
+  export.export_saved_model(fresh, str(tmp_path / "fresh"), preprocess=preprocess,
+                            class_names=[str(d) for d in range(10)])
   size = lambda d: sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and
                        f.name != "model_card.json")
   trained, untrained = size(base / "served" / "1"), size(tmp_path / "fresh")
@@ -162,3 +163,75 @@ def test_saved_model_cli_shows_and_runs_both_signatures(run, tmp_path):
                        capture_output=True, text=True)
   assert ran.returncode == 0, ran.stderr
   assert "classes" in ran.stdout
+
+
+def _keras_io_model(last):
+  """A keras.io-style Sequential: pixels / 255 in, `last` out."""
+  tf.keras.utils.set_random_seed(0)
+  return tf.keras.Sequential([tf.keras.Input((8, 8, 1)),
+                              tf.keras.layers.Conv2D(4, 3, activation="relu"),
+                              tf.keras.layers.GroupNormalization(groups=2),
+                              tf.keras.layers.Flatten(), last])
+
+
+def _pixels():
+  return np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1)).astype(np.uint8)
+
+
+def test_a_private_keras_model_exports_alone_with_its_own_probabilities(tmp_path):
+  import tfdp  # pylint: disable=import-outside-toplevel
+  digits = data.load_dataset("digits")
+  images = digits.train_images[:200].astype(np.float32) / 255.0
+  private = tfdp.keras.make_private(
+      _keras_io_model(tf.keras.layers.Dense(10, activation="softmax")), optimizer="dp_sgd",
+      learning_rate=0.5, l2_norm_clip=1.0, noise_multiplier=1.0, target_delta=1e-3, epochs=1,
+      train_size=200, batch_size=50)
+  private.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy())
+  private.fit(tfdp.data.poisson_dataset(images, digits.train_labels[:200], batch_size=50),
+              epochs=1, verbose=0, callbacks=[tfdp.keras.PrivacyBudget(pld=False)])
+  assert tfdp.export.output_kind(private) == "probabilities"
+  path = tfdp.export.export_saved_model(private, str(tmp_path / "served"))
+  served = tf.saved_model.load(path).signatures["predict_pixels"](pixels=_pixels())
+  own = private(_pixels().astype(np.float32) / 255.0).numpy()
+  np.testing.assert_allclose(served["probabilities"].numpy(), own, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(own, tf.nn.softmax(own).numpy(), atol=1e-3)  # softmax twice differs.
+  assert served["class_names"].numpy()[0].tolist() == [str(k).encode() for k in range(10)]
+  card = tfdp.export.read_model_card(path)
+  assert card["steps"] == 4 and card["epsilon"] == pytest.approx(private.privacy_ledger.epsilon())
+
+
+@pytest.mark.parametrize("last, outputs", [
+    (tf.keras.layers.Dense(1, activation="sigmoid"), "probabilities"),
+    (tf.keras.layers.Dense(1), "logits"),
+])
+def test_a_single_unit_is_two_classes(tmp_path, last, outputs):
+  from tfdp import export  # pylint: disable=import-outside-toplevel
+  model = _keras_io_model(last)
+  assert export.output_kind(model) == outputs
+  path = export.export_saved_model(model, str(tmp_path / "served"))
+  served = tf.saved_model.load(path).signatures["predict_pixels"](pixels=_pixels())
+  p = model(_pixels().astype(np.float32) / 255.0).numpy()[:, 0]
+  p = p if outputs == "probabilities" else 1 / (1 + np.exp(-p))
+  np.testing.assert_allclose(served["probabilities"].numpy(), np.stack([1 - p, p], axis=1),
+                             rtol=1e-5, atol=1e-6)
+  assert served["class_names"].shape == (5, 2)
+
+
+def test_the_default_preprocess_and_output_kind_read_the_model():
+  from tfdp import export  # pylint: disable=import-outside-toplevel
+  inputs = tf.keras.Input((8, 8, 1))
+  augmented = tf.keras.Sequential([tf.keras.layers.RandomFlip()])(inputs)
+  scaled = tf.keras.layers.Rescaling(1 / 127.5, offset=-1)(augmented)
+  logits = tf.keras.layers.Dense(3)(tf.keras.layers.Flatten()(scaled))
+  rescaling = tf.keras.Model(inputs, logits)
+  pixels = tf.constant(_pixels())
+  np.testing.assert_array_equal(export.default_preprocess(rescaling)(pixels),
+                                tf.cast(pixels, tf.float32))  # The model scales itself.
+  np.testing.assert_allclose(export.default_preprocess(_keras_io_model(
+      tf.keras.layers.Dense(3)))(pixels), tf.cast(pixels, tf.float32) / 255.0)
+  assert export.output_kind(rescaling) == "logits"
+  assert export.output_kind(tf.keras.Model(inputs, tf.keras.layers.Softmax()(logits))) == \
+      "probabilities"
+  assert export.output_kind(tf.keras.Model(inputs, tf.keras.layers.Activation("softmax")(
+      logits))) == "probabilities"
+  assert export.default_class_names(rescaling) == ["0", "1", "2"]

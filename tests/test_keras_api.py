@@ -284,8 +284,9 @@ def test_export_carries_the_privacy_report_in_its_model_card(tmp_path):
   images, labels = ref.batch(size=60)
   private = _digits_private()
   private.fit(tfdp.data.poisson_dataset(images, labels, batch_size=20), epochs=1, verbose=0)
-  path = tfdp.export.export_saved_model(private, lambda pixels: tf.cast(pixels, tf.float32),
-                                        ["a", "b", "c"], str(tmp_path / "served"))
+  path = tfdp.export.export_saved_model(private, str(tmp_path / "served"),
+                                        preprocess=lambda pixels: tf.cast(pixels, tf.float32),
+                                        class_names=["a", "b", "c"])
   card = tfdp.export.read_model_card(path)
   assert card["epsilon"] == pytest.approx(private.privacy_ledger.epsilon())
   assert card["dp_guarantee"] == "proven" and card["steps"] == 3

@@ -93,3 +93,57 @@ def test_laplace_ledger_uses_pld():
   assert "PLD accountant" in ledger.describe() and "Laplace" in ledger.describe()
   allowed = ledger.max_steps()
   assert ledger.epsilon(steps=allowed) <= 3.0 < ledger.epsilon(steps=allowed + 1)
+
+
+_PHASES = [{"noise_multiplier": 1.0, "sampling_probability": 0.2, "steps": 20, "delta": 1e-5},
+           {"noise_multiplier": 2.0, "sampling_probability": 0.1, "steps": 10, "delta": 1e-5}]
+
+
+def test_prior_phases_are_composed_ahead_and_counted_everywhere():
+  ledger = _ledger(prior_phases=_PHASES, coordinates=1000, target_epsilon=12.0)
+  ledger.steps = 30
+  assert ledger.epsilon() == accounting.composed_epsilon(
+      [(1.0, 20, 0.2), (2.0, 10, 0.1), (1.2, 30, 0.05)], 0.05, 1e-5)
+  assert ledger.prior_steps == 30
+  assert "after 2 earlier phases (30 steps) and 30 steps" in ledger.describe()
+  assert ledger.float_tail_delta() == pytest.approx(  # 60 noised releases, 30 of them earlier.
+      ledger_lib.mechanisms.float_tail_delta(ledger.epsilon(), 60, 1000, "gaussian"))
+  allowed = ledger.max_steps()
+  assert ledger.epsilon(steps=allowed) <= 12.0 < ledger.epsilon(steps=allowed + 1)
+  assert allowed < _ledger(target_epsilon=12.0).max_steps()
+  assert not ledger.same_mechanism(_ledger())
+  assert any(change.startswith("prior_phases") for change in ledger.mechanism_changes(_ledger()))
+
+
+def test_a_ledger_without_prior_phases_still_loads():
+  text = _ledger().to_json().replace('"prior_phases": [],', "").replace('"run_id": "",', "")
+  assert "prior_phases" not in text and "run_id" not in text
+  assert ledger_lib.PrivacyLedger.from_json(text).prior_phases == []
+
+
+def test_phases_of_a_finished_ledger_and_what_cannot_be_phases():
+  ledger = _ledger(prior_phases=_PHASES[:1], run_id="abc")
+  ledger.steps = 7
+  phases = ledger.phases()
+  assert [p["steps"] for p in phases] == [20, 7]
+  assert phases[1]["noise_multiplier"] == 1.2 and phases[1]["run_id"] == "abc"
+  assert _ledger().phases() == []  # No step taken: nothing spent.
+  for kwargs, reason in [({"probe": {"noise_multiplier": 2.0, "sampling_probability": 0.5,
+                                     "steps": 3}}, "linear probe"),
+                         ({"normalization": {"noise_multiplier": 5.0, "releases": 2}},
+                          "feature statistics"),
+                         ({"noise": "laplace"}, "laplace noise"),
+                         ({"schedule": "step", "epoch_factors": [1.0, 0.5], "steps_per_epoch": 2},
+                          "step noise schedule"),
+                         ({"proven": False}, "without a privacy proof")]:
+    with pytest.raises(ValueError, match=reason):
+      _ledger(**kwargs).phases()
+
+
+def test_malformed_prior_phases_are_refused():
+  with pytest.raises(ValueError, match="lacks"):
+    _ledger(prior_phases=[{"noise_multiplier": 1.0, "steps": 3}])
+  with pytest.raises(ValueError, match="noise_multiplier > 0"):
+    _ledger(prior_phases=[{"noise_multiplier": 0.0, "sampling_probability": 0.1, "steps": 3}])
+  with pytest.raises(ValueError, match="Gaussian"):
+    _ledger(prior_phases=_PHASES, noise="laplace")

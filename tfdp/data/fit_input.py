@@ -15,7 +15,9 @@ guarantee against anyone who knows the seed.
     train = tfdp.data.poisson_dataset(x_train, y_train, batch_size=256, physical_batch_size=64)
     private_model.fit(train, epochs=10)
 
-An epoch is ceil(N / batch_size) steps: N examples in expectation.
+An epoch is ceil(N / batch_size) steps: N examples in expectation. The host draws and gathers a
+whole epoch's steps at once (one Python call per epoch, not per step: a per-step generator call
+costs more than a small model's whole step), and the dataset hands them out one step at a time.
 """
 
 import dataclasses
@@ -68,10 +70,23 @@ def is_poisson_element(data) -> bool:
   return isinstance(data, dict) and set(data) == {IMAGES, LABELS, MASK}
 
 
-def _step_element(images, labels, chunks):
-  parts = [sampling.gather_chunk(images, labels, chunk) for chunk in chunks]
+def _epoch_element(images, labels, steps):
+  """A whole epoch's steps, their chunks stacked: [C, P, ...] images and labels, [C, P] mask over
+  all C chunks of the epoch, and [S] chunks per step."""
+  parts = [sampling.gather_chunk(images, labels, chunk) for chunks in steps for chunk in chunks]
   return {IMAGES: np.stack([p[0] for p in parts]), LABELS: np.stack([p[1] for p in parts]),
-          MASK: np.stack([p[2] for p in parts])}
+          MASK: np.stack([p[2] for p in parts]),
+          _COUNTS: np.array([len(chunks) for chunks in steps], np.int64)}
+
+
+def _steps_of(epoch):
+  """The dataset of one epoch's steps, each its own [n, P, ...] slice of the epoch's chunks."""
+  ends = tf.cumsum(epoch[_COUNTS])
+  return tf.data.Dataset.from_tensor_slices((ends - epoch[_COUNTS], ends)).map(
+      lambda start, end: {key: epoch[key][start:end] for key in (IMAGES, LABELS, MASK)})
+
+
+_COUNTS = "chunks_per_step"
 
 
 def poisson_dataset(images, labels, *, batch_size: int, physical_batch_size: Optional[int] = None,
@@ -101,15 +116,17 @@ def poisson_dataset(images, labels, *, batch_size: int, physical_batch_size: Opt
                                     coins)
   drawn = itertools.count()  # Steps drawn so far, over all epochs: keys reproducible draws.
 
-  def steps():
-    for _ in range(sampler.steps_per_epoch):
-      yield _step_element(images, labels, sampler.chunks(next(drawn)))
+  def epoch():
+    yield _epoch_element(images, labels, [sampler.chunks(next(drawn))
+                                          for _ in range(sampler.steps_per_epoch)])
 
   rows = sampler.physical_batch_size
   signature = {IMAGES: tf.TensorSpec((None, rows) + images.shape[1:], tf.as_dtype(images.dtype)),
                LABELS: tf.TensorSpec((None, rows) + labels.shape[1:], tf.as_dtype(labels.dtype)),
-               MASK: tf.TensorSpec((None, rows), tf.float32)}
-  dataset = (tf.data.Dataset.from_generator(steps, output_signature=signature)
+               MASK: tf.TensorSpec((None, rows), tf.float32),
+               _COUNTS: tf.TensorSpec((None,), tf.int64)}
+  dataset = (tf.data.Dataset.from_generator(epoch, output_signature=signature)
+             .flat_map(_steps_of)
              .apply(tf.data.experimental.assert_cardinality(sampler.steps_per_epoch))
              .prefetch(1))
   _PLANS[dataset] = SamplingPlan(len(images), batch_size, rows, coins.name)

@@ -11,5 +11,11 @@
 from tfdp.keras.callbacks import PrivacyBudget
 from tfdp.keras.plan import PrivacyPlan
 from tfdp.keras.private_model import PrivateModel, make_private
+from tfdp.keras.validation import (FIXED_STATE_LAYERS, PER_EXAMPLE_LAYERS, VERDICTS, LayerVerdict,
+                                   PrivacyValidationError, check, fix, group_count, inspect,
+                                   register_per_example, register_rule, validate)
 
-__all__ = ["PrivacyBudget", "PrivacyPlan", "PrivateModel", "make_private"]
+__all__ = ["FIXED_STATE_LAYERS", "LayerVerdict", "PER_EXAMPLE_LAYERS", "PrivacyBudget",
+           "PrivacyPlan", "PrivacyValidationError", "PrivateModel", "VERDICTS", "check", "fix",
+           "group_count", "inspect", "make_private", "register_per_example", "register_rule",
+           "validate"]

@@ -3,14 +3,17 @@
 A private model's `fit` puts one first in its callback list, so every callback after it
 (`History`, `CSVLogger`, `TensorBoard`, `ProgbarLogger`, `ModelCheckpoint`) sees `epsilon`
 (RDP, the budget's accountant) and `epsilon_pld` in the epoch's logs. The figures are functions
-of σ, q, δ and the step count only: public, no privacy cost.
+of σ, q, δ and the step count only: public, no privacy cost. After every epoch and at the end of
+`fit` it records the weights with their ledger (tfdp.keras.weights_ledger), before any later
+callback saves them, so weights that leave the model carry the privacy they spent.
 """
 
 import tensorflow as tf
 
 
 class PrivacyBudget(tf.keras.callbacks.Callback):
-  """Adds ε to the epoch logs and stops `fit` once the next step would exceed the target.
+  """Adds ε to the epoch logs, stops `fit` once the next step would exceed the target, and
+  records the weights with their ledger after every epoch and at the end.
 
   The compiled step refuses a step past the target on its own; this callback ends the epoch
   loop there and says why. Put it in `callbacks` yourself to choose its place; `fit` adds one
@@ -50,6 +53,7 @@ class PrivacyBudget(tf.keras.callbacks.Callback):
       self._stop(last_batch=batch + 1 >= (self.params.get("steps") or 0))
 
   def on_epoch_end(self, epoch, logs=None):
+    self.model.register_weights()
     if logs is None:
       return
     ledger = self._ledger()
@@ -59,6 +63,7 @@ class PrivacyBudget(tf.keras.callbacks.Callback):
     logs["privacy_steps"] = ledger.steps
 
   def on_train_end(self, logs=None):
+    self.model.register_weights()
     if self._cut_short:
       ledger = self._ledger()
       print(f"Stopped after {ledger.steps} steps: the next would spend more than "

@@ -2,12 +2,15 @@
 
 No TensorFlow here. σ is calibrated by the same accountant call as `tfdp.train`'s
 (tfdp.training.planning.plan_privacy): the smallest σ whose planned steps, ceil(N / B) per epoch, spend at
-most the target ε by RDP, at q = B / N under Poisson sampling.
+most the target ε by RDP, at q = B / N under Poisson sampling. Weights trained privately before
+(tfdp.keras.weights_ledger) bring their phases, composed ahead: the target then covers them and the
+new phase together.
 """
 
 import dataclasses
 import math
-from typing import Optional
+import uuid
+from typing import Any, Dict, Optional, Sequence
 
 from tfdp.privacy import accounting
 from tfdp.privacy import ledger as ledger_lib
@@ -73,23 +76,73 @@ class PrivacyPlan:
   def planned_steps(self) -> int:
     return self.epochs * self.steps_per_epoch
 
-  def sigma(self) -> float:
-    """σ: as given, or calibrated to the target over the planned steps (RDP, as tfdp.train)."""
+  def sigma(self, prior_segments: accounting.Segments = ()) -> float:
+    """σ: as given, or calibrated to the target over the planned steps (RDP, as tfdp.train).
+
+    Args:
+      prior_segments: (σ, steps, q) of earlier phases that produced the starting weights
+        (ledger_lib.phase_segments), composed ahead: the target covers them and the new steps.
+
+    Raises:
+      ValueError: when the earlier phases leave the target no room for one step.
+    """
     if self.noise_multiplier is not None:
       return self.noise_multiplier
-    return accounting.calibrate_schedule(self.target_epsilon, self.target_delta,
-                                         self.sampling_probability, [(1.0, self.planned_steps)],
-                                         "rdp")
+    self._check_room(prior_segments)
+    try:
+      return accounting.calibrate_schedule(self.target_epsilon, self.target_delta,
+                                           self.sampling_probability,
+                                           [(1.0, self.planned_steps)], "rdp",
+                                           before=prior_segments)
+    except ValueError as error:  # No σ up to 1e4 fits: the earlier phases spent nearly all.
+      if not prior_segments:
+        raise
+      raise ValueError(self._no_room(prior_segments)) from error
 
-  def ledger(self, sigma: float, randomness: str, mechanism: dict) -> ledger_lib.PrivacyLedger:
-    """A fresh ledger for this plan at σ; `mechanism`: the settings a resume must match."""
+  def check_prior(self, phases: Sequence[Dict[str, Any]]) -> None:
+    """Refuses earlier phases this plan cannot compose with: another δ (the ε would be at two
+    δs), another sampling scheme, or randomness other than secret (no guarantee to add to)."""
+    for phase in phases:
+      for key, ours in (("delta", self.target_delta), ("sampling", self.sampling),
+                        ("randomness", "secret")):
+        theirs = phase.get(key, ours)
+        if theirs != ours:
+          raise ValueError(
+              f"these weights were trained privately before with {key} = {theirs!r}, but this "
+              f"plan has {key} = {ours!r}: the phases do not compose into one guarantee. Make "
+              f"the model with {key}={theirs!r}, or start from weights no private training "
+              "produced")
+
+  def ledger(self, sigma: float, randomness: str, mechanism: dict,
+             prior_phases: Sequence[Dict[str, Any]] = ()) -> ledger_lib.PrivacyLedger:
+    """A fresh ledger for this plan at σ; `mechanism`: the settings a resume must match;
+    `prior_phases`: the earlier phases that produced the starting weights (composed ahead)."""
     ledger = ledger_lib.PrivacyLedger(
         noise_multiplier=sigma, sampling_probability=self.sampling_probability,
         delta=self.target_delta, sampling=self.sampling, target_epsilon=self.target_epsilon,
-        randomness=randomness, mechanism=mechanism)
+        randomness=randomness, mechanism=mechanism,
+        prior_phases=[dict(phase) for phase in prior_phases], run_id=uuid.uuid4().hex)
     ledger.record("start", planned_steps=self.planned_steps,
                   calibrated=self.noise_multiplier is None)
     if ledger.max_steps() == 0:
+      if prior_phases:
+        raise ValueError(self._no_room(ledger.prior_segments()))
       raise ValueError(f"noise_multiplier {sigma} spends more than target_epsilon "
                        f"{self.target_epsilon} in a single step")
     return ledger
+
+  def _check_room(self, prior_segments: accounting.Segments) -> None:
+    if prior_segments and self._spent(prior_segments) >= self.target_epsilon:
+      raise ValueError(self._no_room(prior_segments))
+
+  def _spent(self, prior_segments: accounting.Segments) -> float:
+    return accounting.composed_epsilon(prior_segments, self.sampling_probability,
+                                       self.target_delta)
+
+  def _no_room(self, prior_segments: accounting.Segments) -> str:
+    steps = sum(int(segment[1]) for segment in prior_segments)
+    return (f"these weights already spent ε = {self._spent(prior_segments):.3f} at δ = "
+            f"{self.target_delta:g} in {steps} earlier private steps, which leaves "
+            f"target_epsilon = {self.target_epsilon} no room for a step of the new phase: the "
+            "target covers both. Raise target_epsilon (the total), or start from weights no "
+            "private training produced")

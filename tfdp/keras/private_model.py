@@ -22,7 +22,9 @@ is applied. The training logs hold no figure computed from the private batches. 
 the adaptive composition of T Poisson-subsampled Gaussian mechanisms, which the RDP accountant
 bounds (Mironov et al. 2019, Abadi et al. 2016), with PLD beside it; the ledger counts T in a
 model variable that every checkpoint of the model holds, so a resumed `fit` continues the same ε,
-and a guard in the compiled step refuses any step past the target.
+and a guard in the compiled step refuses any step past the target. Starting weights that private
+training produced bring that training's phases (tfdp.keras.weights_ledger), composed ahead of
+the T steps: the new steps start from post-processing of those releases, on the same data.
 
 Under a MirroredStrategy scope, Keras deals each step's chunks out to the replicas; each replica
 clips its share, the sums are all-reduced, and every replica draws the noise from replica 0's key,
@@ -30,8 +32,10 @@ so the step is the single-device one (tfdp.training.distribution says why).
 """
 
 import dataclasses
+import os
 from typing import Callable, Optional
 
+import h5py
 import tensorflow as tf
 
 from tfdp.data import fit_input
@@ -40,23 +44,14 @@ from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
 from tfdp.dp import randomness
 from tfdp.keras import callbacks as callbacks_lib
+from tfdp.keras import losses as losses_lib
 from tfdp.keras import plan as plan_lib
+from tfdp.keras import validation
+from tfdp.keras import weights_ledger
 from tfdp import optimizers
 from tfdp.privacy import ledger as ledger_lib
 from tfdp.training import distribution
 from tfdp.training import steps as steps_lib
-
-
-def per_example_loss(loss) -> Callable:
-  """(labels, outputs) -> [B] per-example losses, from what `compile(loss=...)` takes.
-
-  A Loss object's reduction is bypassed (`call`): DP-SGD needs every example's own loss.
-  """
-  if isinstance(loss, tf.keras.losses.Loss):
-    return loss.call
-  if isinstance(loss, str) or callable(loss):
-    return tf.keras.losses.get(loss)
-  raise ValueError(f"loss must be a Keras loss name, function or Loss object, got {loss!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +71,9 @@ class PrivateModel(tf.keras.Model):
 
   It shares its layers and weights with the model it was made from. `fit` takes only a
   `tfdp.data.poisson_dataset` (or, with sampling='shuffle', what Keras's `fit` takes) and adds
-  `epsilon` and `epsilon_pld` to the logs of every epoch. `evaluate`, `predict` and `save_weights`
-  are Keras's own.
+  `epsilon` and `epsilon_pld` to the logs of every epoch. `evaluate` and `predict` are Keras's
+  own; `save_weights` and `save` also record the weights' ledger (tfdp.keras.weights_ledger) and
+  write it beside the file, so the weights carry the privacy they spent.
   """
 
   def _set_up_privacy(self, plan: plan_lib.PrivacyPlan, optimizer, ledger, *, engine: str,
@@ -124,16 +120,23 @@ class PrivateModel(tf.keras.Model):
         self, dp.optimizer, dp.augment, private=True,
         expected_batch_size=self._plan.batch_size, engine=dp.engine,
         clip_groups=dp.clip_groups, augmult=dp.augmult, jit_compile=dp.jit_compile,
-        loss_fn=per_example_loss(loss))]
+        loss_fn=losses_lib.per_example_loss(loss))]
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, callbacks=None, **kwargs):
     """Keras's fit on Poisson-sampled steps; refuses input the accountant does not describe."""
     if self._private_step is None:
       raise ValueError("compile the private model (with its loss) before fit")
+    _refuse_weights(kwargs)
     self._check_input(x, y, batch_size)
     callbacks = list(callbacks or [])
     if not any(isinstance(c, callbacks_lib.PrivacyBudget) for c in callbacks):
       callbacks.insert(0, callbacks_lib.PrivacyBudget())  # First: later callbacks see ε.
+    drawn = fit_input.sampling_plan(x)
+    if drawn is not None and kwargs.get("steps_per_epoch") is None:
+      # One iterator for the whole fit: Keras would otherwise start the dataset anew each epoch
+      # (tens of ms, more than a small model's epoch), and the next epoch's draw is prefetched.
+      # Each epoch is still ceil(N / batch_size) fresh Poisson steps.
+      x, kwargs["steps_per_epoch"] = x.repeat().prefetch(1), drawn.steps_per_epoch
     return super().fit(x, y, batch_size=batch_size, epochs=epochs, callbacks=callbacks, **kwargs)
 
   def _check_input(self, x, y, batch_size) -> None:
@@ -209,7 +212,80 @@ class PrivateModel(tf.keras.Model):
             "clip_groups": self._dp.clip_groups, "steps": ledger.steps,
             "batch_size": self._plan.batch_size, "train_examples": self._plan.train_size,
             "optimizer": ledger.mechanism["optimizer"], "augmult": self._dp.augmult,
-            "parameters": ledger.coordinates, "privacy_statement": ledger.statement()}
+            "parameters": ledger.coordinates, "prior_phases": ledger.prior_phases or None,
+            "privacy_statement": ledger.statement()}
+
+  def register_weights(self) -> Optional[str]:
+    """Records (tfdp.keras.weights_ledger) that the current weights came from this ledger, so
+    make_private of a model holding them continues its ε; returns their fingerprint, None
+    while nothing was spent. PrivacyBudget calls it after every epoch and at the end of fit."""
+    return weights_ledger.register(self, self.privacy_ledger)
+
+  def save_weights(self, filepath, overwrite=True, save_format=None, options=None):
+    """Keras's save_weights; also registers the weights and writes their ledger beside them,
+    `<filepath>.tfdp-ledger.json`, for make_private(prior_ledger=...) on another machine.
+
+    An .h5 file holds the layers' weights as the plain model loads them, and the step count as
+    the file's `tfdp_privacy_steps` attribute, which `load_weights` restores.
+    """
+    if _is_h5(filepath, save_format):
+      result = tf.keras.Model(self.inputs, self.outputs).save_weights(
+          filepath, overwrite=overwrite, save_format=save_format, options=options)
+      with h5py.File(filepath, "a") as f:
+        f.attrs[_H5_STEPS] = int(self.privacy_steps.numpy())
+    else:
+      result = super().save_weights(filepath, overwrite=overwrite, save_format=save_format,
+                                    options=options)
+    self._record_saved(filepath)
+    return result
+
+  def load_weights(self, filepath, *args, **kwargs):
+    """Keras's load_weights; from an .h5 file save_weights wrote, the step count too."""
+    steps = None
+    if _is_h5(filepath, None) and os.path.isfile(filepath):
+      with h5py.File(filepath, "r") as f:
+        steps = int(f.attrs[_H5_STEPS]) if _H5_STEPS in f.attrs else None
+    if steps is None:
+      return super().load_weights(filepath, *args, **kwargs)
+    result = tf.keras.Model(self.inputs, self.outputs).load_weights(filepath, *args, **kwargs)
+    self.privacy_steps.assign(steps)
+    return result
+
+  def save(self, filepath, *args, **kwargs):
+    """Saves the model as a plain Keras model over the same layers (no DP optimizer, no step
+    counter: `tf.keras.models.load_model` reads it back anywhere), registers the weights and
+    writes their ledger beside the file, as save_weights does."""
+    result = tf.keras.Model(self.inputs, self.outputs, name=self.name).save(
+        filepath, *args, **kwargs)
+    self._record_saved(filepath)
+    return result
+
+  def _record_saved(self, filepath) -> None:
+    self.register_weights()
+    if isinstance(filepath, (str, os.PathLike)):  # Not an open h5py file.
+      weights_ledger.write_sidecar(filepath, self.privacy_ledger)
+
+
+def _refuse_weights(fit_kwargs) -> None:
+  """class_weight and sample_weight scale each example's loss before its gradient is clipped:
+  clipping then undoes them for every example above the bound, so they do not do what they say."""
+  for name in ("class_weight", "sample_weight"):
+    if fit_kwargs.get(name) is not None:
+      raise ValueError(f"a private fit does not take {name}: each example's gradient is clipped "
+                       "to the same norm, which undoes a weight on its loss; leave it out")
+
+
+_H5_STEPS = "tfdp_privacy_steps"  # The step count in an .h5 file of save_weights.
+
+
+def _is_h5(filepath, save_format) -> bool:
+  """Whether `filepath` is a path Keras writes as HDF5 (its rule: the format, else the suffix);
+  an open h5py.File is left to Keras."""
+  if not isinstance(filepath, (str, os.PathLike)):
+    return False
+  if save_format is not None:
+    return save_format.lower() in ("h5", "hdf5")
+  return os.fspath(filepath).endswith((".h5", ".hdf5"))
 
 
 def _as_chunks(x, y, rows: int):
@@ -260,14 +336,17 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
                  learning_rate: Optional[float] = None, momentum: float = 0.0, clip_groups=None,
                  engine: str = "fast", augmult: int = 1, augment: Optional[Callable] = None,
                  sampling: str = "poisson", physical_batch_size: Optional[int] = None,
-                 jit_compile: bool = False) -> PrivateModel:
+                 jit_compile: bool = False, prior_ledger=None) -> PrivateModel:
   """A private copy of `model` (same layers and weights) whose `fit` runs DP-SGD.
 
   σ is calibrated to `target_epsilon` over `epochs` epochs before anything trains (or taken as
   `noise_multiplier`, ε then only reported); fit stops before a step would exceed the target.
 
   Args:
-    model: a functional or Sequential Keras model without BatchNorm, inputs -> logits.
+    model: a functional or Sequential Keras model, one input and one output (logits or
+      probabilities, as its loss expects). tfdp.keras.check runs first and refuses, by name,
+      every layer that mixes the examples of a batch or keeps state fit updates (BatchNorm:
+      tfdp.keras.fix replaces it) and every layer it cannot prove per-example.
     optimizer: a DP optimizer name ('dp_sgd', 'dp_adam', 'dp_rmsprop', 'dp_adagrad') or an
       instance from tfdp.optimizers.build_optimizer whose σ and clip match the plan.
     l2_norm_clip: C, the L2 bound on each example's gradient.
@@ -288,26 +367,49 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
       whole batch); with 'poisson', poisson_dataset's own physical_batch_size decides. Memory,
       never privacy: noise is added once per batch whatever the chunks.
     jit_compile: compile each chunk's clipped sum with XLA.
+    prior_ledger: where `model`'s weights came from, when they were trained privately on
+      another machine: a PrivacyLedger or the path of its JSON (the `<file>.tfdp-ledger.json`
+      that PrivateModel.save_weights writes). Weights this machine trained are found without it.
+
+  Weights trained privately before (by a PrivateModel, in memory, or saved and loaded back:
+  tfdp.keras.weights_ledger) continue their ledger: its phases are composed ahead of the new
+  steps, so ε, the budget and the model card cover both, and `target_epsilon` is the total.
+  Such weights are refused when their δ, sampling or randomness differ from this plan's, or
+  when the target leaves no room for a step after them.
   """
   _refuse_multi_worker()
-  if not getattr(model, "_is_graph_network", False):
-    raise ValueError("make_private needs a functional or Sequential model with known inputs "
-                     "(the per-example engine reads its layer graph); build a subclassed model's "
-                     "layers into a functional model first")
+  validation.check(model)  # Before anything else: every layer per-example, no BatchNorm.
   plan = plan_lib.PrivacyPlan(l2_norm_clip=l2_norm_clip, target_delta=target_delta,
                               epochs=epochs, train_size=train_size, batch_size=batch_size,
                               target_epsilon=target_epsilon, noise_multiplier=noise_multiplier,
                               sampling=sampling)
   if engine not in clipping.CLIPPING_ENGINES:
     raise ValueError(f"unknown engine {engine!r}; valid: {sorted(clipping.CLIPPING_ENGINES)}")
-  sigma = plan.sigma()
+  prior_phases = _earlier_phases(model, plan, prior_ledger)
+  sigma = plan.sigma(prior_segments=ledger_lib.phase_segments(prior_phases))
   name, dp_optimizer = _dp_optimizer(optimizer, learning_rate, momentum, l2_norm_clip, sigma,
                                      model, clip_groups)
   ledger = plan.ledger(sigma, "secret", {"optimizer": name, "l2_norm_clip": l2_norm_clip,
-                                         "clip_groups": clip_groups, "augmult": augmult})
+                                         "clip_groups": clip_groups, "augmult": augmult},
+                       prior_phases=prior_phases)
   ledger.coordinates = int(sum(v.shape.num_elements() for v in model.trainable_variables))
   private = PrivateModel(inputs=model.inputs, outputs=model.outputs, name=model.name)
   private._set_up_privacy(plan, dp_optimizer, ledger, engine=engine, clip_groups=clip_groups,  # pylint: disable=protected-access
                           augmult=augmult, augment=augment, jit_compile=jit_compile,
                           physical_batch_size=physical_batch_size)
+  weights_ledger.track(private)  # A later make_private of these variables sees its live ledger.
   return private
+
+
+def _earlier_phases(model, plan: plan_lib.PrivacyPlan, prior_ledger) -> list:
+  """The private phases that produced `model`'s weights (tfdp.keras.weights_ledger), checked
+  against the plan and announced in one line; [] for fresh weights."""
+  phases = weights_ledger.earlier_phases(model, prior_ledger)
+  if phases:
+    plan.check_prior(phases)
+    steps = sum(int(phase["steps"]) for phase in phases)
+    in_phases = f" in {len(phases)} phases" if len(phases) > 1 else ""
+    print(f"these weights were trained privately before: {steps} steps{in_phases}, ε = "
+          f"{weights_ledger.phases_epsilon(phases, plan.target_delta):.3g} at δ = "
+          f"{plan.target_delta:g}; the new phase's ε adds to it")
+  return phases

@@ -3,8 +3,10 @@
 The ledger is the single source of truth for ε. It records the mechanism (noise multiplier σ, noise
 distribution, noise schedule, sampling probability q, sampling scheme), the budget (target ε, δ), the
 number of noisy steps taken, and a history of changes (start, resume). Because the schedule lives here, a
-resumed run continues it where it stopped. The training loop asks it before every step whether that step fits the budget.
-No TensorFlow here.
+resumed run continues it where it stopped. Earlier private phases that produced the starting
+weights (`prior_phases`: a Keras model trained privately before, tfdp.keras.weights_ledger) are
+composed ahead of everything else, so ε covers them too. The training loop asks it before every
+step whether that step fits the budget. No TensorFlow here.
 """
 
 import dataclasses
@@ -73,6 +75,14 @@ class PrivacyLedger:
       (tfdp.dp.feature_statistics), with keys noise_multiplier and releases; empty without them.
       They are Gaussian releases at q = 1, composed ahead of the probe and the main steps.
     normalization_released: whether they were released (they are, once, before the first step).
+    prior_phases: earlier DP-SGD phases on the same data that produced the starting weights, in
+      order, each a dict with keys noise_multiplier, sampling_probability, steps (Gaussian,
+      Poisson-sampled steps), delta, sampling, randomness (what they were accounted under) and
+      run_id (the ledger they come from).
+      Composed ahead of the statistics, the probe and the main steps; empty for weights that no
+      private training produced (and in ledgers written before it was recorded).
+    run_id: a random name for this ledger (tfdp.keras), so that one phase seen twice, as a
+      snapshot in a later ledger's prior_phases and live, counts once; empty when unnamed.
   """
   noise_multiplier: float
   sampling_probability: float
@@ -94,6 +104,8 @@ class PrivacyLedger:
   probe_steps: int = 0
   normalization: Dict[str, Any] = dataclasses.field(default_factory=dict)
   normalization_released: bool = False
+  prior_phases: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+  run_id: str = ""
 
   def __post_init__(self):
     if self.randomness not in RANDOMNESS_NOTES:
@@ -109,6 +121,10 @@ class PrivacyLedger:
     if self.normalization and self.noise != "gaussian":
       raise ValueError("DP feature statistics are accounted as Gaussian releases; noise is "
                        f"{self.noise!r}")
+    if self.prior_phases and self.noise != "gaussian":
+      raise ValueError(f"earlier phases are accounted as Gaussian steps; noise is {self.noise!r}")
+    for phase in self.prior_phases:
+      _check_phase(phase)
 
   @property
   def accountant(self) -> str:
@@ -126,8 +142,8 @@ class PrivacyLedger:
     steps = self.steps if steps is None else steps
     releases = self.normalization.get("releases", 0) if self.normalization_released else 0
     return mechanisms.float_tail_delta(self.epsilon(steps=steps),
-                                       steps + self.probe_steps + releases, self.coordinates,
-                                       self.noise)
+                                       self.prior_steps + steps + self.probe_steps + releases,
+                                       self.coordinates, self.noise)
 
   def noise_multiplier_at(self, step: int) -> float:
     """σ of step `step` (0-based) under the schedule."""
@@ -169,6 +185,40 @@ class PrivacyLedger:
       return "unproven"
     return "shuffle" if self.sampling == "shuffle" else "proven"
 
+  @property
+  def prior_steps(self) -> int:
+    """Steps of the earlier phases that produced the starting weights."""
+    return sum(int(phase["steps"]) for phase in self.prior_phases)
+
+  def prior_segments(self) -> List[Tuple[float, int, float]]:
+    """The earlier phases as (σ, steps, q) segments, in order."""
+    return phase_segments(self.prior_phases)
+
+  def phases(self) -> List[Dict[str, Any]]:
+    """This ledger's whole spending as phases a later ledger can take as its `prior_phases`:
+    its own prior phases, then its steps (when it took any).
+
+    Raises:
+      ValueError: when the spending is not a sequence of constant-σ Gaussian Poisson-sampled
+        DP-SGD phases (a noise schedule, another noise, a linear probe, DP feature statistics, or
+        a mechanism without a proof): no phase list would account for it.
+    """
+    reasons = [reason for reason, applies in (
+        (f"a {self.schedule} noise schedule", bool(self.epoch_factors)),
+        (f"{self.noise} noise", self.noise != "gaussian"),
+        ("a linear probe", bool(self.probe)),
+        ("DP feature statistics", bool(self.normalization)),
+        ("a mechanism without a privacy proof", not self.proven)) if applies]
+    if reasons:
+      raise ValueError(f"this ledger's spending includes {' and '.join(reasons)}, which cannot "
+                       "be expressed as constant-σ Gaussian DP-SGD phases; continue that run "
+                       "with the tool that started it (python -m tfdp.train) instead")
+    own = [] if not self.steps else [{
+        "noise_multiplier": self.noise_multiplier, "sampling_probability":
+        self.sampling_probability, "steps": self.steps, "delta": self.delta,
+        "sampling": self.sampling, "randomness": self.randomness, "run_id": self.run_id}]
+    return [dict(phase) for phase in self.prior_phases] + own
+
   def probe_segments(self, probe_steps: Optional[int] = None) -> List[Tuple[float, int, float]]:
     """The probe's first `probe_steps` (default: those taken) as one (σ, count, q) segment."""
     if not self.probe:
@@ -191,8 +241,8 @@ class PrivacyLedger:
     `steps` main steps (defaults: what was released), by `accountant` (default:
     self.accountant)."""
     steps = self.steps if steps is None else steps
-    segments = (self.normalization_segments(normalized) + self.probe_segments(probe_steps)
-                + self.segments(steps))
+    segments = (self.prior_segments() + self.normalization_segments(normalized)
+                + self.probe_segments(probe_steps) + self.segments(steps))
     return accounting.composed_epsilon(segments, self.sampling_probability, self.delta,
                                        accountant or self.accountant, self.noise)
 
@@ -239,10 +289,16 @@ class PrivacyLedger:
     if self.epoch_factors:
       mechanism += (f" in epoch 1 on a {self.schedule} schedule (σ now "
                     f"{self.noise_multiplier_at(max(self.steps - 1, 0)):.4f})")
-    return (f"{prefix}{accountants} at δ = {self.delta:g} after {self._normalization_text()}{self._probe_text()}{self.steps} "
-            f"steps, {mechanism}, "
+    return (f"{prefix}{accountants} at δ = {self.delta:g} after {self._prior_text()}"
+            f"{self._normalization_text()}{self._probe_text()}{self.steps} steps, {mechanism}, "
             f"q = {self.sampling_probability:.5f}; {SAMPLING_NOTES[self.sampling]}; "
             f"{RANDOMNESS_NOTES[self.randomness]}; {self._float_note()}")
+
+  def _prior_text(self) -> str:
+    if not self.prior_phases:
+      return ""
+    count = len(self.prior_phases)
+    return f"{count} earlier phase{'s' if count > 1 else ''} ({self.prior_steps} steps) and "
 
   def _normalization_text(self) -> str:
     if not self.normalization or not self.normalization_released:
@@ -295,7 +351,7 @@ class PrivacyLedger:
     """What differs from `other` in the mechanism and budget, one 'name: ours -> theirs' each."""
     keys = ("noise_multiplier", "sampling_probability", "delta", "sampling", "target_epsilon",
             "noise", "schedule", "epoch_factors", "steps_per_epoch", "randomness", "probe",
-            "normalization")
+            "normalization", "prior_phases")
     changes = [f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}" for k in keys
                if not _close(getattr(self, k), getattr(other, k))]
     return changes + _setting_changes(self.mechanism, other.mechanism)
@@ -314,6 +370,26 @@ _DESCRIBE_MECHANISM = {
     "discrete_gaussian": ("discrete Gaussian noise on an integer grid, σ = {sigma:.4f} of the "
                           "rounding-inflated sensitivity"),
 }
+
+
+_PHASE_KEYS = ("noise_multiplier", "sampling_probability", "steps")
+
+
+def phase_segments(phases: List[Dict[str, Any]]) -> List[Tuple[float, int, float]]:
+  """Phases (PrivacyLedger.prior_phases) as (σ, steps, q) segments for the accountant."""
+  return [(float(p["noise_multiplier"]), int(p["steps"]), float(p["sampling_probability"]))
+          for p in phases]
+
+
+def _check_phase(phase: Dict[str, Any]) -> None:
+  missing = [key for key in _PHASE_KEYS if key not in phase]
+  if missing:
+    raise ValueError(f"an earlier phase needs the keys {list(_PHASE_KEYS)}; {phase!r} lacks "
+                     f"{missing}")
+  if not phase["noise_multiplier"] > 0 or not 0 < phase["sampling_probability"] <= 1 or \
+      int(phase["steps"]) < 0:
+    raise ValueError(f"an earlier phase needs noise_multiplier > 0, sampling_probability in "
+                     f"(0, 1] and steps >= 0; got {phase!r}")
 
 
 _ABSENT = object()

@@ -49,8 +49,8 @@ def export_run(checkpoint_dir: str, export_dir: str) -> str:
   run = restore_run(checkpoint_dir)
   card = model_card.build(_metrics_for_card(checkpoint_dir, run.restored))
   with released_weights(run.weight_average):
-    return saved_model.export_versioned(run.model, run.preprocess, run.spec["class_names"],
-                                        export_dir, card)
+    return saved_model.export_versioned(run.model, export_dir, preprocess=run.preprocess,
+                                        class_names=run.spec["class_names"], model_card=card)
 
 
 @dataclasses.dataclass(frozen=True)

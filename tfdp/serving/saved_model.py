@@ -9,6 +9,11 @@ Signatures (both return `probabilities` [batch, classes] float32, `classes` [bat
 Only the model's weights are saved: no optimizer state, no data. The model card (tfdp.serving.model_card) is
 an asset, assets/model_card.json, and is also written beside the version directory.
 
+A Keras user's model exports alone, `export_saved_model(private, export_dir)`: the class names
+default to "0".."K-1", the preprocessing to what the model's input expects (`default_preprocess`),
+and `probabilities` are the model's own outputs when it ends in softmax or sigmoid, a softmax of
+them when it outputs logits (`output_kind`); a single unit is binary, [1 - p, p].
+
 Layout: `export_versioned(..., base_dir)` writes base_dir/<version>/ with the next free integer
 version, the layout TF Serving polls.
 
@@ -18,7 +23,7 @@ version, the layout TF Serving polls.
 import json
 import os
 import tempfile
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -26,16 +31,89 @@ from tfdp import atomic
 from tfdp.serving import model_card as model_card_lib
 
 MODEL_CARD = "model_card.json"
+OUTPUT_KINDS = ("logits", "probabilities")
+_PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
+_SCALING_LAYERS = (tf.keras.layers.Rescaling, tf.keras.layers.Normalization)
+
+
+def output_kind(model: tf.keras.Model) -> str:
+  """'probabilities' when the model's last layer ends in softmax or sigmoid (an activation
+  argument, or a Softmax / Activation layer), else 'logits'."""
+  layer = _last_layer(model)
+  if isinstance(layer, tf.keras.layers.Softmax):
+    return "probabilities"
+  activation = getattr(layer, "activation", None)
+  name = getattr(activation, "__name__", activation)
+  return "probabilities" if name in _PROBABILITY_ACTIVATIONS else "logits"
+
+
+def default_preprocess(model: tf.keras.Model) -> Callable:
+  """uint8 pixels -> what the model's input expects: cast to float32 when the model rescales
+  its input itself (its first layer, past augmentation layers, is Rescaling or Normalization),
+  else cast and divided by 255 (inputs in [0, 1], as keras.io examples train)."""
+  if isinstance(_first_layer(model), _SCALING_LAYERS):
+    return lambda pixels: tf.cast(pixels, tf.float32)
+  return lambda pixels: tf.cast(pixels, tf.float32) / 255.0
+
+
+def default_class_names(model: tf.keras.Model) -> List[str]:
+  """"0".."K-1" for K output units; a single (sigmoid) unit is 2 classes."""
+  return [str(k) for k in range(_num_classes(model))]
+
+
+def _num_classes(model: tf.keras.Model) -> int:
+  shape = model.output_shape
+  if isinstance(shape, list) or len(shape) != 2:
+    raise ValueError(f"export takes a classifier with one output [batch, classes]; this model's "
+                     f"output shape is {shape}")
+  return max(2, int(shape[-1]))
+
+
+def _leading_layers(model: tf.keras.Model):
+  """The model's layers in order, nested models flattened, without the input layers."""
+  for layer in model.layers:
+    if isinstance(layer, tf.keras.Model):
+      yield from _leading_layers(layer)
+    elif not isinstance(layer, tf.keras.layers.InputLayer):
+      yield layer
+
+
+def _first_layer(model: tf.keras.Model):
+  """The first layer that acts at inference: random augmentation layers are skipped."""
+  for layer in _leading_layers(model):
+    if not type(layer).__name__.startswith("Random"):
+      return layer
+  return None
+
+
+def _last_layer(model: tf.keras.Model):
+  """The layer that computes the model's output (through nested models)."""
+  history = getattr(model.outputs[0], "_keras_history", None) if model.outputs else None
+  layer = history.layer if history else (model.layers[-1] if model.layers else None)
+  return _last_layer(layer) if isinstance(layer, tf.keras.Model) else layer
+
+
+def _as_probabilities(outputs, kind: str):
+  """[batch, K] probabilities from the model's outputs; one unit -> [1 - p, p]."""
+  if kind == "logits":
+    if outputs.shape[-1] == 1:
+      outputs = tf.sigmoid(outputs)
+    else:
+      return tf.nn.softmax(outputs, axis=-1)
+  if outputs.shape[-1] == 1:
+    return tf.concat([1.0 - outputs, outputs], axis=-1)
+  return outputs
 
 
 class _Classifier(tf.Module):
   """Wraps a trained model: pixels or encoded images -> class probabilities, preprocessing inside."""
 
   def __init__(self, model: tf.keras.Model, preprocess: Callable, class_names: Sequence[str],
-               model_card_path: Optional[str] = None):
+               outputs: str, model_card_path: Optional[str] = None):
     super().__init__()
     self.model = model
     self._preprocess = preprocess
+    self._outputs = outputs
     self.class_names = tf.constant(list(class_names))
     if model_card_path:
       self.model_card = tf.saved_model.Asset(model_card_path)
@@ -56,8 +134,8 @@ class _Classifier(tf.Module):
     return self._predict(pixels)
 
   def _predict(self, pixels):
-    logits = self.model(self._preprocess(pixels), training=False)
-    probabilities = tf.nn.softmax(logits, axis=-1)
+    outputs = tf.cast(self.model(self._preprocess(pixels), training=False), tf.float32)
+    probabilities = _as_probabilities(outputs, self._outputs)
     batch = tf.shape(pixels)[0]
     return {
         "probabilities": probabilities,
@@ -66,21 +144,38 @@ class _Classifier(tf.Module):
     }
 
 
-def export_saved_model(model: tf.keras.Model, preprocess: Callable, class_names: Sequence[str],
-                       export_dir: str, model_card: Optional[dict] = None) -> str:
+def export_saved_model(model: tf.keras.Model, export_dir: str, *,
+                       preprocess: Optional[Callable] = None,
+                       class_names: Optional[Sequence[str]] = None,
+                       model_card: Optional[dict] = None, outputs: Optional[str] = None) -> str:
   """Writes a SavedModel to `export_dir` atomically (temp dir, then rename); returns its path.
 
   Args:
-    model: images -> logits; a tfdp.keras private model brings its own model card (from its
-      ledger) when `model_card` is None. Only its layers' weights are written: not its optimizer
-      state nor its step count.
-    preprocess: uint8 pixels [batch, H, W, C] -> the model's input, in-graph.
-    class_names: one name per class.
+    model: images -> logits or probabilities [batch, K]; a tfdp.keras private model brings its
+      own model card (from its ledger) when `model_card` is None, and records its weights with
+      their ledger (tfdp.keras.weights_ledger). Only its layers' weights are written: not its
+      optimizer state nor its step count.
     export_dir: where the SavedModel goes (replaced whole).
+    preprocess: uint8 pixels [batch, H, W, C] -> the model's input, in-graph. Default
+      (default_preprocess): cast to float32 and divided by 255, or only cast when the model's
+      first layer is Rescaling or Normalization.
+    class_names: one name per class. Default: "0".."K-1" for K outputs (2 for a single unit).
     model_card: the card's fields (tfdp.serving.model_card.build).
+    outputs: 'logits' or 'probabilities', what the model returns (default: output_kind(model)).
+      Logits are softmaxed; a single unit p (after a sigmoid of a logit) becomes [1 - p, p].
   """
+  if outputs is not None and outputs not in OUTPUT_KINDS:
+    raise ValueError(f"outputs must be one of {OUTPUT_KINDS}, got {outputs!r}")
   if model_card is None and hasattr(model, "privacy_report"):
     model_card = model_card_lib.build(model.privacy_report())
+  if hasattr(model, "register_weights"):
+    model.register_weights()  # Whatever a private model releases, its ledger goes with it.
+  outputs = outputs or output_kind(model)
+  class_names = list(class_names) if class_names is not None else default_class_names(model)
+  if len(class_names) != _num_classes(model):
+    raise ValueError(f"{len(class_names)} class_names for a model of {_num_classes(model)} "
+                     "classes; give one name per class")
+  preprocess = preprocess or default_preprocess(model)
   model = _layers_only(model)
   temp_dir = atomic.temp_dir_beside(export_dir)
   with tempfile.TemporaryDirectory() as scratch:
@@ -89,7 +184,7 @@ def export_saved_model(model: tf.keras.Model, preprocess: Callable, class_names:
       card_path = os.path.join(scratch, MODEL_CARD)
       with open(card_path, "w") as f:
         json.dump(model_card, f, indent=2, sort_keys=True)
-    module = _Classifier(model, preprocess, class_names, card_path)
+    module = _Classifier(model, preprocess, class_names, outputs, card_path)
     signatures = {"serving_default": module.predict_images,
                   "predict_pixels": module.predict_pixels}
     tf.saved_model.save(module, temp_dir, signatures=signatures)
@@ -117,11 +212,17 @@ def next_version(base_dir: str) -> int:
   return max(versions, default=0) + 1
 
 
-def export_versioned(model: tf.keras.Model, preprocess: Callable, class_names: Sequence[str],
-                     base_dir: str, model_card: Optional[dict] = None) -> str:
-  """Exports to base_dir/<next version>/ and writes the model card beside it; returns the path."""
-  path = export_saved_model(model, preprocess, class_names,
-                            os.path.join(base_dir, str(next_version(base_dir))), model_card)
+def export_versioned(model: tf.keras.Model, base_dir: str, *,
+                     preprocess: Optional[Callable] = None,
+                     class_names: Optional[Sequence[str]] = None,
+                     model_card: Optional[dict] = None, outputs: Optional[str] = None) -> str:
+  """Exports to base_dir/<next version>/ (as export_saved_model, the same keyword arguments) and
+  writes the model card beside it; returns the path."""
+  if model_card is None and hasattr(model, "privacy_report"):
+    model_card = model_card_lib.build(model.privacy_report())
+  path = export_saved_model(model, os.path.join(base_dir, str(next_version(base_dir))),
+                            preprocess=preprocess, class_names=class_names,
+                            model_card=model_card, outputs=outputs)
   if model_card is not None:
     atomic.write_text(os.path.join(base_dir, MODEL_CARD),
                       json.dumps(model_card, indent=2, sort_keys=True))

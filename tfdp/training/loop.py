@@ -463,10 +463,11 @@ def _export(config, model, preprocess, class_names, weight_average, card) -> dic
   weights (EMA when used) and the model card."""
   with release.released_weights(weight_average):
     return {"saved_model": saved_model.export_saved_model(
-                model, preprocess, class_names,
-                os.path.join(config.run.output_dir, "saved_model"), card),
-            "export_dir": saved_model.export_versioned(model, preprocess, class_names,
-                                                  _export_dir(config), card)}
+                model, os.path.join(config.run.output_dir, "saved_model"), preprocess=preprocess,
+                class_names=class_names, model_card=card),
+            "export_dir": saved_model.export_versioned(
+                model, _export_dir(config), preprocess=preprocess, class_names=class_names,
+                model_card=card)}
 
 
 def _epoch_record(epoch, ledger, stats, evaluation, monitor: Optional[str] = None) -> dict:
