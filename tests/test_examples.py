@@ -1,6 +1,7 @@
 """The scripts under examples/ run and do what their docstrings say."""
 
 import pathlib
+import re
 import runpy
 
 import pytest
@@ -36,3 +37,23 @@ def test_keras_audit_example_bounds_epsilon_within_the_proof():
   assert result["epsilon"] <= 3.0
   assert 0.0 <= result["audit_epsilon_lower_bound"] <= result["epsilon"]
   assert not result["audit"]["above_proven"] and result["audit"]["canaries"] == 100
+
+
+def test_keras_mnist_convnet_example_trains_privately_as_keras_io_writes_it():
+  example = runpy.run_path(str(EXAMPLES / "keras_mnist_convnet.py"), run_name="example")
+  result = example["main"](epochs=2)  # Offline: the digits at 28x28, 1,437 of them.
+  assert result["test_accuracy"] > 0.3  # Chance is 0.1.
+  assert 2.5 < result["epsilon"] <= 3.0  # Calibrated for the 2 planned epochs.
+  assert result["model"].privacy_ledger.steps == 2 * 12  # ceil(1437 / 128) per epoch.
+
+
+def test_the_keras_docs_show_the_examples_code_as_it_is():
+  docs = (EXAMPLES.parent / "docs" / "keras.md").read_text()
+  block = re.search(r"<!-- from examples/keras_mnist_convnet.py -->\n```python\n(.*?)```", docs,
+                    re.S).group(1)
+  source = {line.strip() for line in (EXAMPLES / "keras_mnist_convnet.py").read_text().splitlines()}
+  lines = block.strip().splitlines()
+  assert lines[0] == "model = keras.Sequential([" and "return keras.Sequential([" in source
+  missing = [line for line in lines[1:] if line.strip() not in source]  # The rest verbatim.
+  assert not missing
+  assert sum("tfdp" in line for line in lines) == 2  # make_private and poisson_dataset.
