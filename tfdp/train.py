@@ -22,6 +22,7 @@ from tfdp import models
 from tfdp import optimizers
 from tfdp.privacy import accounting
 from tfdp.privacy import mechanisms
+from tfdp import run_lock
 from tfdp.privacy import schedules
 from tfdp.training import distribution
 from tfdp.training import lr_schedules
@@ -297,6 +298,8 @@ def main(argv):
     sys.exit(f"tfdp.train: error: {error}")
   try:
     loop.train_and_evaluate(config, prepared)
+  except run_lock.DirectoryInUse as error:  # Another command is writing this run: nothing done.
+    sys.exit(f"tfdp.train: error: {error}")
   except tf.errors.OpError as error:
     failure = distribution.worker_failure(error)
     if failure is None:

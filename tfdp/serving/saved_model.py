@@ -28,6 +28,7 @@ from typing import Callable, List, Optional, Sequence
 import tensorflow as tf
 
 from tfdp import atomic
+from tfdp import run_lock
 from tfdp.serving import model_card as model_card_lib
 
 MODEL_CARD = "model_card.json"
@@ -220,6 +221,11 @@ def export_versioned(model: tf.keras.Model, base_dir: str, *,
   writes the model card beside it; returns the path."""
   if model_card is None and hasattr(model, "privacy_report"):
     model_card = model_card_lib.build(model.privacy_report())
+  with run_lock.hold(base_dir):  # Two exporters would pick the same version, one lost.
+    return _export_next(model, base_dir, preprocess, class_names, model_card, outputs)
+
+
+def _export_next(model, base_dir, preprocess, class_names, model_card, outputs) -> str:
   path = export_saved_model(model, os.path.join(base_dir, str(next_version(base_dir))),
                             preprocess=preprocess, class_names=class_names,
                             model_card=model_card, outputs=outputs)

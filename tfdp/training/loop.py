@@ -36,6 +36,7 @@ from tfdp.models import scatter
 from tfdp.priors import linear_probe
 from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
+from tfdp import run_lock
 from tfdp.serving import model_card
 from tfdp.serving import release
 from tfdp.serving import saved_model
@@ -297,6 +298,14 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   """
   # First: --cpu_replicas configures devices, which only works before TensorFlow starts.
   strategy = distribution.make_strategy(config.run.distribution, config.run.cpu_replicas)
+  # One command at a time writes a run directory (tfdp.run_lock): only the chief writes it.
+  with (run_lock.hold(config.run.output_dir) if distribution.is_chief(strategy)
+        else contextlib.nullcontext()):
+    return _train_and_evaluate(config, prepared, strategy)
+
+
+def _train_and_evaluate(config: config_lib.Config, prepared, strategy) -> dict:
+  """train_and_evaluate's body, with the run directory locked."""
   tf.keras.utils.set_random_seed(config.run.seed)  # Public: initialization and augmentation only.
   coins = randomness.make_coins(config.run.reproducible_noise, config.run.seed)
   dataset, ledger = prepared or prepare(config)
