@@ -22,8 +22,9 @@ from tfdp import models
 from tfdp import optimizers
 from tfdp.privacy import accounting
 from tfdp.privacy import mechanisms
-from tfdp import run_lock
 from tfdp.privacy import schedules
+from tfdp import run_lock
+from tfdp.training import checkpointing
 from tfdp.training import distribution
 from tfdp.training import lr_schedules
 
@@ -298,7 +299,7 @@ def main(argv):
     sys.exit(f"tfdp.train: error: {error}")
   try:
     loop.train_and_evaluate(config, prepared)
-  except run_lock.DirectoryInUse as error:  # Another command is writing this run: nothing done.
+  except (run_lock.DirectoryInUse, checkpointing.RunStateError) as error:  # Before any step.
     sys.exit(f"tfdp.train: error: {error}")
   except tf.errors.OpError as error:
     failure = distribution.worker_failure(error)

@@ -1,9 +1,19 @@
 """Checkpoints that carry the privacy ledger, so an interrupted run resumes with its budget intact.
 
 Layout under the run's output_dir:
+  spent.json             the ledger as soon as an epoch's steps are taken, written atomically *before*
+                         anything computed from them (the epoch's evaluation, TensorBoard, the
+                         checkpoint): it never counts fewer steps than those whose results exist.
   checkpoints/ckpt-E.*   model and optimizer state after epoch E (tf.train.CheckpointManager)
   state.json             {"epoch": E, "checkpoint": "ckpt-E", "ledger": {...}, "history": [...]}, written atomically
                          *after* the checkpoint, so it never names a checkpoint that is not complete.
+
+Why ε never shrinks across a crash. A run killed after an epoch's steps but before state.json names
+their checkpoint resumes from the epoch before and takes that epoch again with fresh noise; the
+lost epoch's checkpoint or figures may already be on disk, so its steps count: a resume takes the
+ledger's counts from spent.json where they exceed state.json's (the same run's mechanism, checked).
+A directory that holds checkpoints or spent.json but no state.json is refused rather than started
+again at zero steps, and a damaged file is refused by name.
                          The history holds what the run releases per epoch (tfdp.training): no
                          training-batch figures of a private run unless --monitor_private_metrics
                          asked for them, under keys marked not private.
@@ -46,15 +56,23 @@ class RunState:
     Returns:
       (epochs done, ledger, per-epoch history), or None when output_dir holds no run.
     """
+    output_dir = os.path.dirname(self._state_path)
     if not os.path.exists(self._state_path):
+      _refuse_orphans(output_dir)
       return None
-    with open(self._state_path) as f:
-      state = json.load(f)
+    state = _read_state(self._state_path)
     prefix = os.path.join(self._directory, state["checkpoint"])
     self._checkpoint.restore(prefix).assert_existing_objects_matched()
-    return state["epoch"], ledger_lib.PrivacyLedger(**state["ledger"]), state["history"]
+    return state["epoch"], _spent_ledger(output_dir, state["ledger"]), state["history"]
+
+  def record_spent(self, ledger: ledger_lib.PrivacyLedger) -> None:
+    """Writes the ledger to spent.json: call it once steps are taken, before any of their
+    results (an evaluation, a log line, a checkpoint) can be written."""
+    atomic.write_text(os.path.join(os.path.dirname(self._save_state_path), SPENT),
+                      ledger.to_json())
 
   def save(self, epoch: int, ledger: ledger_lib.PrivacyLedger, history: List[dict]) -> None:
+    self.record_spent(ledger)
     prefix = self._manager.save(checkpoint_number=epoch)
     state = {"epoch": epoch, "checkpoint": os.path.basename(prefix),
              "ledger": json.loads(ledger.to_json()), "history": history}
@@ -70,10 +88,78 @@ def restore_weights(output_dir: str, model: tf.keras.Model, weight_average=None)
   state_path = os.path.join(output_dir, "state.json")
   if not os.path.exists(state_path):
     raise ValueError(f"{output_dir} has no completed epoch to export (no state.json)")
-  with open(state_path) as f:
-    state = json.load(f)
+  state = _read_state(state_path)
   extra = {"ema": weight_average} if weight_average is not None else {}
   checkpoint = tf.train.Checkpoint(model=model, **extra)
   prefix = os.path.join(output_dir, "checkpoints", state["checkpoint"])
   checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
-  return state["epoch"], ledger_lib.PrivacyLedger(**state["ledger"]), state["history"]
+  return state["epoch"], _spent_ledger(output_dir, state["ledger"]), state["history"]
+
+
+SPENT = "spent.json"
+
+
+class RunStateError(ValueError):
+  """A run directory whose state cannot be trusted: named, with what to do."""
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as error:
+    raise RunStateError(f"{path} cannot be read ({error}); it holds this run's privacy ledger, so "
+                        "the run cannot resume from it: use a new --output_dir") from None
+
+
+def _read_state(path: str) -> dict:
+  state = _read_json(path)
+  missing = [key for key in ("epoch", "checkpoint", "ledger", "history") if key not in state]
+  if missing:
+    raise RunStateError(f"{path} is damaged: it lacks {', '.join(missing)}; the run cannot "
+                        "resume from it: use a new --output_dir")
+  return state
+
+
+def _spent_ledger(output_dir: str, recorded: dict) -> ledger_lib.PrivacyLedger:
+  """state.json's ledger, its counts raised to spent.json's where that holds more (steps taken
+  whose checkpoint state.json never named)."""
+  try:
+    ledger = ledger_lib.PrivacyLedger(**recorded)
+  except TypeError as error:
+    raise RunStateError(f"{output_dir}/state.json holds a damaged ledger ({error}); use a new "
+                        "--output_dir") from None
+  spent_path = os.path.join(output_dir, SPENT)
+  if not os.path.exists(spent_path):
+    return ledger  # A run from before spent.json existed.
+  try:
+    spent = ledger_lib.PrivacyLedger(**_read_json(spent_path))
+  except TypeError as error:
+    raise RunStateError(f"{spent_path} holds a damaged ledger ({error}); use a new "
+                        "--output_dir") from None
+  changes = ledger.mechanism_changes(spent)
+  if changes:
+    raise RunStateError(f"{spent_path} and state.json describe different runs ({'; '.join(changes)})"
+                        "; use a new --output_dir")
+  extra = spent.steps - ledger.steps
+  if extra > 0:
+    print(f"{spent_path} counts {extra} steps after the last checkpoint (the run stopped while "
+          "saving); they count in ε, and the epoch is taken again with fresh noise")
+  ledger.steps = max(ledger.steps, spent.steps)
+  ledger.probe_steps = max(ledger.probe_steps, spent.probe_steps)
+  ledger.normalization_released = ledger.normalization_released or spent.normalization_released
+  return ledger
+
+
+def _refuse_orphans(output_dir: str) -> None:
+  """Refuses a directory with checkpoints or a spent ledger but no state.json: starting again
+  at zero steps would drop the steps they came from."""
+  checkpoints = os.path.join(output_dir, "checkpoints")
+  orphans = [name for name, there in (
+      (SPENT, os.path.exists(os.path.join(output_dir, SPENT))),
+      ("checkpoints/", os.path.isdir(checkpoints) and bool(os.listdir(checkpoints)))) if there]
+  if orphans:
+    raise RunStateError(
+        f"{output_dir} holds {' and '.join(orphans)} of an earlier run but no state.json: "
+        "starting again at zero steps would leave their steps out of ε; restore state.json or "
+        "use a new --output_dir")

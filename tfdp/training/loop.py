@@ -118,8 +118,9 @@ def _restore_or_start(state: checkpointing.RunState, planned: ledger_lib.Privacy
   epoch, ledger, history = restored
   changes = ledger.mechanism_changes(planned)
   if changes:
-    raise ValueError("the output_dir holds a run with a different privacy mechanism (recorded -> "
-                     f"now: {'; '.join(changes)}); use a new --output_dir")
+    raise checkpointing.RunStateError(
+        "the output_dir holds a run with a different privacy mechanism (recorded -> now: "
+        f"{'; '.join(changes)}); use a new --output_dir")
   reset = list(state.not_checkpointed)
   ledger.record("resume", epoch=epoch, **({"reset": reset} if reset else {}))
   print(f"Resumed after epoch {epoch} from its checkpoint: {ledger.describe()}")
@@ -365,6 +366,8 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy) -> dict:
     print(f"Epoch {epoch + 1}/{config.run.epochs}")
     stats, budget_exhausted = _run_epoch(step_fn, sampler, trained, ledger, max_steps,
                                          _monitor_prefix(config))
+    if chief:
+      state.record_spent(ledger)  # Before anything computed from these steps is written.
     train_seconds += stats.seconds
     train_examples_seen += stats.steps * config.run.batch_size  # Expected: drawn sizes are private.
     final_evaluation = evaluate(trained.test_images, trained.test_labels)
