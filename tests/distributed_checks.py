@@ -7,6 +7,7 @@ this prints one JSON line.
 
 import contextlib
 import json
+import socket
 import sys
 
 import numpy as np
@@ -21,7 +22,18 @@ from tfdp.training import steps
 CLIP = 0.5
 
 
-def _chunks(images, labels, rows):
+def free_ports(count):
+  """`count` localhost ports free right now, for a cluster's workers."""
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def padded_chunks(images, labels, rows):
   """[P]-row chunks of a batch, the last padded and masked."""
   count = -(-len(images) // rows) * rows
   mask = np.zeros(count, np.float32)
@@ -43,7 +55,8 @@ def clipped_sum(clip_groups):
     step = steps.TrainStep(model, optimizer, tf.identity, private=True, expected_batch_size=6,
                            clip_groups=clip_groups, strategy=strategy)
   before = [v.numpy() for v in model.trainable_variables]
-  step(_chunks(images, labels, 4), step=0)  # 3 chunks: replica 0 gets 2, replica 1 one + padding.
+  # 3 chunks: replica 0 gets 2, replica 1 one + padding.
+  step(padded_chunks(images, labels, 4), step=0)
   reference = ref.small_conv_model()
   groups = groups_lib.variable_groups(reference, clip_groups)
   expected = ref.grouped_clipped_sum(reference, images, labels, np.ones(10), CLIP, groups)
@@ -70,7 +83,7 @@ def noise_std(steps_to_take):
                                            noise_multiplier=sigma)
     step = steps.TrainStep(model, optimizer, tf.identity, private=True,
                            expected_batch_size=batch, strategy=strategy)
-  chunks = _chunks(np.zeros((batch, 4, 4, 1), np.float32), np.zeros(batch, np.int64), 2)
+  chunks = padded_chunks(np.zeros((batch, 4, 4, 1), np.float32), np.zeros(batch, np.int64), 2)
   noise, last = [], model.get_weights()[0]
   for i in range(int(steps_to_take)):
     step(chunks, step=i)
@@ -187,7 +200,7 @@ def _same_as_one_device(option, strategy):
     for i in range(3):
       if option == "schedule":
         step.set_noise_factor(1.0 / (i + 1))
-      step(_chunks(images, labels, 4), step=i)
+      step(padded_chunks(images, labels, 4), step=i)
     states.append(_state(model, optimizer, average, option))
     moved = moved or float(np.max(np.abs(model.get_weights()[0] - initial)))
   errors = [float(np.max(np.abs(a - b))) for a, b in zip(*states)]

@@ -3,13 +3,13 @@ process: tests/distributed_checks.py): the single-device sum, noise added once, 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from tests import distributed_checks
 from tfdp import config as config_lib
 from tfdp.privacy import accounting
 from tfdp.training import distribution
@@ -102,19 +102,9 @@ def test_mirrored_digits_run_ends_with_the_single_device_steps_and_epsilon(tmp_p
   assert abs(one["test_accuracy"] - two["test_accuracy"]) < 0.25  # DP noise: runs differ.
 
 
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("localhost", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def _start_workers(outputs, *extra, epochs=2, privacy=_CALIBRATED):
   """Two tfdp.train processes of one TF_CONFIG cluster on localhost; output_dir per worker."""
-  cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+  cluster = {"worker": [f"localhost:{port}" for port in distributed_checks.free_ports(2)]}
   workers = []
   for index, output in enumerate(outputs):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(

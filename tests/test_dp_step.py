@@ -152,11 +152,12 @@ def test_chunked_step_equals_one_chunk(engine):
 
 @pytest.mark.parametrize("name", DP_OPTIMIZERS)
 def test_noise_has_the_std_the_accountant_assumes(name):
-  sigma, clip, size = 1.3, 0.7, 200_000
+  sigma, clip, size = 1.3, 0.7, 800_000
   optimizer = optimizers.build_optimizer(name, 0.1, l2_norm_clip=clip, noise_multiplier=sigma)
   noise = optimizer.noised_mean([tf.zeros([size])], 1.0, noise_seed=ref.noise_key())[0].numpy()
-  # The sample std of 200k normals is within 0.5% of the truth with overwhelming probability
-  # (its relative std is 1/sqrt(2 * 200k) = 0.16%); a wrong scale (e.g. σ instead of σC) is far off.
+  # The sample std of 800k normals has relative standard error 1/sqrt(2 * 800k) = 0.079%, so 0.5%
+  # is 6.3 standard errors (a false failure once in 3e9 runs); a wrong scale (e.g. σ instead of σC,
+  # or 1% too much noise) is far off.
   assert np.std(noise) == pytest.approx(sigma * clip, rel=0.005)
   assert abs(np.mean(noise)) < 5 * sigma * clip / np.sqrt(size)
   again = optimizer.noised_mean([tf.zeros([size])], 1.0, noise_seed=ref.noise_key())[0].numpy()

@@ -125,6 +125,11 @@ def worker(strategy: Optional[tf.distribute.Strategy]):
   return resolver.task_id, len(resolver.cluster_spec().as_dict()["worker"])
 
 
+def is_multi_worker(strategy: Optional[tf.distribute.Strategy]) -> bool:
+  """Whether the run's steps are taken in step with other processes."""
+  return worker(strategy)[1] > 1
+
+
 def is_chief(strategy: Optional[tf.distribute.Strategy]) -> bool:
   """Whether this process writes the run's files: worker 0 (the only one without workers)."""
   return worker(strategy)[0] == 0
@@ -149,7 +154,11 @@ class ShardedPoissonSampler:
   def chunks(self, step: int) -> List[sampling.Chunk]:
     """This worker's draw for `step` in chunks of physical_batch_size rows (at least one)."""
     shard = np.arange(self.worker, self.sampler.num_examples, self.workers, dtype=np.int64)
-    included = self.sampler.coins.inclusion(step, len(shard), self.sampler.sampling_probability)
+    # This worker's slice of a draw over the whole set: with reproducible coins, every worker's
+    # stream is the same, and a draw of len(shard) coins would tie the j-th example of each shard.
+    whole = self.sampler.coins.inclusion(step, self.sampler.num_examples,
+                                         self.sampler.sampling_probability)
+    included = whole[self.worker::self.workers]
     return sampling.split_into_chunks(shard[included], self.sampler.physical_batch_size)
 
 
