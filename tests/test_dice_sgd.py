@@ -134,7 +134,8 @@ def test_error_state_is_in_no_checkpoint_and_a_resume_restarts_it_at_zero(tmp_pa
   step([(images, labels, np.ones(6, "f"))])
   error = [e.numpy() for e in dice.error]
   assert any(np.any(e) for e in error)
-  ledger = ledger_lib.PrivacyLedger(noise_multiplier=1.0, sampling_probability=0.1, delta=1e-5)
+  ledger = ledger_lib.PrivacyLedger(noise_multiplier=1.0, sampling_probability=0.1, delta=1e-5,
+                                    steps=1)  # The step above: a resume checks the count.
   checkpointing.RunState(str(tmp_path), model, dice).save(1, ledger, [])
   prefix = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
   names = [name for name, _ in tf.train.list_variables(prefix)]
@@ -146,7 +147,7 @@ def test_error_state_is_in_no_checkpoint_and_a_resume_restarts_it_at_zero(tmp_pa
 
   fresh_model, fresh, _ = _build_dice()
   planned = ledger_lib.PrivacyLedger(noise_multiplier=1.0, sampling_probability=0.1, delta=1e-5)
-  epoch, resumed, _ = training._restore_or_start(  # pylint: disable=protected-access
+  epoch, resumed, _, _ = training._restore_or_start(  # pylint: disable=protected-access
       checkpointing.RunState(str(tmp_path), fresh_model, fresh), planned)
   assert epoch == 1 and not any(np.any(e.numpy()) for e in fresh.error)
   assert resumed.history[-1]["reset"] == list(dice.not_checkpointed)

@@ -7,6 +7,7 @@ import pytest
 
 from tfdp import config as config_lib
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.training import checkpointing
 from tfdp.training import loop as training
 from tfdp.training import planning
 
@@ -32,7 +33,7 @@ class _SavedRun:
       del self._state[key]
 
   def restore(self):
-    return 1, ledger_lib.PrivacyLedger(**self._state), []
+    return checkpointing.Restored(1, ledger_lib.PrivacyLedger(**self._state), [], 0)
 
 
 def _resume(saved_config, new_config, drop=()):
@@ -43,7 +44,7 @@ def _resume(saved_config, new_config, drop=()):
 
 
 def test_same_config_resumes_where_it_stopped():
-  epoch, ledger, _ = _resume(_config(clip_groups=2, layer_noise="depth_decay"),
+  epoch, ledger, _, _ = _resume(_config(clip_groups=2, layer_noise="depth_decay"),
                              _config(clip_groups=2, layer_noise="depth_decay"))
   assert epoch == 1 and ledger.steps == 10 and ledger.history[-1]["event"] == "resume"
   assert ledger.mechanism["layer_noise"] == "depth_decay" and ledger.mechanism["clip_groups"] == 2

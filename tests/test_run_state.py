@@ -66,17 +66,33 @@ def _one_epoch_run(tmp_path):
 def test_a_deleted_state_json_is_refused_not_restarted_at_zero(tmp_path):
   state = _one_epoch_run(tmp_path)
   state.unlink()
-  with pytest.raises(checkpointing.RunStateError, match="spent.json and checkpoints/.*no state.json"):
+  with pytest.raises(checkpointing.RunStateError,
+                     match="spent.json and checkpoints/.*no state.json"):
     training.train_and_evaluate(_config(tmp_path, epochs=2))
 
 
-def test_a_state_json_that_counts_fewer_steps_is_overruled_by_the_spent_ledger(tmp_path):
+@pytest.mark.parametrize("history_too", [False, True])
+def test_a_ledger_lowered_by_hand_is_refused_with_the_numbers(tmp_path, history_too):
   state = _one_epoch_run(tmp_path)
   recorded = json.loads(state.read_text())
-  recorded["ledger"]["steps"] = 1  # Tampered, or an older copy put back.
+  recorded["ledger"]["steps"] = 1  # Tampered, or copied from another save.
+  if history_too:  # Consistent with the history: the checkpoint's step counter still says 6.
+    recorded["history"][-1]["steps"] = 1
   state.write_text(json.dumps(recorded))
-  metrics = training.train_and_evaluate(_config(tmp_path, epochs=2))
-  assert metrics["steps"] == 2 * STEPS_PER_EPOCH  # Not 1 + 6.
+  expected = ("its checkpoint ckpt-1 took 6 optimizer steps" if history_too
+              else "its history's epoch 1 ends at step 6")
+  with pytest.raises(checkpointing.RunStateError,
+                     match=f"counts 1 steps in its ledger, .*{expected}"):
+    training.train_and_evaluate(_config(tmp_path, epochs=2))
+
+
+def test_an_older_state_json_put_back_is_overruled_by_the_spent_ledger(tmp_path):
+  state = _one_epoch_run(tmp_path)
+  older = state.read_text()
+  training.train_and_evaluate(_config(tmp_path, epochs=2))
+  state.write_text(older)  # Consistent in itself: it names epoch 1's checkpoint, still on disk.
+  metrics = training.train_and_evaluate(_config(tmp_path, epochs=3))
+  assert metrics["steps"] == 4 * STEPS_PER_EPOCH  # Epoch 2 twice, not 3 epochs.
 
 
 @pytest.mark.parametrize("damage, named", [

@@ -27,6 +27,7 @@ from tfdp import run_lock
 from tfdp.training import checkpointing
 from tfdp.training import distribution
 from tfdp.training import lr_schedules
+from tfdp.training import stopping
 
 _DATASET = flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Dataset name.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset directory (folder: train/ and test/).")
@@ -301,6 +302,13 @@ def main(argv):
     loop.train_and_evaluate(config, prepared)
   except (run_lock.DirectoryInUse, checkpointing.RunStateError) as error:  # Before any step.
     sys.exit(f"tfdp.train: error: {error}")
+  except stopping.Stopped as stop:
+    print(f"tfdp.train: {stop}", file=sys.stderr)
+    sys.exit(stop.exit_code)
+  except OSError as error:  # A full disk, a lost mount: spent.json is written before results.
+    sys.exit(f"tfdp.train: error: {error}; every step whose results were written is counted in "
+             f"{config.run.output_dir}/spent.json: fix the cause and run the same command to "
+             "resume")
   except tf.errors.OpError as error:
     failure = distribution.worker_failure(error)
     if failure is None:

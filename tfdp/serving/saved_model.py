@@ -22,7 +22,6 @@ version, the layout TF Serving polls.
 
 import json
 import os
-import tempfile
 from typing import Callable, List, Optional, Sequence
 
 import tensorflow as tf
@@ -178,8 +177,10 @@ def export_saved_model(model: tf.keras.Model, export_dir: str, *,
                      "classes; give one name per class")
   preprocess = preprocess or default_preprocess(model)
   model = _layers_only(model)
+  # Both temporaries sit beside export_dir, named for atomic.sweep should a kill leave them.
   temp_dir = atomic.temp_dir_beside(export_dir)
-  with tempfile.TemporaryDirectory() as scratch:
+  scratch = atomic.temp_dir_beside(export_dir + ".card")
+  try:
     card_path = None
     if model_card is not None:
       card_path = os.path.join(scratch, MODEL_CARD)
@@ -189,7 +190,10 @@ def export_saved_model(model: tf.keras.Model, export_dir: str, *,
     signatures = {"serving_default": module.predict_images,
                   "predict_pixels": module.predict_pixels}
     tf.saved_model.save(module, temp_dir, signatures=signatures)
-  atomic.replace_dir(temp_dir, export_dir)
+    atomic.replace_dir(temp_dir, export_dir)
+  finally:
+    atomic.remove(scratch)
+    atomic.remove(temp_dir)  # Gone already when the export succeeded.
   return os.path.abspath(export_dir)
 
 
@@ -222,6 +226,7 @@ def export_versioned(model: tf.keras.Model, base_dir: str, *,
   if model_card is None and hasattr(model, "privacy_report"):
     model_card = model_card_lib.build(model.privacy_report())
   with run_lock.hold(base_dir):  # Two exporters would pick the same version, one lost.
+    atomic.sweep(base_dir)  # What an export killed here left.
     return _export_next(model, base_dir, preprocess, class_names, model_card, outputs)
 
 

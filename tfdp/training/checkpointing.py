@@ -1,34 +1,50 @@
 """Checkpoints that carry the privacy ledger, so an interrupted run resumes with its budget intact.
 
 Layout under the run's output_dir:
-  spent.json             the ledger as soon as an epoch's steps are taken, written atomically *before*
+  spent.json             the ledger as soon as steps are taken, written atomically *before*
                          anything computed from them (the epoch's evaluation, TensorBoard, the
                          checkpoint): it never counts fewer steps than those whose results exist.
-  checkpoints/ckpt-E.*   model and optimizer state after epoch E (tf.train.CheckpointManager)
-  state.json             {"epoch": E, "checkpoint": "ckpt-E", "ledger": {...}, "history": [...]}, written atomically
+  checkpoints/ckpt-N.*   model and optimizer state at the N-th save (tf.train.CheckpointManager's
+                         save counter, restored with the checkpoint: a save never overwrites the
+                         checkpoint state.json names)
+  state.json             {"epoch": E, "epoch_steps": K, "checkpoint": "ckpt-N", "ledger": {...},
+                         "history": [...]}: E epochs done and K steps of the next (a run stopped
+                         mid-epoch by a signal, tfdp.training.stopping), written atomically
                          *after* the checkpoint, so it never names a checkpoint that is not complete.
-
-Why ε never shrinks across a crash. A run killed after an epoch's steps but before state.json names
-their checkpoint resumes from the epoch before and takes that epoch again with fresh noise; the
-lost epoch's checkpoint or figures may already be on disk, so its steps count: a resume takes the
-ledger's counts from spent.json where they exceed state.json's (the same run's mechanism, checked).
-A directory that holds checkpoints or spent.json but no state.json is refused rather than started
-again at zero steps, and a damaged file is refused by name.
                          The history holds what the run releases per epoch (tfdp.training): no
                          training-batch figures of a private run unless --monitor_private_metrics
                          asked for them, under keys marked not private.
+
+Why ε never shrinks across a crash. A run killed after steps but before state.json names their
+checkpoint resumes from the checkpoint before and takes those steps again with fresh noise; the
+lost steps' checkpoint or figures may already be on disk, so they count: a resume takes the
+ledger's counts from spent.json where they exceed state.json's (the same run's mechanism, checked).
+A directory that holds checkpoints or spent.json but no state.json is refused rather than started
+again at zero steps, and a damaged file is refused by name. state.json's ledger is checked against
+what it was saved with: the checkpoint's optimizer took no more steps than the ledger counts, and
+the history's last epoch (plus K) ends at the ledger's count; a ledger edited by hand, or an older
+state.json put back beside newer checkpoints, is refused with the numbers.
+
 Optimizer state that must not be released (DiceSGD's error) is kept out of checkpoints; such an
 optimizer names it in `not_checkpointed`, and a resume restarts it.
 """
 
 import json
 import os
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional
 
 import tensorflow as tf
 
 from tfdp import atomic
 from tfdp.privacy import ledger as ledger_lib
+
+
+class Restored(NamedTuple):
+  """A run's state as its last complete save left it."""
+  epoch: int  # Epochs done.
+  ledger: ledger_lib.PrivacyLedger
+  history: List[dict]  # One record per epoch done.
+  epoch_steps: int  # Steps of epoch `epoch + 1` already taken (a run stopped mid-epoch).
 
 
 class RunState:
@@ -50,11 +66,11 @@ class RunState:
     self._manager = tf.train.CheckpointManager(
         self._checkpoint, os.path.join(save_dir or output_dir, "checkpoints"), max_to_keep=3)
 
-  def restore(self) -> Optional[Tuple[int, ledger_lib.PrivacyLedger, List[dict]]]:
-    """Restores the last complete checkpoint.
+  def restore(self) -> Optional[Restored]:
+    """Restores the last complete checkpoint; None when output_dir holds no run.
 
-    Returns:
-      (epochs done, ledger, per-epoch history), or None when output_dir holds no run.
+    Raises:
+      RunStateError: the directory's state is missing, damaged or inconsistent (named).
     """
     output_dir = os.path.dirname(self._state_path)
     if not os.path.exists(self._state_path):
@@ -63,7 +79,27 @@ class RunState:
     state = _read_state(self._state_path)
     prefix = os.path.join(self._directory, state["checkpoint"])
     self._checkpoint.restore(prefix).assert_existing_objects_matched()
-    return state["epoch"], _spent_ledger(output_dir, state["ledger"]), state["history"]
+    epoch_steps = state.get("epoch_steps", 0)
+    _check_counts(self._state_path, state, epoch_steps, _iterations(prefix))
+    return Restored(state["epoch"], _spent_ledger(output_dir, state["ledger"]), state["history"],
+                    epoch_steps)
+
+  def check_writable(self) -> None:
+    """Raises RunStateError naming a directory the saves cannot write, before any step."""
+    for directory in (os.path.dirname(self._save_state_path), self._manager.directory):
+      try:
+        os.makedirs(directory, exist_ok=True)
+        atomic.write_text(os.path.join(directory, ".tmp-probe"), "")
+        os.remove(os.path.join(directory, ".tmp-probe"))
+      except OSError as error:
+        raise RunStateError(f"{directory} cannot be written ({error.strerror}): the run would "
+                            "take noisy steps it cannot save; fix its permissions or use "
+                            "another --output_dir") from None
+
+  def sweep(self) -> List[str]:
+    """Clears the temporaries that a killed save left (atomic.sweep); call it holding the lock."""
+    return (atomic.sweep(os.path.dirname(self._save_state_path))
+            + atomic.sweep(self._manager.directory))
 
   def record_spent(self, ledger: ledger_lib.PrivacyLedger) -> None:
     """Writes the ledger to spent.json: call it once steps are taken, before any of their
@@ -71,10 +107,20 @@ class RunState:
     atomic.write_text(os.path.join(os.path.dirname(self._save_state_path), SPENT),
                       ledger.to_json())
 
-  def save(self, epoch: int, ledger: ledger_lib.PrivacyLedger, history: List[dict]) -> None:
+  def save(self, epoch: int, ledger: ledger_lib.PrivacyLedger, history: List[dict],
+           epoch_steps: int = 0) -> None:
+    """Saves after `epoch` epochs and `epoch_steps` steps of the next (spent.json first)."""
     self.record_spent(ledger)
-    prefix = self._manager.save(checkpoint_number=epoch)
-    state = {"epoch": epoch, "checkpoint": os.path.basename(prefix),
+    try:
+      prefix = self._manager.save()
+    except tf.errors.OpError as error:  # A full disk, say: raised as the OSError it is.
+      atomic.sweep(self._manager.directory)  # A part-written checkpoint's temporaries.
+      raise OSError(f"cannot write a checkpoint in {self._manager.directory}: "
+                    f"{error.message}") from None
+    except BaseException:
+      atomic.sweep(self._manager.directory)
+      raise
+    state = {"epoch": epoch, "epoch_steps": epoch_steps, "checkpoint": os.path.basename(prefix),
              "ledger": json.loads(ledger.to_json()), "history": history}
     atomic.write_text(self._save_state_path, json.dumps(state, indent=2, sort_keys=True))
 
@@ -93,6 +139,7 @@ def restore_weights(output_dir: str, model: tf.keras.Model, weight_average=None)
   checkpoint = tf.train.Checkpoint(model=model, **extra)
   prefix = os.path.join(output_dir, "checkpoints", state["checkpoint"])
   checkpoint.restore(prefix).expect_partial().assert_existing_objects_matched()
+  _check_counts(state_path, state, state.get("epoch_steps", 0), _iterations(prefix))
   return state["epoch"], _spent_ledger(output_dir, state["ledger"]), state["history"]
 
 
@@ -149,6 +196,36 @@ def _spent_ledger(output_dir: str, recorded: dict) -> ledger_lib.PrivacyLedger:
   ledger.probe_steps = max(ledger.probe_steps, spent.probe_steps)
   ledger.normalization_released = ledger.normalization_released or spent.normalization_released
   return ledger
+
+
+ITERATIONS_KEY = "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"  # Keras's applied-step counter.
+
+
+def _iterations(prefix: str) -> Optional[int]:
+  """The steps the checkpoint's optimizer applied, when it saved a Keras step counter."""
+  reader = tf.train.load_checkpoint(prefix)
+  if not reader.has_tensor(ITERATIONS_KEY):
+    return None
+  return int(reader.get_tensor(ITERATIONS_KEY))
+
+
+def _check_counts(path: str, state: dict, epoch_steps: int, iterations: Optional[int]) -> None:
+  """Refuses a state.json whose ledger disagrees with what it was saved with: the checkpoint's
+  step counter (never above the ledger; below it when spent steps were taken again) and the
+  history (its last epoch ends `epoch_steps` steps before the ledger's count)."""
+  steps = state["ledger"].get("steps")
+  problems = []
+  if iterations is not None and isinstance(steps, int) and iterations > steps:
+    problems.append(f"its checkpoint {state['checkpoint']} took {iterations} optimizer steps")
+  if state["history"] and isinstance(steps, int):
+    last = state["history"][-1]
+    if last.get("steps") is not None and last["steps"] + epoch_steps != steps:
+      problems.append(f"its history's epoch {last.get('epoch')} ends at step {last['steps']}"
+                      + (f" + {epoch_steps}" if epoch_steps else ""))
+  if problems:
+    raise RunStateError(f"{path} counts {steps} steps in its ledger, but {' and '.join(problems)}"
+                        ": the ledger was changed or belongs to another save; restore the "
+                        "run's own state.json or use a new --output_dir")
 
 
 def _refuse_orphans(output_dir: str) -> None:

@@ -46,6 +46,7 @@ from tfdp.training import distribution
 from tfdp.training import ema
 from tfdp.training import planning
 from tfdp.training import steps as steps_lib
+from tfdp.training import stopping
 
 
 def load_training_data(config: config_lib.Config) -> data.Dataset:
@@ -111,11 +112,12 @@ def _npy_bytes(array) -> bytes:
   return buffer.getvalue()
 
 
-def _restore_or_start(state: checkpointing.RunState, planned: ledger_lib.PrivacyLedger):
+def _restore_or_start(state: checkpointing.RunState,
+                      planned: ledger_lib.PrivacyLedger) -> checkpointing.Restored:
   restored = state.restore()
   if restored is None:
-    return 0, planned, []
-  epoch, ledger, history = restored
+    return checkpointing.Restored(0, planned, [], 0)
+  epoch, ledger, history, epoch_steps = restored
   changes = ledger.mechanism_changes(planned)
   if changes:
     raise checkpointing.RunStateError(
@@ -123,10 +125,11 @@ def _restore_or_start(state: checkpointing.RunState, planned: ledger_lib.Privacy
         f"{'; '.join(changes)}); use a new --output_dir")
   reset = list(state.not_checkpointed)
   ledger.record("resume", epoch=epoch, **({"reset": reset} if reset else {}))
-  print(f"Resumed after epoch {epoch} from its checkpoint: {ledger.describe()}")
+  within = f" and {epoch_steps} steps of epoch {epoch + 1}" if epoch_steps else ""
+  print(f"Resumed after epoch {epoch}{within} from its checkpoint: {ledger.describe()}")
   for note in reset:
     print(f"  {note}")
-  return epoch, ledger, history
+  return restored
 
 
 NOT_PRIVATE = "not_private/"  # Prefix of the training-batch figures of --monitor_private_metrics.
@@ -198,14 +201,21 @@ def _progress(target: int):
   return _LogLines(target)
 
 
-def _run_epoch(step_fn, sampler, trained, ledger, max_steps, monitor: Optional[str] = None):
-  """One epoch of steps over `trained`'s training inputs; progress lines show ε and the
-  monitoring `monitor` allows."""
+def _run_epoch(step_fn, sampler, trained, ledger, max_steps, monitor: Optional[str] = None,
+               first_step: int = 0, stop: Optional[stopping.StopRequest] = None):
+  """The steps of one epoch from its `first_step` over `trained`'s training inputs, until the
+  budget or a `stop` request ends it; progress lines show ε and the monitoring `monitor` allows.
+
+  Returns:
+    (the epoch's stats, whether the budget ended it).
+  """
   stats = _EpochStats()
   progbar = _progress(sampler.steps_per_epoch)
-  for i in range(sampler.steps_per_epoch):
+  for i in range(first_step, sampler.steps_per_epoch):
     if max_steps is not None and ledger.steps >= max_steps:
       return stats, True
+    if stop is not None and stop.requested:
+      break
     chunks = [data.sampling.gather_chunk(trained.train_images, trained.train_labels, c)
               for c in sampler.chunks(ledger.steps)]
     if ledger.private:
@@ -300,13 +310,30 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   # First: --cpu_replicas configures devices, which only works before TensorFlow starts.
   strategy = distribution.make_strategy(config.run.distribution, config.run.cpu_replicas)
   # One command at a time writes a run directory (tfdp.run_lock): only the chief writes it.
-  with (run_lock.hold(config.run.output_dir) if distribution.is_chief(strategy)
-        else contextlib.nullcontext()):
-    return _train_and_evaluate(config, prepared, strategy)
+  chief = distribution.is_chief(strategy)
+  with (run_lock.hold(config.run.output_dir) if chief else contextlib.nullcontext()), \
+       _worker_scratch(chief) as scratch, \
+       stopping.on_signals(install=not distribution.is_multi_worker(strategy)) as stop:
+    return _train_and_evaluate(config, prepared, strategy, scratch, stop)
 
 
-def _train_and_evaluate(config: config_lib.Config, prepared, strategy) -> dict:
-  """train_and_evaluate's body, with the run directory locked."""
+@contextlib.contextmanager
+def _worker_scratch(chief: bool):
+  """None for the chief; for another worker, a directory for its own saves (kept only for its
+  collectives' sake), removed however the run ends."""
+  if chief:
+    yield None
+    return
+  scratch = tempfile.mkdtemp(prefix="tfdp-worker-")
+  try:
+    yield scratch
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
+                        stop: stopping.StopRequest) -> dict:
+  """train_and_evaluate's body, with the run directory locked and signals turned into `stop`."""
   tf.keras.utils.set_random_seed(config.run.seed)  # Public: initialization and augmentation only.
   coins = randomness.make_coins(config.run.reproducible_noise, config.run.seed)
   dataset, ledger = prepared or prepare(config)
@@ -330,11 +357,15 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy) -> dict:
                          weight_average, loss_fn, coins, strategy)
     extra = {"ema": weight_average} if weight_average else {}
     chief = distribution.is_chief(strategy)  # Only the chief writes the run's files.
-    scratch = None if chief else tempfile.mkdtemp(prefix="tfdp-worker-")
     state = checkpointing.RunState(config.run.output_dir, model, optimizer, save_dir=scratch,
                                    **extra)
-    start_epoch, ledger, history = _restore_or_start(state, ledger)
+    if chief:
+      _prepare_run_dir(state)
+    start_epoch, ledger, history, epoch_steps = _restore_or_start(state, ledger)
   ledger.coordinates = models.count_params(model)  # Sizes the float noise's tail in δ.
+  finished = _finished(config, ledger, start_epoch)
+  if finished is not None:
+    return finished
   if chief:
     release.write_run_spec(config, dataset)
   evaluate = release.with_weights(
@@ -363,11 +394,17 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy) -> dict:
     if max_steps is not None and ledger.steps >= max_steps:
       budget_exhausted = True
       break
-    print(f"Epoch {epoch + 1}/{config.run.epochs}")
+    first_step = epoch_steps if epoch == start_epoch else 0
+    print(f"Epoch {epoch + 1}/{config.run.epochs}"
+          + (f", from step {first_step + 1}" if first_step else ""))
     stats, budget_exhausted = _run_epoch(step_fn, sampler, trained, ledger, max_steps,
-                                         _monitor_prefix(config))
+                                         _monitor_prefix(config), first_step, stop)
     if chief:
       state.record_spent(ledger)  # Before anything computed from these steps is written.
+    taken = first_step + stats.steps
+    if stop.requested and not budget_exhausted and taken < sampler.steps_per_epoch:
+      state.save(epoch, ledger, history, epoch_steps=taken)
+      raise _stopped(stop, config, ledger, f"step {taken} of epoch {epoch + 1}")
     train_seconds += stats.seconds
     train_examples_seen += stats.steps * config.run.batch_size  # Expected: drawn sizes are private.
     final_evaluation = evaluate(trained.test_images, trained.test_labels)
@@ -377,6 +414,8 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy) -> dict:
     state.save(epoch + 1, ledger, history)
     if budget_exhausted:
       break
+    if stop.requested and epoch + 1 < config.run.epochs:
+      raise _stopped(stop, config, ledger, f"epoch {epoch + 1}")
   if budget_exhausted:
     print(f"Stopped after {ledger.steps} steps: the next would spend more than "
           f"ε = {ledger.target_epsilon}.")
@@ -396,12 +435,46 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy) -> dict:
   if chief:
     atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
                       json.dumps(metrics, indent=2, sort_keys=True))
-  if scratch:  # A worker's own checkpoints, kept only for its collectives' sake.
-    shutil.rmtree(scratch, ignore_errors=True)
   print(f"Test accuracy {metrics['test_accuracy']:.4f}, balanced "
         f"{metrics['test_balanced_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
         f"{ledger.statement()}")
   return metrics
+
+
+def _prepare_run_dir(state: checkpointing.RunState) -> None:
+  """Before any step: refuses a run directory the saves cannot write, and clears what a killed
+  command left in it (the lock is held: no other writer is there)."""
+  state.check_writable()
+  swept = state.sweep()
+  if swept:
+    print(f"Removed {len(swept)} temporary files an interrupted command left: "
+          f"{', '.join(os.path.basename(path) for path in swept)}")
+
+
+def _finished(config: config_lib.Config, ledger, start_epoch: int) -> Optional[dict]:
+  """The recorded metrics of a run that already ended (all epochs, or the budget) and wrote
+  them; None when there is training or writing left. A rerun of a finished run exports nothing
+  again: `python -m tfdp.export` does, when asked."""
+  metrics_path = os.path.join(config.run.output_dir, "metrics.json")
+  max_steps = ledger.max_steps()
+  ended = start_epoch >= config.run.epochs or (max_steps is not None and ledger.steps >= max_steps)
+  if not ended or not os.path.exists(metrics_path):
+    return None
+  with open(metrics_path) as f:
+    metrics = json.load(f)
+  print(f"{config.run.output_dir} is a finished run ({ledger.describe()}); nothing to train or "
+        f"export. Its export: {metrics.get('export_dir', 'none (--noexport)')}. To export it "
+        f"again: python -m tfdp.export --checkpoint_dir={config.run.output_dir} "
+        f"--export_dir={_export_dir(config)}; to train on, "
+        "raise --epochs (within the budget).")
+  return metrics
+
+
+def _stopped(stop: stopping.StopRequest, config: config_lib.Config, ledger,
+             where: str) -> stopping.Stopped:
+  return stopping.Stopped(stop.signum, (
+      f"stopped by {stop.name} after {where}, saved in {config.run.output_dir} "
+      f"({ledger.describe()}); the same command resumes at the next step"))
 
 
 def _set_statistics(model, dataset, trained, preprocess, ledger, coins, start_epoch, state,
