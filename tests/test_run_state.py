@@ -99,6 +99,9 @@ def test_an_older_state_json_put_back_is_overruled_by_the_spent_ledger(tmp_path)
     (lambda text: text[:len(text) // 2], "state.json cannot be read"),
     (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "ledger"}),
      "state.json is damaged: it lacks ledger"),
+    (lambda text: json.dumps({**json.loads(text), "ledger": {
+        k: v for k, v in json.loads(text)["ledger"].items() if k != "steps"}}),
+     "state.json is damaged: its ledger's steps is None"),
 ])
 def test_a_damaged_state_json_is_refused_by_name(tmp_path, damage, named):
   state = _one_epoch_run(tmp_path)

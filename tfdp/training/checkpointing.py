@@ -214,10 +214,13 @@ def _check_counts(path: str, state: dict, epoch_steps: int, iterations: Optional
   step counter (never above the ledger; below it when spent steps were taken again) and the
   history (its last epoch ends `epoch_steps` steps before the ledger's count)."""
   steps = state["ledger"].get("steps")
+  if not isinstance(steps, int) or steps < 0:
+    raise RunStateError(f"{path} is damaged: its ledger's steps is {steps!r}, not a count; the "
+                        "run cannot resume from it: use a new --output_dir")
   problems = []
-  if iterations is not None and isinstance(steps, int) and iterations > steps:
+  if iterations is not None and iterations > steps:
     problems.append(f"its checkpoint {state['checkpoint']} took {iterations} optimizer steps")
-  if state["history"] and isinstance(steps, int):
+  if state["history"]:
     last = state["history"][-1]
     if last.get("steps") is not None and last["steps"] + epoch_steps != steps:
       problems.append(f"its history's epoch {last.get('epoch')} ends at step {last['steps']}"
