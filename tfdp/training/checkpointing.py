@@ -211,8 +211,8 @@ def _iterations(prefix: str) -> Optional[int]:
 
 def _check_counts(path: str, state: dict, epoch_steps: int, iterations: Optional[int]) -> None:
   """Refuses a state.json whose ledger disagrees with what it was saved with: the checkpoint's
-  step counter (never above the ledger; below it when spent steps were taken again) and the
-  history (its last epoch ends `epoch_steps` steps before the ledger's count)."""
+  step counter and the history's last epoch plus `epoch_steps`, neither of which may exceed the
+  ledger's count (both fall below it when steps counted in spent.json were taken again)."""
   steps = state["ledger"].get("steps")
   if not isinstance(steps, int) or steps < 0:
     raise RunStateError(f"{path} is damaged: its ledger's steps is {steps!r}, not a count; the "
@@ -222,7 +222,7 @@ def _check_counts(path: str, state: dict, epoch_steps: int, iterations: Optional
     problems.append(f"its checkpoint {state['checkpoint']} took {iterations} optimizer steps")
   if state["history"]:
     last = state["history"][-1]
-    if last.get("steps") is not None and last["steps"] + epoch_steps != steps:
+    if last.get("steps") is not None and last["steps"] + epoch_steps > steps:
       problems.append(f"its history's epoch {last.get('epoch')} ends at step {last['steps']}"
                       + (f" + {epoch_steps}" if epoch_steps else ""))
   if problems:
