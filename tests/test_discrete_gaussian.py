@@ -19,6 +19,8 @@ from tfdp.dp import noise
 from tfdp.dp import randomness
 from tfdp import optimizers
 from tfdp.privacy import accounting
+from tfdp.privacy import ledger as ledger_lib
+from tfdp.privacy import mechanisms
 
 DRAWS = 200_000
 
@@ -105,3 +107,41 @@ def test_discrete_gaussian_costs_more_epsilon_than_gaussian_at_the_same_sigma():
     assert gaussian < discrete < 1.6 * gaussian
   with pytest.raises(ValueError, match="PLD accountant has no discrete_gaussian"):
     accounting.epsilon(1.0, 0.01, 10, 1e-5, accountant="pld", noise="discrete_gaussian")
+
+
+@pytest.mark.parametrize("scale", [1, 2, 5, 100, 10_000])
+def test_a_round_of_the_ideal_sampler_ends_often_enough_for_the_stated_bound(scale):
+  """E[rounds] <= mechanisms.DISCRETE_GAUSSIAN_ROUNDS, computed here by exact sums over the
+  proposal's support, not by the bound's argument."""
+  t = scale
+  p_d = np.mean(np.exp(-np.arange(t) / t))  # P(D = 1), U uniform on {0..t-1}.
+  p_zero = (1 / t) / p_d * (1 - math.exp(-1))  # P(X = 0 | D = 1): U = 0 and V = 0.
+  y = np.arange(0, 60 * t + 1, dtype=float)
+  laplace = (1 - math.exp(-1 / t)) / (1 + math.exp(-1 / t)) * np.exp(-y / t)
+  laplace[1:] *= 2  # ±y.
+  accept = np.sum(laplace * np.exp(-(y - t) ** 2 / (2 * t * t)))
+  per_round = p_d * (1 - p_zero / 2) * accept
+  assert 1 / per_round <= mechanisms.DISCRETE_GAUSSIAN_ROUNDS
+
+
+def test_sampler_at_a_large_scale_has_the_discrete_gaussians_spread():
+  """At t = 1000 the proposal's uniform part spans {0..999}: variance and tails as N_Z(0, t²)."""
+  scale = 1000
+  with randomness.keyed_noise(ref.noise_key()):
+    draws = randomness.discrete_gaussian([DRAWS], tf.constant(scale, tf.int64)).numpy()
+  # Var of N_Z(0, t²) equals t² to within e^(-2π² t²); its sample variance has std t² sqrt(2/n).
+  assert abs(np.var(draws) / scale ** 2 - 1) < 6 * math.sqrt(2 / DRAWS)
+  for k in (0.5, 1.0, 2.0, 3.0):
+    expected = math.erfc(k / math.sqrt(2))  # P(|Y| >= k t), continuous to within 1e-3 here.
+    observed = np.mean(np.abs(draws) >= k * scale)
+    assert abs(observed - expected) < 6 * math.sqrt(expected * (1 - expected) / DRAWS) + 2e-3
+
+
+def test_the_statement_no_longer_calls_the_sampler_exact():
+  ledger = ledger_lib.PrivacyLedger(noise_multiplier=4.25, sampling_probability=128 / 1437,
+                                    delta=1e-5, noise="discrete_gaussian", steps=180,
+                                    coordinates=650,
+                                    mechanism={"discrete_rounding_inflation": 0.01})
+  assert "exact" not in ledger.statement()
+  assert ledger.grid_scale() == math.ceil(4.25 * (math.sqrt(650) / 0.01 + math.sqrt(650)))
+  assert 0 < ledger.float_tail_delta() < 1e-6 and "float32" in ledger.statement()

@@ -52,18 +52,26 @@ def test_groups_by_variable_name_match_the_engines_groups_by_layer():
     assert by_name == groups_lib.variable_groups(model, clip_groups), clip_groups
 
 
-def test_microbatches_are_clipped_as_tf_privacy_clips_them():
-  model, before, after = _fit_one_step(None, False, num_microbatches=3)
+def test_one_example_per_microbatch_is_clipped_as_tf_privacy_clips_it():
+  model, before, after = _fit_one_step(None, False, num_microbatches=6)
   tf_privacy_model = ref.small_conv_model()
   images, labels = ref.batch(size=6)
   tf_privacy_model.compile(
       optimizer=dp_optimizer_keras.DPKerasSGDOptimizer(
-          l2_norm_clip=CLIP, noise_multiplier=0.0, num_microbatches=3, learning_rate=1.0),
+          l2_norm_clip=CLIP, noise_multiplier=0.0, num_microbatches=6, learning_rate=1.0),
       loss=_per_example_loss())
   tf_privacy_model.fit(images, labels, batch_size=6, epochs=1, shuffle=False, verbose=0)
   for ours, theirs in zip(model.trainable_variables, tf_privacy_model.trainable_variables):
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-6)
   assert not np.allclose(before[0], after[0])
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_microbatches_of_several_examples_are_refused(jit_compile):
+  """Two examples per microbatch: removing one moves the clipped mean by up to 2C, not C."""
+  with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
+                     match="num_microbatches must equal the batch size|Input to reshape"):
+    _fit_one_step(None, jit_compile, num_microbatches=3)
 
 
 def _noise_draws(optimizer, calls=4):

@@ -63,7 +63,7 @@ def test_training_sees_one_perturbed_copy_in_every_epoch_and_reports_its_epsilon
   assert metrics["local_dp"]["epsilon_per_image"] == 8 * 8 * 255 / 8.0
   assert metrics["local_dp"]["epsilon_per_pixel"] == 255 / 8.0
   card = model_card.build(metrics)
-  assert "ε = 2040-DP per training image" in card["local_dp_guarantee"]
+  assert "(ε = 2040, δ = 0)-DP per training image" in card["local_dp_guarantee"]
   with open(tmp_path / "metrics.json") as f:
     assert json.load(f)["local_dp"]["mechanism"] == "laplace"
 
@@ -91,5 +91,20 @@ def test_bad_local_dp_settings_are_refused(data, message):
 def test_images_perturbed_from_the_public_seed_get_no_local_dp_guarantee():
   secret = local_dp.report("laplace", 2.0, (8, 8, 1))
   seeded = local_dp.report("laplace", 2.0, (8, 8, 1), randomness="reproducible")
-  assert "ε = 8160-DP per training image" in model_card.local_dp_guarantee(secret)
+  assert "(ε = 8160, δ = 1)-DP per training image" in model_card.local_dp_guarantee(secret)
   assert model_card.local_dp_guarantee(seeded).startswith("NO LOCAL-DP GUARANTEE")
+
+
+def test_the_delta_is_what_the_sampler_cannot_reach():
+  """NumPy's Laplace is scale · ±log(2U) on a 53-bit U in (0, 1): its extremes bound every draw."""
+  uniforms = np.array([2.0 ** -53, 1 - 2.0 ** -53])
+  reach = np.max(np.abs(np.where(uniforms >= 0.5, -np.log(2 - 2 * uniforms),
+                                 np.log(2 * uniforms))))
+  assert reach == pytest.approx(local_dp.LAPLACE_REACH, rel=1e-12)
+  # β = 4: from 255 no output lies below 255.5 - 4 · 36.04 = 111.3; pixel value 0 lands there with
+  # probability 1 - e^(-111.3 / 4) / 2, so no pure ε holds and δ = 1 per image.
+  assert local_dp.delta_per_image((8, 8, 1), 4.0) == 1.0
+  per_value = 1 - 0.5 * np.exp(-(255.5 - local_dp.LAPLACE_REACH * 7.0) / 7.0)
+  assert local_dp.delta_per_image((1, 1, 1), 7.0) == pytest.approx(per_value)
+  assert local_dp.delta_per_image((28, 28, 1), 7.1) == 0.0  # 36.04 · 7.1 > 255.5: all reachable.
+  assert local_dp.report("laplace", 4.0, (8, 8, 1))["delta_per_image"] == 1.0

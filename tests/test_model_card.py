@@ -59,6 +59,12 @@ def test_not_private_monitoring_is_listed_as_not_covered():
   assert "not_private_monitoring" not in card["covered_fields"]
 
 
+def test_timing_is_listed_as_not_covered():
+  """Wall time grows with the chunks each drawn batch needed: the drawn sizes are private."""
+  card = _card(dp_guarantee="proven", timing={"examples_per_second": 900.0, "not_private": "x"})
+  assert card["not_covered"] == ["timing"] and "timing" not in card["covered_fields"]
+
+
 def test_the_card_carries_what_the_guarantee_rests_on():
   for field in ("randomness", "dp_guarantee", "l1_norm_clip", "epsilon_if_dp_sgd", "weights_file",
                 "train_subset", "dice_error_clip"):

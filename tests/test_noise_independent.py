@@ -302,7 +302,8 @@ def test_a_discrete_gaussian_run_reports_an_epsilon_above_the_exact_one(tmp_path
   with open(output / "metrics.json") as f:
     metrics = json.load(f)
   assert metrics["noise"] == "discrete_gaussian" and metrics["accountant"] == "rdp"
-  assert metrics["steps"] == 12 and metrics["delta_float_tail"] == 0.0
+  # The float64 sampler is not exact: its distance from N_Z is in δ, small at this size.
+  assert metrics["steps"] == 12 and 0 < metrics["delta_float_tail"] < 1e-6
   epsilon = metrics["epsilon"]
   assert 0 < epsilon <= 3.0 and metrics["test_accuracy"] > 0.3  # Chance is 0.1.
   orders = list(range(2, 257))  # The orders the accountant uses.

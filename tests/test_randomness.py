@@ -6,6 +6,7 @@ releases (its seed included), while --reproducible_noise makes two runs repeat e
 
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow as tf
 from tests import dp_reference as ref
 from tfdp import config as config_lib
 from tfdp.dp import randomness
+from tfdp.privacy import mechanisms
 from tfdp import optimizers
 from tfdp.training import loop as training
 from tfdp.training import steps
@@ -92,8 +94,8 @@ def test_two_runs_with_one_seed_differ_unless_reproducible(tmp_path):
   assert reproducible_metrics["randomness"] == "reproducible"
   assert "no DP guarantee against anyone who knows" in reproducible_metrics["privacy_statement"]
   assert runs["a"][1]["epsilon"] == reproducible_metrics["epsilon"]  # Same mechanism, same ε.
-  tail = runs["a"][1]["delta_float_tail"]  # (1 + e^ε) · steps · d · 1.0e-17 for the float64 noise.
-  assert 0 < tail < 1e-9 and "δ + " in runs["a"][1]["privacy_statement"]
+  tail = runs["a"][1]["delta_float_tail"]  # (1 + e^ε) · steps · d · 2^-106 for the float64 noise.
+  assert 0 < tail < 1e-20 and "δ + " in runs["a"][1]["privacy_statement"]
 
 
 def _released_files(*directories):
@@ -141,3 +143,38 @@ def test_released_files_hold_no_value_of_the_secret(tmp_path, monkeypatch):
     for key in drawn:
       for form in _forms(key):
         assert form not in content, f"{path} holds a noise key"
+
+
+def _extreme_draws(monkeypatch, sampler):
+  """`sampler`'s draw when every random bit is 0: the smallest uniforms, so the largest radius
+  (Box-Muller) or magnitude (Laplace) it can ever produce, at a zero angle or a negative sign."""
+  monkeypatch.setattr(tf.random, "stateless_uniform",
+                      lambda shape, *args, **kwargs: tf.zeros(shape, tf.uint64))
+  with randomness.keyed_noise(tf.constant([0, 0], tf.int64)):
+    return float(np.max(np.abs(sampler([4], 1.0).numpy())))
+
+
+def test_the_stated_gaussian_tail_covers_the_samplers_actual_support(monkeypatch):
+  """Box-Muller caps the radius R, not each coordinate: where the sampler differs from the ideal
+  Gaussian is the event R > its largest radius, of ideal probability exp(-R_max² / 2) per
+  coordinate. The tail added to δ must be at least that (erfc(R_max / √2) is not)."""
+  largest = _extreme_draws(monkeypatch, randomness.gaussian)
+  assert largest == pytest.approx(mechanisms.GAUSSIAN_MAX, rel=1e-12)
+  assert mechanisms.GAUSSIAN_TAIL >= math.exp(-largest ** 2 / 2) * (1 - 1e-9)
+  ledger_tail = mechanisms.float_tail_delta(3.0, steps=2000, coordinates=272_474, noise="gaussian")
+  assert ledger_tail >= (1 + math.exp(3.0)) * 2000 * 272_474 * math.exp(-largest ** 2 / 2) * 0.999
+
+
+def test_the_stated_laplace_tail_covers_the_samplers_actual_support(monkeypatch):
+  largest = _extreme_draws(monkeypatch, randomness.laplace)
+  assert largest == pytest.approx(mechanisms.LAPLACE_MAX, rel=1e-12)
+  assert mechanisms.LAPLACE_TAIL >= math.exp(-largest) * (1 - 1e-9)  # Ideal P(|Z| > largest).
+
+
+def test_uniform106_reaches_both_ends_and_is_uniform():
+  with randomness.keyed_noise(tf.constant([3, 4], tf.int64)):
+    u = randomness.uniform106([400_000]).numpy()
+  assert 0 < u.min() and u.max() <= 1.0
+  # Mean and variance of U(0, 1) within 6 standard errors of 400,000 draws.
+  assert abs(u.mean() - 0.5) < 6 * math.sqrt(1 / 12 / len(u))
+  assert abs(u.var() - 1 / 12) < 6 * math.sqrt(1 / 180 / len(u))

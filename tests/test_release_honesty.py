@@ -86,7 +86,7 @@ def test_monitoring_on_request_is_labelled_not_private_everywhere(tmp_path, caps
       str(tmp_path))
   assert "not_private/train_loss" in _progress_lines(output)[-1]
   card = model_card.build(metrics)
-  assert card["not_covered"] == ["not_private_monitoring"]
+  assert card["not_covered"] == ["not_private_monitoring", "timing"]
   assert card["not_private_monitoring"] == monitoring
   assert "not_private_monitoring" not in card["covered_fields"]
 

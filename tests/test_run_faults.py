@@ -100,6 +100,20 @@ def test_sigterm_mid_epoch_saves_every_step_and_the_rerun_takes_none_twice(tmp_p
   assert [record["steps"] for record in metrics["history"]] == [6, 12, 18]
 
 
+def test_a_stop_after_a_resume_that_counted_lost_steps_resumes_again(tmp_path, taken):
+  """Killed before epoch 2's state.json (its 6 steps stay counted), resumed, stopped mid-epoch:
+  the ledger then exceeds the history plus the partial epoch, and that is no tampering."""
+  with pytest.MonkeyPatch.context() as patch:
+    _fail_write_at_epoch(patch, _Killed(), "state.json", 12)
+    with pytest.raises(_Killed):
+      training.train_and_evaluate(_config(tmp_path))
+  taken.after = lambda count: count == 14 and os.kill(os.getpid(), signal.SIGTERM)
+  with pytest.raises(stopping.Stopped, match="after step 2 of epoch 2"):
+    training.train_and_evaluate(_config(tmp_path))
+  metrics = training.train_and_evaluate(_config(tmp_path))
+  assert len(taken) == 4 * STEPS_PER_EPOCH and metrics["steps"] == len(taken)
+
+
 def test_sigterm_at_an_epoch_end_saves_that_epoch(tmp_path, taken):
   taken.after = lambda count: count == 6 and os.kill(os.getpid(), signal.SIGTERM)
   with pytest.raises(stopping.Stopped, match="after epoch 1,"):
@@ -323,3 +337,5 @@ def test_a_rerun_of_a_finished_run_says_so_and_exports_nothing_again(tmp_path, t
   assert "is a finished run" in capsys.readouterr().out
   assert again == first and len(taken) == STEPS_PER_EPOCH
   assert _versions(str(tmp_path) + "-export") == ["1"]
+  with open(os.path.join(str(tmp_path) + "-export", "model_card.json")) as f:
+    assert "timing" in json.load(f)["not_covered"]  # Wall time follows the private batch sizes.

@@ -9,15 +9,21 @@ import pytest
 from tfdp.privacy import accounting
 from tfdp.privacy import tuning
 
-SEGMENTS, Q, DELTA = [(1.0, 100)], 0.01, 1e-5
+CANDIDATES, Q, DELTA = [[(1.0, 100)]], 0.01, 1e-5
+# Two settings where the one with the larger ε alone has the smaller RDP at low orders.
+SHORT_LOUD, LONG_QUIET = [(0.6, 5)], [(2.5, 20_000)]
 
 
-def _theorem_2(mean_runs, shape):
-  """Theorem 2 by hand over the RDP orders, the best λ̂ for each λ, then the RDP-to-(ε, δ) bound."""
-  accountant = dp_accounting.rdp.RdpAccountant()
-  accountant.compose(accounting.composed_event(SEGMENTS, Q))
+def _theorem_2(mean_runs, shape, candidates=CANDIDATES):
+  """Theorem 2 by hand over the RDP orders, on the pointwise maximum of the candidates' curves,
+  the best λ̂ for each λ, then the RDP-to-(ε, δ) bound."""
+  curves = []
+  for candidate in candidates:
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(accounting.composed_event(candidate, Q))
+    curves.append(accountant._rdp)  # pylint: disable=protected-access
   # pylint: disable=protected-access
-  orders, rdp = np.array(accountant._orders), np.array(accountant._rdp)
+  orders, rdp = np.array(accountant._orders), np.max(curves, axis=0)
   rdp_lib = dp_accounting.rdp.rdp_privacy_accountant
   gamma = rdp_lib._gamma_truncated_negative_binomial(shape, mean_runs)
   # pylint: enable=protected-access
@@ -35,15 +41,25 @@ def _theorem_2(mean_runs, shape):
 
 @pytest.mark.parametrize("mean_runs,shape", [(10.0, 1.0), (5.0, 2.0), (30.0, 0.5)])
 def test_selection_epsilon_is_theorem_2(mean_runs, shape):
-  ours = tuning.selection_epsilon(SEGMENTS, Q, DELTA, mean_runs, shape)
+  ours = tuning.selection_epsilon(CANDIDATES, Q, DELTA, mean_runs, shape)
   assert ours == pytest.approx(_theorem_2(mean_runs, shape), rel=1e-9)
 
 
 def test_choosing_costs_more_than_one_run_and_more_with_more_runs():
   one = accounting.epsilon(1.0, Q, 100, DELTA)
-  costs = [tuning.selection_epsilon(SEGMENTS, Q, DELTA, mean) for mean in (2.0, 10.0, 100.0)]
+  costs = [tuning.selection_epsilon(CANDIDATES, Q, DELTA, mean) for mean in (2.0, 10.0, 100.0)]
   assert one < costs[0] < costs[1] < costs[2]
   assert costs[1] == pytest.approx(2.24, abs=0.01)  # Pinned: dp_accounting 0.4.3.
+
+
+def test_every_candidate_counts_through_the_pointwise_maximum_of_their_curves():
+  alone = {name: accounting.composed_epsilon(c, Q, DELTA) for name, c in
+           (("short_loud", SHORT_LOUD), ("long_quiet", LONG_QUIET))}
+  assert alone["short_loud"] > alone["long_quiet"]  # 3.39 > 2.62: the "most expensive" one.
+  both = tuning.selection_epsilon([SHORT_LOUD, LONG_QUIET], Q, DELTA, 10.0)
+  assert both == pytest.approx(_theorem_2(10.0, 1.0, [SHORT_LOUD, LONG_QUIET]), rel=1e-9)
+  for candidate in (SHORT_LOUD, LONG_QUIET):  # No single candidate's curve bounds Q.
+    assert both > tuning.selection_epsilon([candidate], Q, DELTA, 10.0) + 0.5
 
 
 @pytest.mark.parametrize("mean_runs,shape,message", [
@@ -53,7 +69,7 @@ def test_choosing_costs_more_than_one_run_and_more_with_more_runs():
 ])
 def test_bad_parameters_are_refused_naming_them(mean_runs, shape, message):
   with pytest.raises(ValueError, match=message):
-    tuning.selection_epsilon(SEGMENTS, Q, DELTA, mean_runs, shape)
+    tuning.selection_epsilon(CANDIDATES, Q, DELTA, mean_runs, shape)
 
 
 @pytest.mark.parametrize("shape", [0.0, 1.0, 3.0])

@@ -132,9 +132,10 @@ _CLIP_GROUPS = flags.DEFINE_string("clip_groups", None,
                                    "each group is clipped to C/sqrt(groups), total sensitivity C.")
 _NOISE = flags.DEFINE_enum(
     "noise", "gaussian", list(accounting.NOISES),
-    "gaussian (float64, truncated at 8.57σ: its missing tail is added to δ); discrete_gaussian: "
-    "the clipped sum rounded to an integer grid plus discrete Gaussian noise, exact against "
-    "floating-point attacks, accounted by RDP with a general subsampling bound (a larger ε at "
+    "gaussian (float64 Box-Muller, radius capped at 12.13σ: its 2^-106 per coordinate is added "
+    "to δ); discrete_gaussian: "
+    "the clipped sum rounded to an integer grid plus discrete Gaussian noise, no float noise "
+    "released (its sampler's distance from the ideal is added to δ), accounted by RDP with a general subsampling bound (a larger ε at "
     "the same σ); or laplace: per-example L1 clipping to --l1_norm_clip and Laplace noise per "
     "coordinate, accounted by PLD, not hardened (needs --clipping=vectorized).")
 _DISCRETE_ROUNDING_INFLATION = flags.DEFINE_float(

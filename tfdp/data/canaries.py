@@ -9,6 +9,12 @@ Each canary is in the training set independently with probability 1/2. A mislabe
 out is removed from the training set (its image is then never trained on, under either label); a
 noise canary left out is simply not added. The training set size N therefore includes the
 canaries drawn in, and the accountant uses that N: canaries are training examples like any other.
+What this leaves open: q = B/N, the calibrated σ and the steps per epoch all follow from N, and
+they are released, so the number of canaries drawn in (not which ones) is public. The one-run
+audit's theorem takes each canary's coin as independent of everything but the model, so its
+bound is, strictly, for the game in which that count is known; the guesses tfdp makes do not use
+it, and with m ≪ N the difference is small. Fixing N before the draw (planning q from N + m/2)
+would remove it, at the price of a sampling probability that is not B over the set trained on.
 
 The draw uses the auditor's coins, apart from the run's: a seed from the operating system's CSPRNG
 (or --audit_seed, for reproducible tests), turned into its own generator, never the training

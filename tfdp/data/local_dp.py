@@ -7,7 +7,16 @@ release a new y each time, and the releases would compose). Under replace-one ad
 image x changed into any other x'), ||x - x'||_1 <= H·W·C·255, so the Laplace mechanism gives
 ε = H·W·C·255 / β for the whole image; rounding and clipping are post-processing. Training on the
 y's (with any optimizer) is post-processing too, so every output of the run is ε-LDP with respect
-to each training image, with no δ. Labels are not perturbed: they are not covered.
+to each training image. Labels are not perturbed: they are not covered.
+
+The δ that holds. NumPy's Laplace sampler inverts a 53-bit uniform in (0, 1), so it never draws
+beyond LAPLACE_REACH = 52 ln 2 = 36.04 scales. With 36.04 β < 255.5 (β < 7.09), some outputs are
+reachable from pixel value 0 and not from 255: no pure ε holds, whatever ε. Per value, the mass
+that value 0 puts on outputs that value 255 never produces is at most
+δ_v = P(Z < 255.5 - 36.04 β) = 1 - e^(-(255.5 - 36.04 β)/β) / 2 (and 0 when β >= 7.09); over the
+H·W·C values of an image, δ = min(1, H·W·C · δ_v) (basic composition). `delta_per_image` is that
+δ, reported beside ε in the statement, metrics and card: for small β it is 1, no guarantee at
+all. (Up to the float64 grid, as for every float sampler here.)
 
 For scale: 28x28 grayscale images at β = 1 give ε = 199,920 per image, a guarantee that protects
 nothing. The per-pixel figure 255 / β (one pixel value changed, the others fixed) is what some
@@ -17,12 +26,15 @@ studies quote; it is reported beside, labelled per pixel, never as the image's �
 """
 
 import dataclasses
+import math
 import secrets
 from typing import Callable, Dict
 
 import numpy as np
 
 PIXEL_RANGE = 255  # Pixel values are 0..255: the L1 diameter per value.
+# NumPy's Laplace: scale · log of a uniform in [2^-53, 1 - 2^-53], so |Z| <= 52 ln 2 scales.
+LAPLACE_REACH = 52 * math.log(2)
 
 
 def secret_rng() -> np.random.Generator:
@@ -43,6 +55,15 @@ def epsilon_per_image(image_shape, scale: float) -> float:
   return float(np.prod(image_shape)) * PIXEL_RANGE / scale
 
 
+def delta_per_image(image_shape, scale: float) -> float:
+  """The δ beside epsilon_per_image for NumPy's sampler (module docstring); 0 for β >= 7.09."""
+  unreachable = PIXEL_RANGE + 0.5 - LAPLACE_REACH * scale  # Below it, 255 never lands.
+  if unreachable <= 0:
+    return 0.0
+  per_value = 1.0 - 0.5 * math.exp(-unreachable / scale)
+  return min(1.0, float(np.prod(image_shape)) * per_value)
+
+
 def epsilon_per_pixel(scale: float) -> float:
   """255 / β: one pixel value changed, the rest fixed. Not the image's ε."""
   return PIXEL_RANGE / scale
@@ -60,10 +81,13 @@ MECHANISMS: Dict[str, LocalDP] = {"laplace": LocalDP(perturb_once)}
 def report(name: str, scale: float, image_shape, randomness: str = "secret") -> dict:
   """What a run with local DP releases about it (metrics.json, model card); `randomness`
   'reproducible' when the noise followed from the public seed (no guarantee then)."""
+  delta = delta_per_image(image_shape, scale)
   return {"mechanism": name, "scale": scale, "adjacency": "replace one image",
           "randomness": randomness,
           "epsilon_per_image": epsilon_per_image(image_shape, scale),
+          "delta_per_image": delta,
           "epsilon_per_pixel": epsilon_per_pixel(scale),
-          "note": ("ε-LDP per training image (δ = 0), each image perturbed once before training; "
-                   "epsilon_per_pixel is for one pixel value alone, not the image's guarantee; "
-                   "labels are not perturbed")}
+          "note": (f"(ε, δ = {delta:.3g})-LDP per training image, each image perturbed once "
+                   "before training; δ > 0 when the sampler's largest draw (36.04 scales) cannot "
+                   "carry one pixel value to every output of another; epsilon_per_pixel is for "
+                   "one pixel value alone, not the image's guarantee; labels are not perturbed")}

@@ -9,8 +9,9 @@ The clipping engines (tfdp.dp.clipping) clip and sum; these DPQueries only add t
 - Adaptive clipping: TF Privacy's QuantileAdaptiveClipSumQuery (Andrew et al. 2021) with both of
   its Gaussian queries (the sum's and the unclipped count's) replaced by secret ones.
 - Laplace (--noise=laplace): LaplaceSumQuery below, for sums of L1-clipped gradients.
-- Discrete Gaussian (--noise=discrete_gaussian): DiscreteGaussianSumQuery below, exact on an integer
-  grid, for users who need the noise hardened against floating-point attacks.
+- Discrete Gaussian (--noise=discrete_gaussian): DiscreteGaussianSumQuery below, on an integer
+  grid, for users who need the noise hardened against floating-point attacks (its float64 sampler's
+  distance from the ideal one is bounded and added to δ: tfdp.privacy.mechanisms).
 
 Every query here draws its noise with tfdp.dp.randomness inside `randomness.keyed_noise(seed)`, the
 step's secret key; none calls TensorFlow's stateful samplers, which the public seed would fix.
@@ -42,8 +43,8 @@ class SecretGaussianSumQuery(gaussian_query.GaussianSumQuery):
   """TF Privacy's Gaussian sum query with float64 noise keyed by the step's secret seed.
 
   Release: sum + N(0, stddev²) per coordinate; with records clipped to L2 norm C the sensitivity
-  is C and the noise multiplier stddev / C (randomness.gaussian: truncated at 8.57 stds, whose
-  missing tail the ledger adds to δ).
+  is C and the noise multiplier stddev / C (randomness.gaussian: Box-Muller with its radius capped
+  at 12.13 stds; its distance from the ideal Gaussian, 2^-106 per coordinate, the ledger adds to δ).
   """
 
   def get_noised_result(self, sample_state, global_state):
@@ -88,7 +89,7 @@ class LaplaceSumQuery(dp_query.SumAggregationDPQuery):
 
 
 class DiscreteGaussianSumQuery(dp_query.SumAggregationDPQuery):
-  """Sums on an integer grid plus discrete Gaussian noise: no floating-point noise at all.
+  """Sums on an integer grid plus discrete Gaussian noise: no floating-point noise is released.
 
   Mechanism (Kairouz, Liu & Steinke 2021, with deterministic rounding of the sum):
     z = round(s / γ)                  s the clipped sum (L2 sensitivity C), γ the grid step
@@ -100,7 +101,10 @@ class DiscreteGaussianSumQuery(dp_query.SumAggregationDPQuery):
   sensitivity-to-scale ratio at most 1 / σ: (α, α / (2σ²))-RDP for every α (Canonne, Kamath &
   Steinke 2020), which tfdp.privacy.accounting amplifies by Poisson subsampling with a bound that
   holds for any mechanism (no continuous-Gaussian assumption). The multiplication by γ and the
-  cast to float are post-processing.
+  cast to float are post-processing. Two gaps, both in the statement: the sampler is float64
+  inside, within total variation mechanisms.discrete_gaussian_tail(scale) of N_Z per coordinate
+  (added to δ); and s is the engines' float32 sum, whose rounding error (neighbouring batches are
+  summed in different orders) the bound on ||z - z'|| does not include.
 
   Args:
     l2_norm_clip: C, the per-example clip (what the engines clip to).

@@ -25,17 +25,20 @@ augmentation, the --train_examples subset and evaluation order.
 
 Noise in float64. TensorFlow's own normal sampler (Box-Muller over float uniforms clamped at 1e-7)
 never draws beyond 5.68σ, so an output beyond s + 5.68σC would be impossible without the example.
-`gaussian` here is Box-Muller on 53-bit uniforms in (0, 1]: its largest draw is
-sqrt(106 ln 2) = 8.57σ. The ideal Gaussian's mass beyond that, GAUSSIAN_TAIL = 1.0e-17 per
-coordinate, is what the drawn noise lacks; the release equals the mechanism with Gaussian noise
-truncated at 8.57σ (up to the float64 grid), which is within total variation T·d·GAUSSIAN_TAIL of
-the ideal one over T steps of d coordinates, so the run is (ε, δ + (1 + e^ε)·T·d·GAUSSIAN_TAIL)-DP
-for the accountant's (ε, δ) (tfdp.privacy.mechanisms.float_tail_delta, in every statement). The
-float64 grid itself is not covered by that bound: --noise=discrete_gaussian (tfdp.dp.noise) is the
-option that is exact on an integer grid.
-`laplace` is inverse-CDF on the same uniforms (largest draw 53 ln 2 = 36.7 scales, tail mass
-2^-53 per coordinate); it is not hardened against floating-point attacks (Mironov 2012), and the
-run's statement says so.
+`gaussian` here is Box-Muller, z = R cos θ with R = sqrt(-2 ln U1): U1 is built from two 53-bit
+draws (`uniform106`), so it is never below 2^-106 and R never above sqrt(212 ln 2) = 12.13. That
+caps the radius, not each coordinate; the sampler's (R, θ) differs from the ideal one only on the
+event U1 < 2^-106, of ideal probability 2^-106, so each coordinate is within total variation
+GAUSSIAN_TAIL = 2^-106 = 1.2e-32 of the ideal Gaussian (up to the float64 grid). Over T steps of d
+coordinates the release is within T·d·GAUSSIAN_TAIL of the ideal mechanism, so the run is
+(ε, δ + (1 + e^ε)·T·d·GAUSSIAN_TAIL)-DP for the accountant's (ε, δ)
+(tfdp.privacy.mechanisms.float_tail_delta, in every statement): 1.4e-22 for 2,000 steps of
+272,474 coordinates at ε = 3. (With U1 on the 2^-53 grid the cap was R ≤ 8.57 and the term 2^-53
+per coordinate, not the 1.0e-17 = erfc(8.57/√2) a per-coordinate truncation would give.) The
+float64 grid itself is not covered by that bound.
+`laplace` is inverse-CDF on the same two-draw uniforms (largest draw 106 ln 2 = 73.5 scales, tail
+mass 2^-106 per coordinate); it is not hardened against floating-point attacks (Mironov 2012), and
+the run's statement says so.
 """
 
 import contextlib
@@ -176,16 +179,26 @@ def uniform53(shape, key: Optional[tf.Tensor] = None) -> tf.Tensor:
           + 1.0) * _UNIT
 
 
+def uniform106(shape, key: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """float64 uniforms in [2^-106, 1] from two 53-bit draws, (a + b·2^-53)·2^-53 for a in
+  [0, 2^53) and b in [1, 2^53]: as fine as float64 allows near 0, where a logarithm's tail is set."""
+  key = _next_key() if key is None else key
+  high, low = (uniform53(shape, tf.random.experimental.stateless_fold_in(key, i)) for i in (0, 1))
+  return (high - _UNIT + low * _UNIT)  # high - 2^-53 = a·2^-53; low = b·2^-53.
+
+
 def gaussian(shape, stddev) -> tf.Tensor:
-  """float64 N(0, stddev²) draws by Box-Muller on 53-bit uniforms (largest |draw| 8.57 stds)."""
-  radius = tf.sqrt(-2.0 * tf.math.log(uniform53(shape)))
+  """float64 N(0, stddev²) draws by Box-Muller; the radius from uniform106 (largest |draw| 12.13
+  stds, each coordinate within total variation 2^-106 of the ideal Gaussian)."""
+  radius = tf.sqrt(-2.0 * tf.math.log(uniform106(shape)))
   angle = (2.0 * math.pi) * uniform53(shape)
   return tf.cast(stddev, tf.float64) * radius * tf.cos(angle)
 
 
 def laplace(shape, scale) -> tf.Tensor:
-  """float64 Laplace(0, scale) draws: a random sign times an Exp(1) draw by inverse CDF."""
-  magnitude = -tf.math.log(uniform53(shape))
+  """float64 Laplace(0, scale) draws: a random sign times an Exp(1) draw by inverse CDF on
+  uniform106 (largest 73.5 scales, within total variation 2^-106 of the ideal per coordinate)."""
+  magnitude = -tf.math.log(uniform106(shape))
   sign = tf.where(uniform53(shape) <= 0.5, tf.constant(-1.0, tf.float64),
                   tf.constant(1.0, tf.float64))
   return tf.cast(scale, tf.float64) * sign * magnitude
@@ -197,25 +210,40 @@ def add_noise(value: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
 
 
 def discrete_gaussian(shape, scale: tf.Tensor) -> tf.Tensor:
-  """int64 draws of the discrete Gaussian N_Z(0, scale²), for an integer scale >= 1.
+  """int64 draws of the discrete Gaussian N_Z(0, scale²), for an integer scale t >= 1.
 
-  Canonne, Kamath & Steinke 2020 (Algorithm 3), vectorized as TF Privacy's sampler is, with
-  proposal parameter t = scale: Y = G1 - G2 for G1, G2 ~ Geometric(1 - e^(-1/t)) (a discrete
-  Laplace), accepted with probability exp(-(|Y| - scale²/t)² / (2 scale²)); rejected coordinates
-  are proposed again with fresh uniforms until all are accepted (about 70% accept per round).
-  The geometric draws are floor(t · Exp(1)) by inversion on 53-bit uniforms, so a proposal never
-  exceeds 36.7 t (the discrete Gaussian's mass beyond 36.7 scales is below e^-600).
+  Canonne, Kamath & Steinke 2020: Algorithm 3 with proposal parameter t = scale, its discrete
+  Laplace proposals drawn by their Algorithm 2, vectorized: each round draws for every coordinate
+  not yet accepted. One round, per coordinate:
+    U ~ uniform on {0, ..., t-1} (64 random bits reduced modulo t);
+    D ~ Bernoulli(e^(-U/t));  V = floor(-ln W) ~ Geometric(1 - e^-1) for a 53-bit W;
+    B ~ Bernoulli(1/2);  X = U + t V;  Y = (1 - 2B) X, a discrete Laplace draw when D and not
+    (B and X = 0);
+    accepted with probability exp(-(|Y| - t)² / (2t²)).
+  Every step but U compares a uniform with a float64 probability, and U's thresholds are integers,
+  so the distance from the ideal sampler does not grow with t (tfdp.privacy.mechanisms bounds
+  it: DISCRETE_GAUSSIAN_TAIL). Drawing the geometric as floor(t · Exp(1)) instead would put t
+  float thresholds per unit of the exponential, and a distance that grows with t.
   """
   key = _next_key()
   size = tf.reduce_prod(shape)
-  t = tf.cast(scale, tf.float64)
+  t = tf.cast(scale, tf.int64)
+  t_float = tf.cast(t, tf.float64)
 
   def propose(round_index, values, accepted):
     round_key = tf.random.experimental.stateless_fold_in(key, round_index)
-    keys = [tf.random.experimental.stateless_fold_in(round_key, j) for j in range(3)]
-    geometric = [tf.floor(t * -tf.math.log(uniform53([size], k))) for k in keys[:2]]
-    proposal = geometric[0] - geometric[1]
-    keep = uniform53([size], keys[2]) <= tf.exp(-tf.square(tf.abs(proposal) - t) / (2.0 * t * t))
+    keys = [tf.random.experimental.stateless_fold_in(round_key, j) for j in range(5)]
+    u = tf.random.stateless_uniform([size], keys[0], minval=tf.constant(0, tf.int64), maxval=t,
+                                    dtype=tf.int64)
+    u_float = tf.cast(u, tf.float64)
+    d = uniform53([size], keys[1]) <= tf.exp(-u_float / t_float)
+    v = tf.floor(-tf.math.log(uniform53([size], keys[2])))
+    negative = uniform53([size], keys[3]) <= 0.5
+    magnitude = u_float + t_float * v
+    proposal = tf.where(negative, -magnitude, magnitude)
+    valid = d & ~(negative & tf.equal(magnitude, 0.0))
+    keep = valid & (uniform53([size], keys[4]) <= tf.exp(
+        -tf.square(magnitude - t_float) / (2.0 * t_float * t_float)))
     fill = keep & ~accepted
     return round_index + 1, tf.where(fill, proposal, values), accepted | keep
 

@@ -6,16 +6,21 @@ Privacy's `DPKerasSGDOptimizer` (`l2_norm_clip`, `noise_multiplier`, `num_microb
 override `_compute_gradients`, the method `model.fit` reaches through `minimize`. TF Privacy's
 tutorial code runs unchanged with them: a loss with `reduction=NONE`, `compile`, `fit`.
 
-Privacy argument. Each call of `_compute_gradients` is one step. Its input is a batch of examples
-split into M microbatches (M = `num_microbatches`, default one example each); the loss of a
-microbatch is the mean of its examples' losses. The step releases
+Privacy argument. Each call of `_compute_gradients` is one step. Its input is a batch of M
+examples, each its own microbatch: `num_microbatches` is None (one per example) or must equal the
+batch size. The step releases
 
     (Σ_m clip_G(∇ loss_m) + N(0, σ² C² I)) / M
 
-where clip_G scales each clipping group of microbatch m's gradient to L2 norm at most C / sqrt(G)
-(G groups), so the whole microbatch gradient has norm at most sqrt(G · C²/G) = C. Adding or
-removing one example changes one microbatch (or adds or removes one), which moves the clipped sum
-by at most C in L2: the Gaussian mechanism with noise multiplier σ, as with flat clipping. A
+where clip_G scales each clipping group of example m's gradient to L2 norm at most C / sqrt(G)
+(G groups), so the whole example gradient has norm at most sqrt(G · C²/G) = C. Adding or removing
+one example adds or removes one term, which moves the clipped sum by at most C in L2: the
+Gaussian mechanism with noise multiplier σ, as with flat clipping. Microbatches of several
+examples (TF Privacy's `num_microbatches` < batch size) are refused: there the clipped term is a
+microbatch's mean gradient, and removing one example changes that mean to another vector of norm
+up to C, a move of up to 2C (and shifts which examples share a microbatch), twice the sensitivity
+an accountant at σ assumes. The batch size is checked against `num_microbatches` at every step
+(under XLA, which drops assertions, the reshape to one example per microbatch fails instead). A
 microbatch whose gradient is not finite contributes zero (tfdp.dp.groups.clip_weights), which is
 within the bound. The optimizer carries no private state from step to step other than the weights
 and the update rule's moments, which are computed from released values alone (post-processing).
@@ -116,9 +121,8 @@ class GroupedClippingMixin:
           tape.watch(var_list)
         loss = loss()
       _check_per_example(loss)
-      num_microbatches = (tf.shape(loss)[0] if self._num_microbatches is None
-                          else self._num_microbatches)
-      microbatch_losses = tf.reduce_mean(tf.reshape(loss, [num_microbatches, -1]), axis=1)
+      num_microbatches = _one_example_each(loss, self._num_microbatches)
+      microbatch_losses = tf.reshape(loss, [num_microbatches])
       if callable(var_list):
         var_list = var_list()
     var_list = tf.nest.flatten(var_list)
@@ -133,6 +137,24 @@ class GroupedClippingMixin:
     raise NotImplementedError(
         f"{type(self).__name__} supports TF2 Keras (model.fit / minimize with a tape), not the "
         "graph-mode get_gradients path")
+
+
+ONE_EXAMPLE_PER_MICROBATCH = (
+    "num_microbatches must equal the batch size (or be None): a microbatch of several examples is "
+    "clipped as their mean, and removing one example can move it by 2C, twice the sensitivity the "
+    "accountant assumes; pass num_microbatches=None, or batches of exactly num_microbatches")
+
+
+def _one_example_each(loss: tf.Tensor, num_microbatches):
+  """The number of microbatches, refusing any batch whose size is not it (module docstring)."""
+  if num_microbatches is None:
+    return tf.shape(loss)[0]
+  if loss.shape[0] is not None and loss.shape[0] != num_microbatches:
+    raise ValueError(f"{ONE_EXAMPLE_PER_MICROBATCH} (a batch of {loss.shape[0]}, "
+                     f"num_microbatches={num_microbatches})")
+  tf.debugging.assert_equal(tf.shape(loss)[0], num_microbatches,
+                            message=ONE_EXAMPLE_PER_MICROBATCH)
+  return num_microbatches
 
 
 def _check_per_example(loss: tf.Tensor) -> None:

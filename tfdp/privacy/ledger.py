@@ -143,7 +143,15 @@ class PrivacyLedger:
     releases = self.normalization.get("releases", 0) if self.normalization_released else 0
     return mechanisms.float_tail_delta(self.epsilon(steps=steps),
                                        self.prior_steps + steps + self.probe_steps + releases,
-                                       self.coordinates, self.noise)
+                                       self.coordinates, self.noise, self.grid_scale())
+
+  def grid_scale(self) -> Optional[int]:
+    """The discrete Gaussian sampler's largest integer scale over the schedule; None otherwise."""
+    if self.noise != "discrete_gaussian" or not self.coordinates:
+      return None
+    largest = self.noise_multiplier * max(self.epoch_factors or [1.0])
+    return mechanisms.discrete_gaussian_scale(
+        largest, self.coordinates, self.mechanism["discrete_rounding_inflation"])
 
   def noise_multiplier_at(self, step: int) -> float:
     """σ of step `step` (0-based) under the schedule."""
@@ -314,15 +322,21 @@ class PrivacyLedger:
             "and ")
 
   def _float_note(self) -> str:
-    if self.noise == "discrete_gaussian":
-      return "noise exact on an integer grid (discrete Gaussian)"
     extra = self.float_tail_delta()
-    note = (f"float64 noise truncated at {mechanisms.GAUSSIAN_MAX:.2f} stds"
+    if self.noise == "discrete_gaussian":
+      if not self.coordinates:
+        return "discrete Gaussian noise: the guarantee is at δ plus a term that grows with the model"
+      return (f"discrete Gaussian noise on an integer grid, drawn by a float64 sampler within "
+              f"total variation {mechanisms.discrete_gaussian_tail(self.grid_scale()):.2g} of the "
+              f"ideal per coordinate: the guarantee is at δ + {extra:.2g} for it; the float32 "
+              "clipped sum is rounded to the grid, and its float32 error is not in the "
+              "sensitivity bound")
+    note = (f"float64 Box-Muller noise, radius capped at {mechanisms.GAUSSIAN_MAX:.2f} stds"
             if self.noise == "gaussian" else "float64 Laplace noise, NOT hardened against "
             "floating-point attacks (use --noise=discrete_gaussian)")
     if not self.coordinates:  # A plan without a model (tfdp.privacy.planner).
       return f"{note}: the guarantee is at δ plus a tail that grows with the parameter count"
-    return f"{note}: the guarantee is at δ + {extra:.2g} for its missing tail"
+    return f"{note}: the guarantee is at δ + {extra:.2g} for its distance from the ideal noise"
 
   def statement(self) -> str:
     """describe() plus the notes on how σ maps onto the mechanism: the run's privacy statement."""

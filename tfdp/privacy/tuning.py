@@ -13,12 +13,16 @@ differential privacy", Theorem 2) bound it when the number of runs is itself ran
   times on the same data and release only the best output. Then A is (λ, ε')-RDP with
     ε' = ε + (1 + η)(1 - 1/λ̂) ε̂ + (1 + η) log(1/γ) / λ̂ + log(E[K]) / (λ - 1).
 
-`selection_epsilon` applies it over dp_accounting's RDP orders (its RepeatAndSelectDpEvent, which
-implements this theorem; shapes η >= 0 only) and converts to (ε, δ). For the theorem to describe a
-tuning procedure:
+`selection_epsilon` applies it over dp_accounting's RDP orders (its implementation of this theorem;
+shapes η >= 0 only) and converts to (ε, δ). For the theorem to describe a tuning procedure:
 - Q is one whole training run *including the random choice of its hyperparameters* from a fixed,
-  public distribution (e.g. a uniform draw from a grid), and its ε is that of the candidate that
-  spends most, so every candidate is at most (λ, ε)-RDP;
+  public distribution (e.g. a uniform draw from a grid). Its RDP curve must bound every candidate
+  at every order: a mixture over public weights is at most the largest of its components' RDP at
+  each order (quasi-convexity of Rényi divergence), so Q's curve is the *pointwise maximum* of the
+  candidates' curves. No single candidate's curve will do: the one with the largest ε can have
+  the smaller RDP at the orders that the theorem's constant term uses. At q = 0.01 and E[K] = 10,
+  candidates (σ 0.6, 5 steps; ε 3.39 alone) and (σ 2.5, 20,000 steps; ε 2.62 alone): the larger
+  ε's curve alone gives 5.54, the pointwise maximum 6.51;
 - K is drawn at random (`draw_number_of_runs`, from a secure source) and kept secret, and only the
   selected run is released: not the others, not their scores, not K;
 - the score that picks the best run is part of Q's private output: computed from public data, or
@@ -28,13 +32,15 @@ bounded by this module.
 
 >>> round(accounting.epsilon(1.0, 0.01, 100, 1e-5), 2)  # One run.
 1.21
->>> round(selection_epsilon([(1.0, 100)], 0.01, 1e-5, mean_runs=10.0), 2)  # The best of K ~ 10.
+>>> round(selection_epsilon([[(1.0, 100)]], 0.01, 1e-5, mean_runs=10.0), 2)  # The best of K ~ 10.
 2.24
+>>> round(selection_epsilon([[(0.6, 5)], [(2.5, 20_000)]], 0.01, 1e-5, mean_runs=10.0), 2)
+6.51
 """
 
 import math
 import secrets
-from typing import Optional
+from typing import Optional, Sequence
 
 import dp_accounting
 from dp_accounting.rdp import rdp_privacy_accountant
@@ -51,14 +57,15 @@ def _check(mean_runs: float, shape: float) -> None:
                      f"{shape}")
 
 
-def selection_epsilon(segments: accounting.Segments, sampling_probability: float, delta: float,
-                      mean_runs: float, shape: float = 1.0) -> float:
+def selection_epsilon(candidates: Sequence[accounting.Segments], sampling_probability: float,
+                      delta: float, mean_runs: float, shape: float = 1.0) -> float:
   """ε at δ of releasing the best of K DP-SGD runs, K truncated negative binomial (Theorem 2 above).
 
   Args:
-    segments: every candidate run's (noise multiplier, steps), as accounting.composed_epsilon
-      takes them (Gaussian noise; use the candidate that spends most).
-    sampling_probability: q of every candidate.
+    candidates: every hyperparameter setting a run may draw, each as its (noise multiplier,
+      steps[, q]) segments (accounting.composed_epsilon's form; Gaussian noise). Q's RDP is their
+      pointwise maximum over orders.
+    sampling_probability: q of the segments that do not give their own.
     delta: the δ at which ε is reported.
     mean_runs: E[K] >= 1; γ is derived from it and `shape`.
     shape: η >= 0: 1 is geometric (the usual choice), 0 logarithmic; larger η concentrates K.
@@ -67,13 +74,28 @@ def selection_epsilon(segments: accounting.Segments, sampling_probability: float
     ε of the selected run, by the RDP accountant; 0 without noisy steps, inf with a noiseless one.
   """
   _check(mean_runs, shape)
-  if any(count > 0 and sigma == 0 for sigma, count in segments):
+  if not candidates:
+    raise ValueError("candidates is empty: give every setting a run may draw")
+  if any(segment[1] > 0 and segment[0] == 0 for candidate in candidates for segment in candidate):
     return math.inf
+  curves = [_rdp_curve(candidate, sampling_probability, delta) for candidate in candidates]
+  orders = np.array(_ORDERS, dtype=np.float64)
+  # pylint: disable-next=protected-access
+  selected = rdp_privacy_accountant._compute_rdp_repeat_and_select(
+      orders, np.max(curves, axis=0), mean_runs, shape)
+  return float(rdp_privacy_accountant.compute_epsilon(orders, selected, delta)[0])
+
+
+_ORDERS = dp_accounting.rdp.RdpAccountant()._orders  # pylint: disable=protected-access
+
+
+def _rdp_curve(segments: accounting.Segments, sampling_probability: float,
+               delta: float) -> np.ndarray:
+  """One candidate's RDP at every order of _ORDERS."""
   accounting.composed_epsilon(segments, sampling_probability, delta)  # Validates the arguments.
-  accountant = dp_accounting.rdp.RdpAccountant()
-  accountant.compose(dp_accounting.dp_event.RepeatAndSelectDpEvent(
-      accounting.composed_event(segments, sampling_probability), mean_runs, shape))
-  return float(accountant.get_epsilon(delta))
+  accountant = dp_accounting.rdp.RdpAccountant(_ORDERS)
+  accountant.compose(accounting.composed_event(segments, sampling_probability))
+  return np.array(accountant._rdp)  # pylint: disable=protected-access
 
 
 def draw_number_of_runs(mean_runs: float, shape: float = 1.0,

@@ -68,15 +68,16 @@ FIELDS = ("epsilon", "epsilon_pld", "epsilon_if_dp_sgd", "delta", "delta_float_t
           "parameters", "optimizer",
           "learning_rate", "ema_decay", "augmult", "test_accuracy", "test_balanced_accuracy",
           "test_auc", "test_loss", "privacy_statement", "seed", "not_private_monitoring",
-          "local_dp", *AUDIT_FIELDS)
+          "local_dp", "timing", *AUDIT_FIELDS)
 # Fields computed from the training data through the weights or the mechanism: covered by a
 # guarantee when there is one, not covered otherwise.
 _DATA_DEPENDENT = ("test_accuracy", "test_balanced_accuracy", "test_auc", "test_loss",
                    "final_clip_norm", "linear_probe",  # The probe's figures include its accuracy.
                    "feature_statistics")
 # Computed from the private data without noise (--monitor_private_metrics): never covered.
-# So are the audit's figures: the canaries' losses without noise.
-_NEVER_COVERED = ("not_private_monitoring", *AUDIT_FIELDS)
+# So are the audit's figures (the canaries' losses without noise) and the timing (wall time grows
+# with the chunks each step's drawn batch needed, and the drawn sizes are private).
+_NEVER_COVERED = ("not_private_monitoring", "timing", *AUDIT_FIELDS)
 
 
 def guarantee_kind(metrics: Dict[str, Any]) -> str:
@@ -134,7 +135,8 @@ def local_dp_guarantee(report: Dict[str, Any]) -> str:
   return (f"Local differential privacy: every training image was perturbed once, before training, "
           f"with {report['mechanism']} noise of scale {report['scale']:g} per pixel value, and "
           f"training saw only the perturbed copy, so everything released is "
-          f"ε = {report['epsilon_per_image']:.6g}-DP per training image under replace-one "
-          f"adjacency (δ = 0). The per-pixel figure {report['epsilon_per_pixel']:.4g} holds for "
+          f"(ε = {report['epsilon_per_image']:.6g}, δ = {report.get('delta_per_image', 0):.3g})-DP "
+          "per training image under replace-one adjacency (δ = 1 is no guarantee: the noise "
+          "sampler cannot move a pixel value across the whole range). The per-pixel figure {report['epsilon_per_pixel']:.4g} holds for "
           "one pixel value alone and is not the image's guarantee. Labels are not covered. "
           "This is in addition to, and composes with, any guarantee of the training above.")

@@ -132,6 +132,9 @@ def _restore_or_start(state: checkpointing.RunState,
   return restored
 
 
+TIMING_NOTE = ("wall-clock figures (examples_per_second, the progress lines' seconds) grow with "
+               "the number of chunks each step's Poisson batch needed, so they depend on the "
+               "private batch sizes; they are released without noise and not covered")
 NOT_PRIVATE = "not_private/"  # Prefix of the training-batch figures of --monitor_private_metrics.
 NOT_PRIVATE_NOTE = ("computed from the private training batches without noise "
                     "(--monitor_private_metrics): NOT covered by the privacy guarantee")
@@ -593,7 +596,8 @@ def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
                              dataset.input_shape)
     print(f"Local DP: training images perturbed once by {report['mechanism']} noise of scale "
           f"{report['scale']:g}: ε = {report['epsilon_per_image']:.6g} per image (replace-one, "
-          f"δ = 0); {report['epsilon_per_pixel']:.4g} per pixel value alone")
+          f"δ = {report['delta_per_image']:.3g}); {report['epsilon_per_pixel']:.4g} per pixel "
+          "value alone")
   if ledger.private:
     planned = ledger.history[0]["planned_steps"]
     print(f"Privacy: {config.privacy.noise} noise, σ = {ledger.noise_multiplier:.4f}"
@@ -671,6 +675,8 @@ def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
       "train_examples": dataset.num_train,
       "test_examples": int(len(dataset.test_labels)),
       "examples_per_second": examples_per_second,
+      "timing": {"examples_per_second": examples_per_second, "not_private": TIMING_NOTE}
+                if private else None,
       "model": config.model.name,
       "model_options": config.model.kwargs,
       "loss": config.model.loss,
