@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import tensorflow as tf
 
 from tfdp import atomic
 from tfdp import config as config_lib
@@ -69,6 +70,17 @@ def test_a_deleted_state_json_is_refused_not_restarted_at_zero(tmp_path):
   with pytest.raises(checkpointing.RunStateError,
                      match="spent.json and checkpoints/.*no state.json"):
     training.train_and_evaluate(_config(tmp_path, epochs=2))
+
+
+def test_temporaries_alone_are_no_earlier_run(tmp_path):
+  """A new run's chief probes checkpoints/ while its other workers, which sweep nothing, look for
+  a run to resume: what they see there is no earlier run."""
+  os.makedirs(tmp_path / "checkpoints" / "ckpt-1_temp")
+  (tmp_path / "checkpoints" / ".tmp-probe").write_text("")
+  model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(1)])
+  state = checkpointing.RunState(str(tmp_path), model, tf.keras.optimizers.SGD(),
+                                 save_dir=str(tmp_path / "scratch"))
+  assert state.restore() is None
 
 
 @pytest.mark.parametrize("history_too", [False, True])

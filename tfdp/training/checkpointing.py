@@ -231,13 +231,21 @@ def _check_counts(path: str, state: dict, epoch_steps: int, iterations: Optional
                         "run's own state.json or use a new --output_dir")
 
 
+def _saved_checkpoints(directory: str) -> List[str]:
+  """The checkpoint files in `directory`, not temporaries: another worker's chief may be probing
+  or writing there (RunState.check_writable, a save in progress) while this one looks."""
+  if not os.path.isdir(directory):
+    return []
+  return [name for name in os.listdir(directory) if name.startswith("ckpt-")
+          and not name.endswith(atomic.TEMPORARY_SUFFIXES)]
+
+
 def _refuse_orphans(output_dir: str) -> None:
   """Refuses a directory with checkpoints or a spent ledger but no state.json: starting again
   at zero steps would drop the steps they came from."""
-  checkpoints = os.path.join(output_dir, "checkpoints")
   orphans = [name for name, there in (
       (SPENT, os.path.exists(os.path.join(output_dir, SPENT))),
-      ("checkpoints/", os.path.isdir(checkpoints) and bool(os.listdir(checkpoints)))) if there]
+      ("checkpoints/", bool(_saved_checkpoints(os.path.join(output_dir, "checkpoints"))))) if there]
   if orphans:
     raise RunStateError(
         f"{output_dir} holds {' and '.join(orphans)} of an earlier run but no state.json: "
