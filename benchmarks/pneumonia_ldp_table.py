@@ -44,7 +44,7 @@ def train_metrics(output_dir: str, dataset) -> dict:
 def guarantee(metrics: dict) -> str:
   if metrics.get("local_dp"):
     report = metrics["local_dp"]
-    return (f"ε = {report['epsilon_per_image']:,.0f}, δ = {report.get('delta_per_image', 0):g} "
+    return (f"ε = {report['epsilon_per_image']:,.0f}, δ = {report['delta_per_image']:g} "
             "per image (LDP); "
             f"{report['epsilon_per_pixel']:g} per pixel")
   if metrics.get("epsilon") is None:

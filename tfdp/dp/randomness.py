@@ -184,7 +184,7 @@ def uniform106(shape, key: Optional[tf.Tensor] = None) -> tf.Tensor:
   [0, 2^53) and b in [1, 2^53]: as fine as float64 allows near 0, where a logarithm's tail is set."""
   key = _next_key() if key is None else key
   high, low = (uniform53(shape, tf.random.experimental.stateless_fold_in(key, i)) for i in (0, 1))
-  return (high - _UNIT + low * _UNIT)  # high - 2^-53 = a·2^-53; low = b·2^-53.
+  return high - _UNIT + low * _UNIT  # high - 2^-53 = a·2^-53; low = b·2^-53.
 
 
 def gaussian(shape, stddev) -> tf.Tensor:
@@ -221,8 +221,8 @@ def discrete_gaussian(shape, scale: tf.Tensor) -> tf.Tensor:
     (B and X = 0);
     accepted with probability exp(-(|Y| - t)² / (2t²)).
   Every step but U compares a uniform with a float64 probability, and U's thresholds are integers,
-  so the distance from the ideal sampler does not grow with t (tfdp.privacy.mechanisms bounds
-  it: DISCRETE_GAUSSIAN_TAIL). Drawing the geometric as floor(t · Exp(1)) instead would put t
+  so the distance from the ideal sampler does not grow with t (bounded by
+  tfdp.privacy.mechanisms.discrete_gaussian_tail). Drawing the geometric as floor(t · Exp(1)) instead would put t
   float thresholds per unit of the exponential, and a distance that grows with t.
   """
   key = _next_key()

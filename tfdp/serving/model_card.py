@@ -127,6 +127,12 @@ def build(metrics: Dict[str, Any]) -> Dict[str, Any]:
   return card
 
 
+def _delta_text(report: Dict[str, Any]) -> str:
+  """The local-DP δ; a run from before tfdp recorded it is not assumed to have δ = 0."""
+  delta = report.get("delta_per_image")
+  return "not recorded by this run" if delta is None else f"{delta:.3g}"
+
+
 def local_dp_guarantee(report: Dict[str, Any]) -> str:
   """The guarantee of images perturbed once before training (tfdp.data.local_dp), in words."""
   if report.get("randomness") == "reproducible":
@@ -135,7 +141,7 @@ def local_dp_guarantee(report: Dict[str, Any]) -> str:
   return (f"Local differential privacy: every training image was perturbed once, before training, "
           f"with {report['mechanism']} noise of scale {report['scale']:g} per pixel value, and "
           f"training saw only the perturbed copy, so everything released is "
-          f"(ε = {report['epsilon_per_image']:.6g}, δ = {report.get('delta_per_image', 0):.3g})-DP "
+          f"(ε = {report['epsilon_per_image']:.6g}, δ = {_delta_text(report)})-DP "
           "per training image under replace-one adjacency (δ = 1 is no guarantee: the noise "
           "sampler cannot move a pixel value across the whole range). The per-pixel figure {report['epsilon_per_pixel']:.4g} holds for "
           "one pixel value alone and is not the image's guarantee. Labels are not covered. "

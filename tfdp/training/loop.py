@@ -468,8 +468,8 @@ def _finished(config: config_lib.Config, ledger, start_epoch: int) -> Optional[d
   print(f"{config.run.output_dir} is a finished run ({ledger.describe()}); nothing to train or "
         f"export. Its export: {metrics.get('export_dir', 'none (--noexport)')}. To export it "
         f"again: python -m tfdp.export --checkpoint_dir={config.run.output_dir} "
-        f"--export_dir={_export_dir(config)}; to train on, "
-        "raise --epochs (within the budget).")
+        f"--export_dir={_export_dir(config)}. More epochs resume it only at the same σ "
+        "(--noise_multiplier; --epsilon calibrates σ to --epochs) and within the budget.")
   return metrics
 
 
