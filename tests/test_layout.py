@@ -1,9 +1,11 @@
 """The package's layout: public names where the docs say, commands that run, no import cycles."""
 
 import ast
+import io
 import pathlib
 import subprocess
 import sys
+import tokenize
 
 import pytest
 
@@ -78,3 +80,27 @@ def test_every_command_still_runs_by_its_name(command, own_flag):
   result = subprocess.run([sys.executable, "-m", f"tfdp.{command}", "--helpshort"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert own_flag in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def _indent_steps(path: pathlib.Path) -> set:
+  """The widths by which `path`'s code blocks indent (INDENT tokens over their enclosing block)."""
+  steps, stack = set(), [0]
+  for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+    if token.type == tokenize.INDENT:
+      steps.add(len(token.string) - stack[-1])
+      stack.append(len(token.string))
+    elif token.type == tokenize.DEDENT:
+      stack.pop()
+  return steps
+
+
+def test_the_package_indents_by_two_spaces():
+  offenders = {str(path.relative_to(ROOT)): sorted(steps) for path in PACKAGE.rglob("*.py")
+               if (steps := _indent_steps(path)) - {2}}
+  assert not offenders, offenders
+
+
+def test_the_indent_check_sees_four_spaces(tmp_path):
+  four = tmp_path / "four.py"
+  four.write_text("def f():\n    return 1\n")
+  assert _indent_steps(four) == {4}

@@ -43,25 +43,25 @@ _LOG_EVERY = flags.DEFINE_integer("log_every", _DEFAULTS.log_every, "Steps betwe
 
 
 def config_from_flags() -> pretraining.PretrainConfig:
-    return pretraining.PretrainConfig(
-        model=_MODEL.value, model_options=dict(config_lib.model_options(_MODEL_KWARGS.value)),
-        source=_SOURCE.value, image_size=_IMAGE_SIZE.value, channels=_CHANNELS.value,
-        steps=_STEPS.value,
-        batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value,
-        momentum=_MOMENTUM.value, weight_decay=_WEIGHT_DECAY.value,
-        feature_dim=_FEATURE_DIM.value, seed=_SEED.value, output_dir=_OUTPUT_DIR.value,
-        checkpoint_every=_CHECKPOINT_EVERY.value, log_every=_LOG_EVERY.value)
+  return pretraining.PretrainConfig(
+      model=_MODEL.value, model_options=dict(config_lib.model_options(_MODEL_KWARGS.value)),
+      source=_SOURCE.value, image_size=_IMAGE_SIZE.value, channels=_CHANNELS.value,
+      steps=_STEPS.value,
+      batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value,
+      momentum=_MOMENTUM.value, weight_decay=_WEIGHT_DECAY.value,
+      feature_dim=_FEATURE_DIM.value, seed=_SEED.value, output_dir=_OUTPUT_DIR.value,
+      checkpoint_every=_CHECKPOINT_EVERY.value, log_every=_LOG_EVERY.value)
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
-    try:
-        config = config_from_flags()
-    except ValueError as error:
-        sys.exit(f"tfdp.pretrain: error: {error}")
-    del argv
-    pretraining.pretrain(config, command=" ".join(["python -m tfdp.pretrain", *sys.argv[1:]]))
+  logging.set_verbosity(logging.WARNING)
+  try:
+    config = config_from_flags()
+  except ValueError as error:
+    sys.exit(f"tfdp.pretrain: error: {error}")
+  del argv
+  pretraining.pretrain(config, command=" ".join(["python -m tfdp.pretrain", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
-    app.run(main)
+  app.run(main)

@@ -37,473 +37,473 @@ DATASETS: dict[str, Callable[..., 'Dataset']] = {}
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the offending file or value."""
+  """Bad input data; the message names the offending file or value."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: `==` on numpy fields is ambiguous.
 class Dataset:
-    """A train/test pair of uint8 image arrays with the public constants that describe them.
+  """A train/test pair of uint8 image arrays with the public constants that describe them.
 
-    Attributes:
-        name: registry name of the loader that made it, e.g. 'digits'.
-        train_images: [N, H, W, C] uint8, pixel values 0..255.
-        train_labels: [N] int64 in [0, num_classes).
-        test_images: [M, H, W, C] uint8.
-        test_labels: [M] int64.
-        class_names: one str per class; label i names class_names[i].
-        mean: per-channel mean in [0, 1] pixel units. A data-independent public constant, never
-            computed from the (private) training images.
-        std: per-channel standard deviation in [0, 1] pixel units, public like `mean`.
-        augment: default training augmentation, a key of `preprocess.AUGMENTATIONS`.
-    """
+  Attributes:
+      name: registry name of the loader that made it, e.g. 'digits'.
+      train_images: [N, H, W, C] uint8, pixel values 0..255.
+      train_labels: [N] int64 in [0, num_classes).
+      test_images: [M, H, W, C] uint8.
+      test_labels: [M] int64.
+      class_names: one str per class; label i names class_names[i].
+      mean: per-channel mean in [0, 1] pixel units. A data-independent public constant, never
+          computed from the (private) training images.
+      std: per-channel standard deviation in [0, 1] pixel units, public like `mean`.
+      augment: default training augmentation, a key of `preprocess.AUGMENTATIONS`.
+  """
 
-    name: str
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    class_names: tuple
-    mean: tuple
-    std: tuple
-    augment: str
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  class_names: tuple
+  mean: tuple
+  std: tuple
+  augment: str
 
-    def __post_init__(self):
-        for split in ('train', 'test'):
-            _check_split(self, split)
-        if self.train_images.shape[1:] != self.test_images.shape[1:]:
-            raise DataError(f'{self.name}: train images are {self.train_images.shape[1:]} but test '
-                            f'images are {self.test_images.shape[1:]}; they must match.')
-        channels = self.input_shape[-1]
-        if len(self.mean) != channels or len(self.std) != channels:
-            raise DataError(f'{self.name}: mean={self.mean} and std={self.std} need one value per '
-                            f'channel ({channels}).')
-        if min(self.std) <= 0:
-            raise DataError(f'{self.name}: std={self.std} must be positive.')
-        if self.augment not in preprocess.AUGMENTATIONS:
-            raise DataError(f'{self.name}: augment={self.augment!r} is not one of '
-                            f'{sorted(preprocess.AUGMENTATIONS)}.')
+  def __post_init__(self):
+    for split in ('train', 'test'):
+      _check_split(self, split)
+    if self.train_images.shape[1:] != self.test_images.shape[1:]:
+      raise DataError(f'{self.name}: train images are {self.train_images.shape[1:]} but test '
+                      f'images are {self.test_images.shape[1:]}; they must match.')
+    channels = self.input_shape[-1]
+    if len(self.mean) != channels or len(self.std) != channels:
+      raise DataError(f'{self.name}: mean={self.mean} and std={self.std} need one value per '
+                      f'channel ({channels}).')
+    if min(self.std) <= 0:
+      raise DataError(f'{self.name}: std={self.std} must be positive.')
+    if self.augment not in preprocess.AUGMENTATIONS:
+      raise DataError(f'{self.name}: augment={self.augment!r} is not one of '
+                      f'{sorted(preprocess.AUGMENTATIONS)}.')
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
 
-    @property
-    def input_shape(self) -> tuple:
-        """(H, W, C) of one image, read from the test split (the train split must match)."""
-        return tuple(self.test_images.shape[1:])
+  @property
+  def input_shape(self) -> tuple:
+    """(H, W, C) of one image, read from the test split (the train split must match)."""
+    return tuple(self.test_images.shape[1:])
 
-    @property
-    def num_train(self) -> int:
-        return len(self.train_labels)
+  @property
+  def num_train(self) -> int:
+    return len(self.train_labels)
 
 
 def _check_split(dataset: Dataset, split: str) -> None:
-    """Raises DataError unless one split holds [N, H, W, C] uint8 images with N labels in range."""
-    images = getattr(dataset, f'{split}_images')
-    labels = getattr(dataset, f'{split}_labels')
-    where = f'{dataset.name} {split} split'
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise DataError(f'{where}: images must be [N, H, W, C] uint8, got {images.dtype} '
-                        f'{images.shape}.')
-    if labels.dtype != np.int64 or labels.shape != images.shape[:1]:
-        raise DataError(f'{where}: labels must be [{len(images)}] int64, got {labels.dtype} '
-                        f'{labels.shape}.')
-    if len(labels) and (labels.min() < 0 or labels.max() >= len(dataset.class_names)):
-        raise DataError(f'{where}: labels span [{labels.min()}, {labels.max()}], outside '
-                        f'[0, {len(dataset.class_names)}).')
+  """Raises DataError unless one split holds [N, H, W, C] uint8 images with N labels in range."""
+  images = getattr(dataset, f'{split}_images')
+  labels = getattr(dataset, f'{split}_labels')
+  where = f'{dataset.name} {split} split'
+  if images.dtype != np.uint8 or images.ndim != 4:
+    raise DataError(f'{where}: images must be [N, H, W, C] uint8, got {images.dtype} '
+                    f'{images.shape}.')
+  if labels.dtype != np.int64 or labels.shape != images.shape[:1]:
+    raise DataError(f'{where}: labels must be [{len(images)}] int64, got {labels.dtype} '
+                    f'{labels.shape}.')
+  if len(labels) and (labels.min() < 0 or labels.max() >= len(dataset.class_names)):
+    raise DataError(f'{where}: labels span [{labels.min()}, {labels.max()}], outside '
+                    f'[0, {len(dataset.class_names)}).')
 
 
 def register(name: str) -> Callable:
-    """Decorator adding a loader `fn(data_dir=None, **kwargs) -> Dataset` to `DATASETS`."""
+  """Decorator adding a loader `fn(data_dir=None, **kwargs) -> Dataset` to `DATASETS`."""
 
-    def add(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        if name in DATASETS:
-            raise ValueError(f'Dataset {name!r} is registered twice.')
-        DATASETS[name] = loader
-        return loader
+  def add(loader: Callable[..., Dataset]) -> Callable[..., Dataset]:
+    if name in DATASETS:
+      raise ValueError(f'Dataset {name!r} is registered twice.')
+    DATASETS[name] = loader
+    return loader
 
-    return add
+  return add
 
 
 def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> Dataset:
-    """Loads a registered dataset.
+  """Loads a registered dataset.
 
-    Args:
-        name: a key of `DATASETS`.
-        data_dir: where the loader reads its files; loaders with built-in data ignore it.
-        **kwargs: loader options (see each loader's docstring). Every loader takes
-            `train_examples` (None: all) and `seed`, which keep
-            `subset(dataset, train_examples, seed)` of the training split.
+  Args:
+      name: a key of `DATASETS`.
+      data_dir: where the loader reads its files; loaders with built-in data ignore it.
+      **kwargs: loader options (see each loader's docstring). Every loader takes
+          `train_examples` (None: all) and `seed`, which keep
+          `subset(dataset, train_examples, seed)` of the training split.
 
-    Returns:
-        The loaded Dataset.
+  Returns:
+      The loaded Dataset.
 
-    Raises:
-        ValueError: `name` is not registered (the message lists the valid names).
-        DataError: the data could not be found, read or decoded.
-    """
-    if name not in DATASETS:
-        raise ValueError(f'Unknown dataset {name!r}; valid names: {sorted(DATASETS)}.')
-    return DATASETS[name](data_dir=data_dir, **kwargs)
+  Raises:
+      ValueError: `name` is not registered (the message lists the valid names).
+      DataError: the data could not be found, read or decoded.
+  """
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; valid names: {sorted(DATASETS)}.')
+  return DATASETS[name](data_dir=data_dir, **kwargs)
 
 
 def _choose_subset(n: int, k: int, seed: int) -> np.ndarray:
-    """Sorted indices of k of range(n), drawn without replacement; the same seed gives the same k.
+  """Sorted indices of k of range(n), drawn without replacement; the same seed gives the same k.
 
-    Shared by `subset` and the folder loader so that subsetting before decoding picks exactly the
-    examples that subsetting after a full load would.
-    """
-    if not 1 <= k <= n:
-        raise DataError(f'train_examples={k} must be between 1 and the {n} training examples '
-                        'available.')
-    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+  Shared by `subset` and the folder loader so that subsetting before decoding picks exactly the
+  examples that subsetting after a full load would.
+  """
+  if not 1 <= k <= n:
+    raise DataError(f'train_examples={k} must be between 1 and the {n} training examples '
+                    'available.')
+  return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
 
 
 def subset(dataset: Dataset, train_examples: int, seed: int) -> Dataset:
-    """Keeps a seeded random subset of the training split; the test split is unchanged.
+  """Keeps a seeded random subset of the training split; the test split is unchanged.
 
-    Args:
-        dataset: the full dataset.
-        train_examples: how many training examples to keep, 1..dataset.num_train.
-        seed: picks the subset; the same seed always picks the same examples, in their original
-            order.
+  Args:
+      dataset: the full dataset.
+      train_examples: how many training examples to keep, 1..dataset.num_train.
+      seed: picks the subset; the same seed always picks the same examples, in their original
+          order.
 
-    Returns:
-        A Dataset with `train_examples` training examples.
+  Returns:
+      A Dataset with `train_examples` training examples.
 
-    Raises:
-        DataError: train_examples is larger than the training split (or below 1).
-    """
-    keep = _choose_subset(dataset.num_train, train_examples, seed)
-    return dataclasses.replace(dataset, train_images=dataset.train_images[keep],
-                               train_labels=dataset.train_labels[keep])
+  Raises:
+      DataError: train_examples is larger than the training split (or below 1).
+  """
+  keep = _choose_subset(dataset.num_train, train_examples, seed)
+  return dataclasses.replace(dataset, train_images=dataset.train_images[keep],
+                             train_labels=dataset.train_labels[keep])
 
 
 def _maybe_subset(dataset: Dataset, train_examples: int | None, seed: int) -> Dataset:
-    """`subset(dataset, train_examples, seed)`, or dataset itself when train_examples is None.
+  """`subset(dataset, train_examples, seed)`, or dataset itself when train_examples is None.
 
-    Every loader takes (train_examples, seed) so that callers can load any dataset the same way.
-    """
-    return dataset if train_examples is None else subset(dataset, train_examples, seed)
+  Every loader takes (train_examples, seed) so that callers can load any dataset the same way.
+  """
+  return dataset if train_examples is None else subset(dataset, train_examples, seed)
 
 
 @register('digits')
 def load_digits(data_dir: str | None = None, train_examples: int | None = None,
                 seed: int = 0) -> Dataset:
-    """scikit-learn's 8x8 handwritten digits (1,797 images, bundled, no download).
+  """scikit-learn's 8x8 handwritten digits (1,797 images, bundled, no download).
 
-    The 80/20 stratified train/test split is fixed (seed 0) whatever the run's seed, so that test
-    accuracies of different runs are measured on the same images.
+  The 80/20 stratified train/test split is fixed (seed 0) whatever the run's seed, so that test
+  accuracies of different runs are measured on the same images.
 
-    Args:
-        data_dir: ignored; the data ships with scikit-learn.
-        train_examples: if given, keep `subset(dataset, train_examples, seed)` of the train split.
-        seed: picks that subset; the train/test split itself never depends on it.
+  Args:
+      data_dir: ignored; the data ships with scikit-learn.
+      train_examples: if given, keep `subset(dataset, train_examples, seed)` of the train split.
+      seed: picks that subset; the train/test split itself never depends on it.
 
-    Returns:
-        Dataset with [1437, 8, 8, 1] train and [360, 8, 8, 1] test uint8 images, 10 classes.
-    """
-    del data_dir
-    # Imported here: scikit-learn is only needed by this loader.
-    from sklearn import datasets as sk_datasets
-    from sklearn import model_selection
+  Returns:
+      Dataset with [1437, 8, 8, 1] train and [360, 8, 8, 1] test uint8 images, 10 classes.
+  """
+  del data_dir
+  # Imported here: scikit-learn is only needed by this loader.
+  from sklearn import datasets as sk_datasets
+  from sklearn import model_selection
 
-    digits = sk_datasets.load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # 0..16 -> 0..255
-    labels = digits.target.astype(np.int64)
-    train_x, test_x, train_y, test_y = model_selection.train_test_split(
-        images, labels, test_size=0.2, stratify=labels, random_state=0)
-    dataset = Dataset(name='digits', train_images=train_x, train_labels=train_y,
-                      test_images=test_x, test_labels=test_y,
-                      class_names=tuple(str(d) for d in range(10)), mean=(0.5,), std=(0.5,),
-                      augment='none')  # A flipped digit is a different (or no) digit.
-    return _maybe_subset(dataset, train_examples, seed)
+  digits = sk_datasets.load_digits()
+  images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]  # 0..16 -> 0..255
+  labels = digits.target.astype(np.int64)
+  train_x, test_x, train_y, test_y = model_selection.train_test_split(
+      images, labels, test_size=0.2, stratify=labels, random_state=0)
+  dataset = Dataset(name='digits', train_images=train_x, train_labels=train_y,
+                    test_images=test_x, test_labels=test_y,
+                    class_names=tuple(str(d) for d in range(10)), mean=(0.5,), std=(0.5,),
+                    augment='none')  # A flipped digit is a different (or no) digit.
+  return _maybe_subset(dataset, train_examples, seed)
 
 
 @register('synthetic')
 def load_synthetic(data_dir: str | None = None, num_train: int = 512, num_test: int = 128,
                    image_shape: tuple = (32, 32, 3), num_classes: int = 10, seed: int = 0,
                    train_examples: int | None = None) -> Dataset:
-    """Deterministic random images that a model can learn: a mean image per class plus noise.
+  """Deterministic random images that a model can learn: a mean image per class plus noise.
 
-    For smoke tests and benchmarks that must not depend on files or downloads.
+  For smoke tests and benchmarks that must not depend on files or downloads.
 
-    Args:
-        data_dir: ignored.
-        num_train: number of training images.
-        num_test: number of test images.
-        image_shape: (H, W, C) of every image.
-        num_classes: number of classes; labels are balanced (i % num_classes, shuffled).
-        seed: the same seed gives the same images (and the same train_examples subset).
-        train_examples: if given, keep `subset(dataset, train_examples, seed)` of the train split.
+  Args:
+      data_dir: ignored.
+      num_train: number of training images.
+      num_test: number of test images.
+      image_shape: (H, W, C) of every image.
+      num_classes: number of classes; labels are balanced (i % num_classes, shuffled).
+      seed: the same seed gives the same images (and the same train_examples subset).
+      train_examples: if given, keep `subset(dataset, train_examples, seed)` of the train split.
 
-    Returns:
-        Dataset with [num_train, *image_shape] and [num_test, *image_shape] uint8 images.
-    """
-    del data_dir
-    if min(num_train, num_test, num_classes) < 1 or len(image_shape) != 3:
-        raise DataError(f'synthetic: need num_train={num_train}, num_test={num_test}, '
-                        f'num_classes={num_classes} >= 1 and a 3-D image_shape={image_shape}.')
-    rng = np.random.default_rng(seed)
-    class_means = rng.uniform(0, 255, size=(num_classes, *image_shape))
+  Returns:
+      Dataset with [num_train, *image_shape] and [num_test, *image_shape] uint8 images.
+  """
+  del data_dir
+  if min(num_train, num_test, num_classes) < 1 or len(image_shape) != 3:
+    raise DataError(f'synthetic: need num_train={num_train}, num_test={num_test}, '
+                    f'num_classes={num_classes} >= 1 and a 3-D image_shape={image_shape}.')
+  rng = np.random.default_rng(seed)
+  class_means = rng.uniform(0, 255, size=(num_classes, *image_shape))
 
-    def draw(n):
-        labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
-        # Noise std 64 (a quarter of the pixel range) keeps classes apart but not trivially so.
-        images = class_means[labels] + rng.normal(0, 64, size=(n, *image_shape))
-        return np.clip(np.round(images), 0, 255).astype(np.uint8), labels
+  def draw(n):
+    labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+    # Noise std 64 (a quarter of the pixel range) keeps classes apart but not trivially so.
+    images = class_means[labels] + rng.normal(0, 64, size=(n, *image_shape))
+    return np.clip(np.round(images), 0, 255).astype(np.uint8), labels
 
-    train_x, train_y = draw(num_train)
-    test_x, test_y = draw(num_test)
-    channels = image_shape[-1]
-    dataset = Dataset(name='synthetic', train_images=train_x, train_labels=train_y,
-                      test_images=test_x, test_labels=test_y,
-                      class_names=tuple(str(c) for c in range(num_classes)),
-                      mean=(0.5,) * channels, std=(0.5,) * channels, augment='none')
-    return _maybe_subset(dataset, train_examples, seed)
+  train_x, train_y = draw(num_train)
+  test_x, test_y = draw(num_test)
+  channels = image_shape[-1]
+  dataset = Dataset(name='synthetic', train_images=train_x, train_labels=train_y,
+                    test_images=test_x, test_labels=test_y,
+                    class_names=tuple(str(c) for c in range(num_classes)),
+                    mean=(0.5,) * channels, std=(0.5,) * channels, augment='none')
+  return _maybe_subset(dataset, train_examples, seed)
 
 
 @register('folder')
 def load_folder(data_dir: str | None = None, train_examples: int | None = None,
                 seed: int = 0) -> Dataset:
-    """Images in `data_dir/{train,test}/<class>/*.{jpg,jpeg,png,bmp,gif}`, one folder per class.
+  """Images in `data_dir/{train,test}/<class>/*.{jpg,jpeg,png,bmp,gif}`, one folder per class.
 
-    Classes are the sorted subdirectory names of train/; test/ must hold the same ones. Every
-    image must decode to the shape of the first test image (channels are converted to its channel
-    count), so the input shape, the normalization and the augmentation never depend on a training
-    image. CIFAR-10-like data (10 classes of 32x32x3) gets the published CIFAR-10 normalization,
-    anything else 0.5 per channel; 3-channel images get flip_crop augmentation.
+  Classes are the sorted subdirectory names of train/; test/ must hold the same ones. Every
+  image must decode to the shape of the first test image (channels are converted to its channel
+  count), so the input shape, the normalization and the augmentation never depend on a training
+  image. CIFAR-10-like data (10 classes of 32x32x3) gets the published CIFAR-10 normalization,
+  anything else 0.5 per channel; 3-channel images get flip_crop augmentation.
 
-    Args:
-        data_dir: the directory holding train/ and test/.
-        train_examples: if given, decode only this many training images, the same ones
-            `subset(full_dataset, train_examples, seed)` would keep.
-        seed: picks the training subset when train_examples is given.
+  Args:
+      data_dir: the directory holding train/ and test/.
+      train_examples: if given, decode only this many training images, the same ones
+          `subset(full_dataset, train_examples, seed)` would keep.
+      seed: picks the training subset when train_examples is given.
 
-    Returns:
-        Dataset named 'folder'.
+  Returns:
+      Dataset named 'folder'.
 
-    Raises:
-        DataError: a directory is missing or empty, the class sets differ, or a file cannot be
-            decoded or has the wrong shape; the message names the path.
-    """
-    class_names, (train_files, train_labels), (test_files, test_labels) = _scan_folder(data_dir)
-    if train_examples is not None:
-        keep = _choose_subset(len(train_files), train_examples, seed)
-        train_files, train_labels = train_files[keep], train_labels[keep]
-    first = test_files[0]  # Not a training file: the shape must not depend on training data.
-    shape = _decode_file(first, channels=0).shape
-    train_images = _decode_files(train_files, shape, first)
-    test_images = _decode_files(test_files, shape, first)
-    cifar_like = shape == (32, 32, 3) and len(class_names) == 10  # Names vary by extraction tool.
-    channels = shape[-1]
-    return Dataset(name='folder', train_images=train_images, train_labels=train_labels,
-                   test_images=test_images, test_labels=test_labels, class_names=class_names,
-                   mean=CIFAR10_MEAN if cifar_like else (0.5,) * channels,
-                   std=CIFAR10_STD if cifar_like else (0.5,) * channels,
-                   augment='flip_crop' if channels == 3 else 'none')
+  Raises:
+      DataError: a directory is missing or empty, the class sets differ, or a file cannot be
+          decoded or has the wrong shape; the message names the path.
+  """
+  class_names, (train_files, train_labels), (test_files, test_labels) = _scan_folder(data_dir)
+  if train_examples is not None:
+    keep = _choose_subset(len(train_files), train_examples, seed)
+    train_files, train_labels = train_files[keep], train_labels[keep]
+  first = test_files[0]  # Not a training file: the shape must not depend on training data.
+  shape = _decode_file(first, channels=0).shape
+  train_images = _decode_files(train_files, shape, first)
+  test_images = _decode_files(test_files, shape, first)
+  cifar_like = shape == (32, 32, 3) and len(class_names) == 10  # Names vary by extraction tool.
+  channels = shape[-1]
+  return Dataset(name='folder', train_images=train_images, train_labels=train_labels,
+                 test_images=test_images, test_labels=test_labels, class_names=class_names,
+                 mean=CIFAR10_MEAN if cifar_like else (0.5,) * channels,
+                 std=CIFAR10_STD if cifar_like else (0.5,) * channels,
+                 augment='flip_crop' if channels == 3 else 'none')
 
 
 @register('npz')
 def load_npz(data_dir: str | None = None, train_examples: int | None = None,
              seed: int = 0) -> Dataset:
-    """A MedMNIST-layout .npz: `train_images`, `train_labels`, `test_images`, `test_labels`.
+  """A MedMNIST-layout .npz: `train_images`, `train_labels`, `test_images`, `test_labels`.
 
-    Images are uint8 [N, H, W] (grayscale) or [N, H, W, C]; labels are integers [N] or [N, 1]
-    (single-label tasks only). A `val_*` split, if present, is not used: tfdp reports the held-out
-    test split. The classes are the file's declared `class_names` array, else '0' .. 'K-1' with K
-    from the test labels (largest plus one), never from the training labels, which must then lie
-    in [0, K). Normalization is the public constant 0.5 per channel, never statistics of the
-    private images.
+  Images are uint8 [N, H, W] (grayscale) or [N, H, W, C]; labels are integers [N] or [N, 1]
+  (single-label tasks only). A `val_*` split, if present, is not used: tfdp reports the held-out
+  test split. The classes are the file's declared `class_names` array, else '0' .. 'K-1' with K
+  from the test labels (largest plus one), never from the training labels, which must then lie
+  in [0, K). Normalization is the public constant 0.5 per channel, never statistics of the
+  private images.
 
-    Args:
-        data_dir: path of the .npz file (e.g. ../shared/data/pneumoniamnist.npz).
-        train_examples: if given, keep `subset(dataset, train_examples, seed)` of the train split.
-        seed: picks that subset.
+  Args:
+      data_dir: path of the .npz file (e.g. ../shared/data/pneumoniamnist.npz).
+      train_examples: if given, keep `subset(dataset, train_examples, seed)` of the train split.
+      seed: picks that subset.
 
-    Raises:
-        DataError: the file is missing or unreadable, an array is absent or malformed, or a
-            training label is outside the declared (or test) classes; the message names the file
-            and the array.
-    """
-    if data_dir is None or not os.path.isfile(data_dir):
-        raise DataError(f'npz: --data_dir must be the path of an .npz file, got {data_dir!r}.')
-    try:
-        with np.load(data_dir, allow_pickle=False) as arrays:
-            contents = {key: arrays[key] for key in arrays.files}
-    except (OSError, ValueError) as error:
-        raise DataError(f'npz: cannot read {data_dir}: {error}') from None
-    splits = {split: _npz_split(contents, split, data_dir) for split in ('train', 'test')}
-    class_names = _npz_class_names(contents, splits, data_dir)
-    channels = splits['test'][0].shape[-1]
-    dataset = Dataset(name='npz', train_images=splits['train'][0], train_labels=splits['train'][1],
-                      test_images=splits['test'][0], test_labels=splits['test'][1],
-                      class_names=class_names, mean=(0.5,) * channels, std=(0.5,) * channels,
-                      augment='none')  # Medical images: flips can change meaning; opt in.
-    return _maybe_subset(dataset, train_examples, seed)
+  Raises:
+      DataError: the file is missing or unreadable, an array is absent or malformed, or a
+          training label is outside the declared (or test) classes; the message names the file
+          and the array.
+  """
+  if data_dir is None or not os.path.isfile(data_dir):
+    raise DataError(f'npz: --data_dir must be the path of an .npz file, got {data_dir!r}.')
+  try:
+    with np.load(data_dir, allow_pickle=False) as arrays:
+      contents = {key: arrays[key] for key in arrays.files}
+  except (OSError, ValueError) as error:
+    raise DataError(f'npz: cannot read {data_dir}: {error}') from None
+  splits = {split: _npz_split(contents, split, data_dir) for split in ('train', 'test')}
+  class_names = _npz_class_names(contents, splits, data_dir)
+  channels = splits['test'][0].shape[-1]
+  dataset = Dataset(name='npz', train_images=splits['train'][0], train_labels=splits['train'][1],
+                    test_images=splits['test'][0], test_labels=splits['test'][1],
+                    class_names=class_names, mean=(0.5,) * channels, std=(0.5,) * channels,
+                    augment='none')  # Medical images: flips can change meaning; opt in.
+  return _maybe_subset(dataset, train_examples, seed)
 
 
 def _npz_class_names(contents: dict, splits: dict, path: str) -> tuple:
-    """The declared `class_names`, else '0' .. 'K-1' with K from the test labels alone.
+  """The declared `class_names`, else '0' .. 'K-1' with K from the test labels alone.
 
-    Raises DataError naming the file when a training label is outside them: widening the classes
-    to fit the training labels would release something about the training split.
-    """
-    names = contents.get('class_names')
-    if names is not None:
-        class_names, source = tuple(str(n) for n in names), 'its class_names array'
-    else:
-        test_labels = splits['test'][1]
-        count = int(test_labels.max()) + 1 if len(test_labels) else 0
-        class_names, source = tuple(str(c) for c in range(count)), 'the test labels'
-    train_labels = splits['train'][1]
-    if len(train_labels) and train_labels.max() >= len(class_names):
-        raise DataError(f'npz: {path}: train_labels go up to {train_labels.max()}, but the '
-                        f'{len(class_names)} classes from {source} are 0..{len(class_names) - 1}; '
-                        'declare every class in a class_names array.')
-    return class_names
+  Raises DataError naming the file when a training label is outside them: widening the classes
+  to fit the training labels would release something about the training split.
+  """
+  names = contents.get('class_names')
+  if names is not None:
+    class_names, source = tuple(str(n) for n in names), 'its class_names array'
+  else:
+    test_labels = splits['test'][1]
+    count = int(test_labels.max()) + 1 if len(test_labels) else 0
+    class_names, source = tuple(str(c) for c in range(count)), 'the test labels'
+  train_labels = splits['train'][1]
+  if len(train_labels) and train_labels.max() >= len(class_names):
+    raise DataError(f'npz: {path}: train_labels go up to {train_labels.max()}, but the '
+                    f'{len(class_names)} classes from {source} are 0..{len(class_names) - 1}; '
+                    'declare every class in a class_names array.')
+  return class_names
 
 
 def _npz_split(contents: dict, split: str, path: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = contents.get(f'{split}_images'), contents.get(f'{split}_labels')
-    if images is None or labels is None:
-        raise DataError(f'npz: {path} has no {split}_images/{split}_labels arrays '
-                        f'(it has {sorted(contents)}).')
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataError(f'npz: {path}: {split}_images must be uint8 [N, H, W] or [N, H, W, C], '
-                        f'got {images.dtype} {images.shape}.')
-    if labels.ndim == 2 and labels.shape[1] != 1:
-        raise DataError(f'npz: {path}: {split}_labels has shape {labels.shape}; only single-label '
-                        'tasks ([N] or [N, 1]) are supported.')
-    labels = labels.reshape(-1).astype(np.int64)
-    if len(labels) != len(images) or labels.min() < 0:
-        raise DataError(f'npz: {path}: {split} has {len(images)} images but {len(labels)} labels '
-                        'or negative labels.')
-    return (images[..., None] if images.ndim == 3 else images), labels
+  images, labels = contents.get(f'{split}_images'), contents.get(f'{split}_labels')
+  if images is None or labels is None:
+    raise DataError(f'npz: {path} has no {split}_images/{split}_labels arrays '
+                    f'(it has {sorted(contents)}).')
+  if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    raise DataError(f'npz: {path}: {split}_images must be uint8 [N, H, W] or [N, H, W, C], '
+                    f'got {images.dtype} {images.shape}.')
+  if labels.ndim == 2 and labels.shape[1] != 1:
+    raise DataError(f'npz: {path}: {split}_labels has shape {labels.shape}; only single-label '
+                    'tasks ([N] or [N, 1]) are supported.')
+  labels = labels.reshape(-1).astype(np.int64)
+  if len(labels) != len(images) or labels.min() < 0:
+    raise DataError(f'npz: {path}: {split} has {len(images)} images but {len(labels)} labels '
+                    'or negative labels.')
+  return (images[..., None] if images.ndim == 3 else images), labels
 
 
 def _scan_folder(data_dir: str | None) -> tuple:
-    """Checks the folder layout; returns class_names and (paths, labels) for train and test."""
-    if data_dir is None or not os.path.isdir(data_dir):
-        raise DataError(f'folder: data_dir={data_dir!r} is not a directory; it should hold '
-                        'train/<class>/*.jpg and test/<class>/*.jpg.')
-    train_dir, test_dir = os.path.join(data_dir, 'train'), os.path.join(data_dir, 'test')
-    class_names = _list_classes(train_dir)
-    test_classes = _list_classes(test_dir)
-    if test_classes != class_names:
-        extra, missing = set(test_classes) - set(class_names), set(class_names) - set(test_classes)
-        raise DataError(f'folder: {test_dir} must hold the classes of {train_dir}; it has extra '
-                        f'classes {sorted(extra)} and lacks {sorted(missing)}.')
-    return class_names, _list_images(train_dir, class_names), _list_images(test_dir, class_names)
+  """Checks the folder layout; returns class_names and (paths, labels) for train and test."""
+  if data_dir is None or not os.path.isdir(data_dir):
+    raise DataError(f'folder: data_dir={data_dir!r} is not a directory; it should hold '
+                    'train/<class>/*.jpg and test/<class>/*.jpg.')
+  train_dir, test_dir = os.path.join(data_dir, 'train'), os.path.join(data_dir, 'test')
+  class_names = _list_classes(train_dir)
+  test_classes = _list_classes(test_dir)
+  if test_classes != class_names:
+    extra, missing = set(test_classes) - set(class_names), set(class_names) - set(test_classes)
+    raise DataError(f'folder: {test_dir} must hold the classes of {train_dir}; it has extra '
+                    f'classes {sorted(extra)} and lacks {sorted(missing)}.')
+  return class_names, _list_images(train_dir, class_names), _list_images(test_dir, class_names)
 
 
 def _list_classes(split_dir: str) -> tuple:
-    """Sorted names of the subdirectories of split_dir; DataError if there is none."""
-    if not os.path.isdir(split_dir):
-        raise DataError(f'folder: {split_dir} is missing; expected <data_dir>/{{train,test}}/'
-                        '<class>/ image folders.')
-    names = tuple(sorted(entry.name for entry in os.scandir(split_dir)
-                         if entry.is_dir() and not entry.name.startswith('.')))
-    if not names:
-        raise DataError(f'folder: {split_dir} has no class subdirectories.')
-    return names
+  """Sorted names of the subdirectories of split_dir; DataError if there is none."""
+  if not os.path.isdir(split_dir):
+    raise DataError(f'folder: {split_dir} is missing; expected <data_dir>/{{train,test}}/'
+                    '<class>/ image folders.')
+  names = tuple(sorted(entry.name for entry in os.scandir(split_dir)
+                       if entry.is_dir() and not entry.name.startswith('.')))
+  if not names:
+    raise DataError(f'folder: {split_dir} has no class subdirectories.')
+  return names
 
 
 def _list_images(split_dir: str, class_names: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """All image paths under split_dir/<class>/ (sorted per class) and their [K] int64 labels."""
-    paths, labels = [], []
-    for label, name in enumerate(class_names):
-        class_dir = os.path.join(split_dir, name)
-        files = sorted(f for f in os.listdir(class_dir)
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'))
-        if not files:
-            raise DataError(f'folder: {class_dir} contains no {"/".join(IMAGE_EXTENSIONS)} images.')
-        paths += [os.path.join(class_dir, f) for f in files]
-        labels += [label] * len(files)
-    return np.array(paths), np.array(labels, dtype=np.int64)
+  """All image paths under split_dir/<class>/ (sorted per class) and their [K] int64 labels."""
+  paths, labels = [], []
+  for label, name in enumerate(class_names):
+    class_dir = os.path.join(split_dir, name)
+    files = sorted(f for f in os.listdir(class_dir)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'))
+    if not files:
+      raise DataError(f'folder: {class_dir} contains no {"/".join(IMAGE_EXTENSIONS)} images.')
+    paths += [os.path.join(class_dir, f) for f in files]
+    labels += [label] * len(files)
+  return np.array(paths), np.array(labels, dtype=np.int64)
 
 
 def _decode_file(path: str, channels: int) -> np.ndarray:
-    """Decodes one image eagerly to [H, W, C] uint8; DataError naming the file if it cannot."""
-    try:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
-                                   expand_animations=False)
-    except tf.errors.OpError as err:
-        # Keep TF's reason, drop its '{{function_node ...}}' and '[Op:DecodeImage]' wrapping.
-        reason = err.message.split('}}')[-1].split('[Op:')[0].strip()
-        raise DataError(f'folder: cannot decode {path} as an image: {reason}') from err
-    return image.numpy()
+  """Decodes one image eagerly to [H, W, C] uint8; DataError naming the file if it cannot."""
+  try:
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
+                               expand_animations=False)
+  except tf.errors.OpError as err:
+    # Keep TF's reason, drop its '{{function_node ...}}' and '[Op:DecodeImage]' wrapping.
+    reason = err.message.split('}}')[-1].split('[Op:')[0].strip()
+    raise DataError(f'folder: cannot decode {path} as an image: {reason}') from err
+  return image.numpy()
 
 
 def _decode_files(paths: np.ndarray, shape: tuple, first: str) -> np.ndarray:
-    """Decodes every path to [len(paths), *shape] uint8, in parallel.
+  """Decodes every path to [len(paths), *shape] uint8, in parallel.
 
-    The fast path decodes in a tf.data pipeline and silently drops failing files; if any were
-    dropped, the first of them is decoded again on its own to raise an error that names it.
+  The fast path decodes in a tf.data pipeline and silently drops failing files; if any were
+  dropped, the first of them is decoded again on its own to raise an error that names it.
 
-    Args:
-        paths: [K] image file paths.
-        shape: the (H, W, C) every image must have; C also sets the decoded channel count.
-        first: the file `shape` came from (the first test image), named in shape errors.
+  Args:
+      paths: [K] image file paths.
+      shape: the (H, W, C) every image must have; C also sets the decoded channel count.
+      first: the file `shape` came from (the first test image), named in shape errors.
 
-    Returns:
-        [K, H, W, C] uint8 images in the order of `paths`.
+  Returns:
+      [K, H, W, C] uint8 images in the order of `paths`.
 
-    Raises:
-        DataError: naming the first file that does not decode or has another shape.
-    """
+  Raises:
+      DataError: naming the first file that does not decode or has another shape.
+  """
 
-    def decode(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=shape[-1],
-                                   expand_animations=False)
-        return index, tf.ensure_shape(image, shape)
+  def decode(index, path):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=shape[-1],
+                               expand_animations=False)
+    return index, tf.ensure_shape(image, shape)
 
-    images = np.zeros((len(paths), *shape), np.uint8)
-    decoded = np.zeros(len(paths), bool)
-    pipeline = (tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
-                .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-                .ignore_errors()  # Diagnosed below, one file at a time, to name the file.
-                .batch(1024))
-    for index, batch in pipeline.as_numpy_iterator():
-        images[index], decoded[index] = batch, True
-    if not decoded.all():
-        bad = paths[np.flatnonzero(~decoded)[0]]
-        image = _decode_file(bad, channels=shape[-1])
-        if image.shape == shape:  # Decodes alone but failed in the pipeline: say so, not guess.
-            raise DataError(f'folder: {bad} failed to decode in the tf.data pipeline.')
-        raise DataError(f'folder: {bad} has shape {image.shape} but the first test image {first} '
-                        f'has shape {shape}; all images must share one shape.')
-    return images
+  images = np.zeros((len(paths), *shape), np.uint8)
+  decoded = np.zeros(len(paths), bool)
+  pipeline = (tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
+              .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+              .ignore_errors()  # Diagnosed below, one file at a time, to name the file.
+              .batch(1024))
+  for index, batch in pipeline.as_numpy_iterator():
+    images[index], decoded[index] = batch, True
+  if not decoded.all():
+    bad = paths[np.flatnonzero(~decoded)[0]]
+    image = _decode_file(bad, channels=shape[-1])
+    if image.shape == shape:  # Decodes alone but failed in the pipeline: say so, not guess.
+      raise DataError(f'folder: {bad} failed to decode in the tf.data pipeline.')
+    raise DataError(f'folder: {bad} has shape {image.shape} but the first test image {first} '
+                    f'has shape {shape}; all images must share one shape.')
+  return images
 
 
 def _tfds_loader(tfds_name: str, description: str, class_names: tuple, mean: tuple, std: tuple,
                  augment: str) -> Callable[..., Dataset]:
-    """A loader of a tensorflow_datasets image classification set, with its public constants."""
+  """A loader of a tensorflow_datasets image classification set, with its public constants."""
 
-    def load(data_dir: str | None = None, train_examples: int | None = None, seed: int = 0,
-             download: bool = True) -> Dataset:
-        # Imported here: tensorflow_datasets is slow to import and only these loaders need it.
-        import tensorflow_datasets as tfds
+  def load(data_dir: str | None = None, train_examples: int | None = None, seed: int = 0,
+           download: bool = True) -> Dataset:
+    # Imported here: tensorflow_datasets is slow to import and only these loaders need it.
+    import tensorflow_datasets as tfds
 
-        try:
-            # Not batch_size=-1: that batches by the split size recorded in the dataset's
-            # metadata, which tfds.testing.mock_data leaves at 0 (a batch of sys.maxsize).
-            train, test = tfds.load(tfds_name, data_dir=data_dir, split=['train', 'test'],
-                                    as_supervised=True, download=download)
-            (train_x, train_y), (test_x, test_y) = _to_numpy(train), _to_numpy(test)
-        except Exception as err:  # tfds and its download stack raise many unrelated types.
-            reason = str(err).rstrip('.')
-            raise DataError(
-                f'{tfds_name}: could not load or download it with tensorflow_datasets '
-                f'(data_dir={data_dir!r}): {type(err).__name__}: {reason}. Without internet, use '
-                'image folders: --dataset=folder --data_dir=<a directory holding '
-                'train/<class>/*.png and test/<class>/*.png>.') from err
-        dataset = Dataset(name=tfds_name, train_images=train_x, train_labels=train_y,
-                          test_images=test_x, test_labels=test_y, class_names=class_names,
-                          mean=mean, std=std, augment=augment)
-        return _maybe_subset(dataset, train_examples, seed)
+    try:
+      # Not batch_size=-1: that batches by the split size recorded in the dataset's
+      # metadata, which tfds.testing.mock_data leaves at 0 (a batch of sys.maxsize).
+      train, test = tfds.load(tfds_name, data_dir=data_dir, split=['train', 'test'],
+                              as_supervised=True, download=download)
+      (train_x, train_y), (test_x, test_y) = _to_numpy(train), _to_numpy(test)
+    except Exception as err:  # tfds and its download stack raise many unrelated types.
+      reason = str(err).rstrip('.')
+      raise DataError(
+          f'{tfds_name}: could not load or download it with tensorflow_datasets '
+          f'(data_dir={data_dir!r}): {type(err).__name__}: {reason}. Without internet, use '
+          'image folders: --dataset=folder --data_dir=<a directory holding '
+          'train/<class>/*.png and test/<class>/*.png>.') from err
+    dataset = Dataset(name=tfds_name, train_images=train_x, train_labels=train_y,
+                      test_images=test_x, test_labels=test_y, class_names=class_names,
+                      mean=mean, std=std, augment=augment)
+    return _maybe_subset(dataset, train_examples, seed)
 
-    load.__doc__ = f"""{description} through tensorflow_datasets.
+  load.__doc__ = f"""{description} through tensorflow_datasets.
 
         Args:
             data_dir: the tensorflow_datasets data directory (None: ~/tensorflow_datasets).
@@ -515,7 +515,7 @@ def _tfds_loader(tfds_name: str, description: str, class_names: tuple, mean: tup
         Raises:
             DataError: the data is not prepared and could not be downloaded (e.g. no internet).
         """
-    return load
+  return load
 
 
 load_cifar10 = register('cifar10')(_tfds_loader(
@@ -530,9 +530,9 @@ load_fashion_mnist = register('fashion_mnist')(_tfds_loader(
 
 
 def _to_numpy(split: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """A supervised (image, label) split as [N, H, W, C] uint8 images and [N] int64 labels."""
-    images, labels = [], []
-    for image_batch, label_batch in split.batch(4096).as_numpy_iterator():
-        images.append(image_batch)
-        labels.append(label_batch)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+  """A supervised (image, label) split as [N, H, W, C] uint8 images and [N] int64 labels."""
+  images, labels = [], []
+  for image_batch, label_batch in split.batch(4096).as_numpy_iterator():
+    images.append(image_batch)
+    labels.append(label_batch)
+  return np.concatenate(images), np.concatenate(labels).astype(np.int64)

@@ -32,61 +32,61 @@ EVALUATION_DTYPE = np.float32
 
 
 def cache_dir() -> str:
-    return os.environ.get("TFDP_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
-                                                         "tfdp", "features"))
+  return os.environ.get("TFDP_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache",
+                                                       "tfdp", "features"))
 
 
 def cache_key(images: np.ndarray, front: tf.keras.layers.Layer,
               standardization: Sequence) -> str:
-    digest = hashlib.sha256()
-    transform = {k: v for k, v in front.get_config().items() if k != "name"}  # Names vary.
-    digest.update(json.dumps([list(images.shape), str(images.dtype), type(front).__name__,
-                              transform, standardization], sort_keys=True, default=str).encode())
-    digest.update(np.ascontiguousarray(images).data)
-    for weight in front.weights:  # A trained encoder's features depend on its weights too.
-        digest.update(np.ascontiguousarray(weight.numpy()).data)
-    return digest.hexdigest()
+  digest = hashlib.sha256()
+  transform = {k: v for k, v in front.get_config().items() if k != "name"}  # Names vary.
+  digest.update(json.dumps([list(images.shape), str(images.dtype), type(front).__name__,
+                            transform, standardization], sort_keys=True, default=str).encode())
+  digest.update(np.ascontiguousarray(images).data)
+  for weight in front.weights:  # A trained encoder's features depend on its weights too.
+    digest.update(np.ascontiguousarray(weight.numpy()).data)
+  return digest.hexdigest()
 
 
 def features(images: np.ndarray, front: tf.keras.layers.Layer, preprocess: Callable,
              standardization: Sequence, log: Callable = print,
              dtype=STORED_DTYPE) -> np.ndarray:
-    """The front's features of `images`, from the cache when it has them.
+  """The front's features of `images`, from the cache when it has them.
 
-    Args:
-        images: uint8 [N, H, W, C].
-        front: A frozen layer mapping preprocessed images to features.
-        preprocess: uint8 batch -> the front's input (no augmentation).
-        standardization: What `preprocess` does, for the key (e.g. [mean, std]).
-        log: Where one line about a miss or hit goes.
-        dtype: How they are stored (and returned): STORED_DTYPE or EVALUATION_DTYPE.
+  Args:
+      images: uint8 [N, H, W, C].
+      front: A frozen layer mapping preprocessed images to features.
+      preprocess: uint8 batch -> the front's input (no augmentation).
+      standardization: What `preprocess` does, for the key (e.g. [mean, std]).
+      log: Where one line about a miss or hit goes.
+      dtype: How they are stored (and returned): STORED_DTYPE or EVALUATION_DTYPE.
 
-    Returns:
-        dtype [N, ...features shape].
-    """
-    key = cache_key(images, front, standardization)
-    suffix = "" if np.dtype(dtype) == np.dtype(STORED_DTYPE) else f"-{np.dtype(dtype).name}"
-    path = os.path.join(cache_dir(), f"{front.name}-{key[:24]}{suffix}.npy")
-    if os.path.exists(path):
-        log(f"Features of {len(images)} images from the cache {path}")
-        return np.load(path)
-    log(f"Computing {front.name} features of {len(images)} images (once; cached in {path})")
-    compute = tf.function(lambda batch: front(preprocess(batch)))
-    parts = [compute(images[start:start + BATCH]).numpy().astype(dtype)
-             for start in range(0, len(images), BATCH)]
-    result = np.concatenate(parts)
-    _save(path, result)
-    return result
+  Returns:
+      dtype [N, ...features shape].
+  """
+  key = cache_key(images, front, standardization)
+  suffix = "" if np.dtype(dtype) == np.dtype(STORED_DTYPE) else f"-{np.dtype(dtype).name}"
+  path = os.path.join(cache_dir(), f"{front.name}-{key[:24]}{suffix}.npy")
+  if os.path.exists(path):
+    log(f"Features of {len(images)} images from the cache {path}")
+    return np.load(path)
+  log(f"Computing {front.name} features of {len(images)} images (once; cached in {path})")
+  compute = tf.function(lambda batch: front(preprocess(batch)))
+  parts = [compute(images[start:start + BATCH]).numpy().astype(dtype)
+           for start in range(0, len(images), BATCH)]
+  result = np.concatenate(parts)
+  _save(path, result)
+  return result
 
 
 def _save(path: str, array: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npy.tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            np.save(f, array)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  handle, temp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npy.tmp")
+  try:
+    with os.fdopen(handle, "wb") as f:
+      np.save(f, array)
+    os.replace(temp, path)
+  except BaseException:
+    if os.path.exists(temp):
+      os.remove(temp)
+    raise

@@ -54,111 +54,111 @@ VARIANCE_EPSILON = 1e-5  # Added to the variance before its square root, as batc
 
 @dataclasses.dataclass(frozen=True)
 class Moments:
-    """Per-map statistics of features [..., K]: mean and variance, float64 [K] each."""
+  """Per-map statistics of features [..., K]: mean and variance, float64 [K] each."""
 
-    mean: np.ndarray
-    variance: np.ndarray
+  mean: np.ndarray
+  variance: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipNorms:
-    """Public L2 bounds on one example's first (a) and second (b) moment vectors."""
+  """Public L2 bounds on one example's first (a) and second (b) moment vectors."""
 
-    first: float
-    second: float
+  first: float
+  second: float
 
-    def __post_init__(self):
-        if not (self.first > 0 and self.second > 0):
-            raise ValueError(f"clip norms must be > 0, got {self.first} and {self.second}")
+  def __post_init__(self):
+    if not (self.first > 0 and self.second > 0):
+      raise ValueError(f"clip norms must be > 0, got {self.first} and {self.second}")
 
 
 def per_example_moments(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(a, b): float64 [N, K] means over positions of the features and of their squares.
+  """(a, b): float64 [N, K] means over positions of the features and of their squares.
 
-    Args:
-        features: [N, ..., K] (e.g. [N, H, W, K] scattering maps), any float dtype.
-    """
-    rows = np.asarray(features).reshape(len(features), -1, features.shape[-1])
-    first = np.empty((len(rows), rows.shape[-1]))
-    second = np.empty_like(first)
-    for start in range(0, len(rows), ROWS_PER_CHUNK):
-        chunk = rows[start:start + ROWS_PER_CHUNK].astype(np.float64)
-        first[start:start + len(chunk)] = chunk.mean(axis=1)
-        second[start:start + len(chunk)] = np.square(chunk).mean(axis=1)
-    return first, second
+  Args:
+      features: [N, ..., K] (e.g. [N, H, W, K] scattering maps), any float dtype.
+  """
+  rows = np.asarray(features).reshape(len(features), -1, features.shape[-1])
+  first = np.empty((len(rows), rows.shape[-1]))
+  second = np.empty_like(first)
+  for start in range(0, len(rows), ROWS_PER_CHUNK):
+    chunk = rows[start:start + ROWS_PER_CHUNK].astype(np.float64)
+    first[start:start + len(chunk)] = chunk.mean(axis=1)
+    second[start:start + len(chunk)] = np.square(chunk).mean(axis=1)
+  return first, second
 
 
 def clip_rows(rows: np.ndarray, bound: float) -> np.ndarray:
-    """Each row of [N, K] scaled by min(1, bound / ‖row‖₂)."""
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows * np.minimum(1.0, bound / np.maximum(norms, 1e-300))
+  """Each row of [N, K] scaled by min(1, bound / ‖row‖₂)."""
+  norms = np.linalg.norm(rows, axis=1, keepdims=True)
+  return rows * np.minimum(1.0, bound / np.maximum(norms, 1e-300))
 
 
 def clipped_sums(features: np.ndarray, clips: ClipNorms) -> Tuple[np.ndarray, np.ndarray]:
-    """(Σ clip_{C_1}(a_i), Σ clip_{C_2}(b_i)), float64 [K] each: the releases before noise."""
-    first, second = per_example_moments(features)
-    return clip_rows(first, clips.first).sum(axis=0), clip_rows(second, clips.second).sum(axis=0)
+  """(Σ clip_{C_1}(a_i), Σ clip_{C_2}(b_i)), float64 [K] each: the releases before noise."""
+  first, second = per_example_moments(features)
+  return clip_rows(first, clips.first).sum(axis=0), clip_rows(second, clips.second).sum(axis=0)
 
 
 def noisy_sums(features: np.ndarray, clips: ClipNorms, noise_multiplier: float,
                coins: randomness.Coins) -> Tuple[np.ndarray, np.ndarray]:
-    """(A, B) of the module docstring: the clipped sums plus N(0, σ_n² C²) noise from `coins`.
+  """(A, B) of the module docstring: the clipped sums plus N(0, σ_n² C²) noise from `coins`.
 
-    Args:
-        features: The private training set's features [N, ..., K].
-        clips: Public clip norms C_1, C_2 (`public_clip_norms`).
-        noise_multiplier: σ_n > 0.
-        coins: The run's coins: the noise key is theirs for NOISE_STEP.
-    """
-    if noise_multiplier <= 0:
-        raise ValueError(f"noise_multiplier must be > 0, got {noise_multiplier}")
-    first, second = clipped_sums(features, clips)
-    with randomness.keyed_noise(coins.noise_seed(NOISE_STEP)):
-        first = first + randomness.gaussian(first.shape, noise_multiplier * clips.first).numpy()
-        second = second + randomness.gaussian(second.shape,
-                                              noise_multiplier * clips.second).numpy()
-    return first, second
+  Args:
+      features: The private training set's features [N, ..., K].
+      clips: Public clip norms C_1, C_2 (`public_clip_norms`).
+      noise_multiplier: σ_n > 0.
+      coins: The run's coins: the noise key is theirs for NOISE_STEP.
+  """
+  if noise_multiplier <= 0:
+    raise ValueError(f"noise_multiplier must be > 0, got {noise_multiplier}")
+  first, second = clipped_sums(features, clips)
+  with randomness.keyed_noise(coins.noise_seed(NOISE_STEP)):
+    first = first + randomness.gaussian(first.shape, noise_multiplier * clips.first).numpy()
+    second = second + randomness.gaussian(second.shape,
+                                          noise_multiplier * clips.second).numpy()
+  return first, second
 
 
 def private_moments(features: np.ndarray, num_train: int, clips: ClipNorms,
                     noise_multiplier: float, coins: randomness.Coins) -> Moments:
-    """Each map's mean A / N and variance max(B / N - mean², 0), from `noisy_sums`.
+  """Each map's mean A / N and variance max(B / N - mean², 0), from `noisy_sums`.
 
-    Args:
-        num_train: N, the public training-set size the sums are divided by.
-        The others: as for `noisy_sums`.
-    """
-    first, second = noisy_sums(features, clips, noise_multiplier, coins)
-    mean = first / num_train
-    return Moments(mean=mean, variance=np.maximum(second / num_train - np.square(mean), 0.0))
+  Args:
+      num_train: N, the public training-set size the sums are divided by.
+      The others: as for `noisy_sums`.
+  """
+  first, second = noisy_sums(features, clips, noise_multiplier, coins)
+  mean = first / num_train
+  return Moments(mean=mean, variance=np.maximum(second / num_train - np.square(mean), 0.0))
 
 
 def exact_moments(features: np.ndarray) -> Moments:
-    """Unclipped, unnoised statistics: for non-private runs, and as the tests' reference."""
-    first, second = per_example_moments(features)
-    mean = first.mean(axis=0)
-    return Moments(mean=mean, variance=np.maximum(second.mean(axis=0) - np.square(mean), 0.0))
+  """Unclipped, unnoised statistics: for non-private runs, and as the tests' reference."""
+  first, second = per_example_moments(features)
+  mean = first.mean(axis=0)
+  return Moments(mean=mean, variance=np.maximum(second.mean(axis=0) - np.square(mean), 0.0))
 
 
 def public_clip_norms(front: tf.keras.layers.Layer, preprocess, image_shape: Tuple[int, ...],
                       quantile: float = CLIP_QUANTILE,
                       count: int = PUBLIC_IMAGES) -> ClipNorms:
-    """C_1 and C_2: the `quantile` of ‖a‖ and ‖b‖ over `count` random-process images (public seed).
+  """C_1 and C_2: the `quantile` of ‖a‖ and ‖b‖ over `count` random-process images (public seed).
 
-    Args:
-        front: The frozen front whose features are normalized.
-        preprocess: uint8 images -> the front's input, as for the private images.
-        image_shape: (H, W, C) of the private images; the public ones are drawn at that size (H
-            must equal W) and channel count.
-    """
-    from tfdp.data import random_processes  # pylint: disable=import-outside-toplevel
-    height, width, channels = image_shape
-    if height != width:
-        raise ValueError(f"public clip norms need square images, got {height} x {width}")
-    images = random_processes.generate(PUBLIC_SOURCE, count, height, PUBLIC_SEED, channels)
-    pixels = tf.cast(tf.round(images * 255.0), tf.uint8)
-    features = tf.concat([front(preprocess(pixels[start:start + 256]))
-                          for start in range(0, count, 256)], axis=0).numpy()
-    first, second = per_example_moments(features)
-    return ClipNorms(first=float(np.quantile(np.linalg.norm(first, axis=1), quantile)),
-                     second=float(np.quantile(np.linalg.norm(second, axis=1), quantile)))
+  Args:
+      front: The frozen front whose features are normalized.
+      preprocess: uint8 images -> the front's input, as for the private images.
+      image_shape: (H, W, C) of the private images; the public ones are drawn at that size (H
+          must equal W) and channel count.
+  """
+  from tfdp.data import random_processes  # pylint: disable=import-outside-toplevel
+  height, width, channels = image_shape
+  if height != width:
+    raise ValueError(f"public clip norms need square images, got {height} x {width}")
+  images = random_processes.generate(PUBLIC_SOURCE, count, height, PUBLIC_SEED, channels)
+  pixels = tf.cast(tf.round(images * 255.0), tf.uint8)
+  features = tf.concat([front(preprocess(pixels[start:start + 256]))
+                        for start in range(0, count, 256)], axis=0).numpy()
+  first, second = per_example_moments(features)
+  return ClipNorms(first=float(np.quantile(np.linalg.norm(first, axis=1), quantile)),
+                   second=float(np.quantile(np.linalg.norm(second, axis=1), quantile)))

@@ -38,14 +38,14 @@ from tfdp.models import registry
 
 @dataclasses.dataclass(frozen=True)
 class BlockArgs:
-    """One stage of MBConv blocks: `repeats` blocks, the first with `strides` and `filters_in`."""
+  """One stage of MBConv blocks: `repeats` blocks, the first with `strides` and `filters_in`."""
 
-    kernel_size: int
-    repeats: int
-    filters_in: int
-    filters_out: int
-    expand_ratio: int
-    strides: int
+  kernel_size: int
+  repeats: int
+  filters_in: int
+  filters_out: int
+  expand_ratio: int
+  strides: int
 
 
 # EfficientNet-B0's table (the paper's Table 1); SE ratio 0.25 throughout.
@@ -83,140 +83,140 @@ def efficientnet_b0(
     stem_strides=None,
     weights=None,
 ):
-    """Builds a BatchNorm-free EfficientNet-B0.
+  """Builds a BatchNorm-free EfficientNet-B0.
 
-    Args:
-        num_classes: Number of output logits.
-        input_shape: (height, width, channels) of one example; any size from 1x1 up ("same"
-            padding throughout).
-        groupnorm_groups: Groups per GroupNorm, lowered to the largest divisor of the channels.
-        activation: Keras activation name; "swish" is SiLU, B0's activation.
-        weight_standardization: Whether the regular convolutions are `layers.WSConv2D`.
-        dropout_rate: Dropout before the logits layer, in [0, 1).
-        drop_connect_rate: Stochastic depth: the largest probability of dropping a residual branch
-            (per example), reached linearly at the last block, in [0, 1). Each example's branch is
-            dropped on its own, so examples stay independent.
-        stem_strides: Stride of the stem convolution; None picks 1 for inputs under 64x64 and 2 (the
-            paper's) otherwise.
-        weights: None for random initialisation, or the path of a local weights file of this same
-            architecture (an .h5 file or a TF checkpoint prefix written by `model.save_weights`).
+  Args:
+      num_classes: Number of output logits.
+      input_shape: (height, width, channels) of one example; any size from 1x1 up ("same"
+          padding throughout).
+      groupnorm_groups: Groups per GroupNorm, lowered to the largest divisor of the channels.
+      activation: Keras activation name; "swish" is SiLU, B0's activation.
+      weight_standardization: Whether the regular convolutions are `layers.WSConv2D`.
+      dropout_rate: Dropout before the logits layer, in [0, 1).
+      drop_connect_rate: Stochastic depth: the largest probability of dropping a residual branch
+          (per example), reached linearly at the last block, in [0, 1). Each example's branch is
+          dropped on its own, so examples stay independent.
+      stem_strides: Stride of the stem convolution; None picks 1 for inputs under 64x64 and 2 (the
+          paper's) otherwise.
+      weights: None for random initialisation, or the path of a local weights file of this same
+          architecture (an .h5 file or a TF checkpoint prefix written by `model.save_weights`).
 
-    Returns:
-        A `tf.keras.Model` [batch, height, width, channels] -> logits [batch, num_classes], named
-        layers such as "block2a_dwconv" and "block6d_se_reduce".
+  Returns:
+      A `tf.keras.Model` [batch, height, width, channels] -> logits [batch, num_classes], named
+      layers such as "block2a_dwconv" and "block6d_se_reduce".
 
-    Raises:
-        ValueError: If an option is out of range, `activation` is unknown, or `weights` names a
-            file that does not exist.
-    """
-    is_int = isinstance(groupnorm_groups, int) and not isinstance(groupnorm_groups, bool)
-    if not is_int or groupnorm_groups < 1:
-        raise ValueError(f"groupnorm_groups must be a positive int, got {groupnorm_groups!r}.")
-    for name, rate in (("dropout_rate", dropout_rate), ("drop_connect_rate", drop_connect_rate)):
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {rate!r}.")
-    if stem_strides is None:
-        stem_strides = 1 if min(input_shape[:2]) < SMALL_INPUT else 2
-    if stem_strides not in (1, 2):
-        raise ValueError(f"stem_strides must be None, 1 or 2, got {stem_strides!r}.")
-    if weights is not None and not _weights_exist(weights):
-        raise ValueError(
-            f"weights file {weights!r} does not exist. ImageNet weights cannot be downloaded "
-            "offline, so pass the path of a local weights file (.h5, or a checkpoint prefix) "
-            "saved from this model, or weights=None for random initialisation."
-        )
-    tf.keras.activations.get(activation)  # Fails here, naming the activation, not mid-build.
-    conv = layers.WSConv2D if weight_standardization else tf.keras.layers.Conv2D
+  Raises:
+      ValueError: If an option is out of range, `activation` is unknown, or `weights` names a
+          file that does not exist.
+  """
+  is_int = isinstance(groupnorm_groups, int) and not isinstance(groupnorm_groups, bool)
+  if not is_int or groupnorm_groups < 1:
+    raise ValueError(f"groupnorm_groups must be a positive int, got {groupnorm_groups!r}.")
+  for name, rate in (("dropout_rate", dropout_rate), ("drop_connect_rate", drop_connect_rate)):
+    if not 0.0 <= rate < 1.0:
+      raise ValueError(f"{name} must be in [0, 1), got {rate!r}.")
+  if stem_strides is None:
+    stem_strides = 1 if min(input_shape[:2]) < SMALL_INPUT else 2
+  if stem_strides not in (1, 2):
+    raise ValueError(f"stem_strides must be None, 1 or 2, got {stem_strides!r}.")
+  if weights is not None and not _weights_exist(weights):
+    raise ValueError(
+        f"weights file {weights!r} does not exist. ImageNet weights cannot be downloaded "
+        "offline, so pass the path of a local weights file (.h5, or a checkpoint prefix) "
+        "saved from this model, or weights=None for random initialisation."
+    )
+  tf.keras.activations.get(activation)  # Fails here, naming the activation, not mid-build.
+  conv = layers.WSConv2D if weight_standardization else tf.keras.layers.Conv2D
 
-    inputs = tf.keras.Input(shape=input_shape, name="image")
-    x = _conv(conv, STEM_FILTERS, 3, stem_strides, "stem_conv")(inputs)
-    x = layers.group_norm(STEM_FILTERS, groupnorm_groups, name="stem_gn")(x)
-    x = tf.keras.layers.Activation(activation, name="stem_act")(x)
-    total_blocks = sum(args.repeats for args in BLOCKS)
-    index = 0
-    for stage, args in enumerate(BLOCKS, start=1):
-        for repeat in range(args.repeats):
-            # Later blocks are dropped more often, as in the paper's stochastic depth schedule.
-            drop_rate = drop_connect_rate * index / total_blocks
-            x = _mbconv(
-                x,
-                filters_out=args.filters_out,
-                kernel_size=args.kernel_size,
-                strides=args.strides if repeat == 0 else 1,
-                expand_ratio=args.expand_ratio,
-                conv=conv,
-                groups=groupnorm_groups,
-                activation=activation,
-                drop_rate=drop_rate,
-                name=f"block{stage}{chr(ord('a') + repeat)}",
-            )
-            index += 1
-    x = _conv(conv, HEAD_FILTERS, 1, 1, "head_conv")(x)
-    x = layers.group_norm(HEAD_FILTERS, groupnorm_groups, name="head_gn")(x)
-    x = tf.keras.layers.Activation(activation, name="head_act")(x)
-    x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    if dropout_rate > 0:
-        x = tf.keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
-    # Keras' Glorot default, not He: no activation follows the logits.
-    logits = tf.keras.layers.Dense(num_classes, name="logits")(x)
-    model = tf.keras.Model(inputs, logits, name="efficientnet_b0")
-    if weights is not None:
-        model.load_weights(weights)
-    return model
+  inputs = tf.keras.Input(shape=input_shape, name="image")
+  x = _conv(conv, STEM_FILTERS, 3, stem_strides, "stem_conv")(inputs)
+  x = layers.group_norm(STEM_FILTERS, groupnorm_groups, name="stem_gn")(x)
+  x = tf.keras.layers.Activation(activation, name="stem_act")(x)
+  total_blocks = sum(args.repeats for args in BLOCKS)
+  index = 0
+  for stage, args in enumerate(BLOCKS, start=1):
+    for repeat in range(args.repeats):
+      # Later blocks are dropped more often, as in the paper's stochastic depth schedule.
+      drop_rate = drop_connect_rate * index / total_blocks
+      x = _mbconv(
+          x,
+          filters_out=args.filters_out,
+          kernel_size=args.kernel_size,
+          strides=args.strides if repeat == 0 else 1,
+          expand_ratio=args.expand_ratio,
+          conv=conv,
+          groups=groupnorm_groups,
+          activation=activation,
+          drop_rate=drop_rate,
+          name=f"block{stage}{chr(ord('a') + repeat)}",
+      )
+      index += 1
+  x = _conv(conv, HEAD_FILTERS, 1, 1, "head_conv")(x)
+  x = layers.group_norm(HEAD_FILTERS, groupnorm_groups, name="head_gn")(x)
+  x = tf.keras.layers.Activation(activation, name="head_act")(x)
+  x = tf.keras.layers.GlobalAveragePooling2D(name="pool")(x)
+  if dropout_rate > 0:
+    x = tf.keras.layers.Dropout(dropout_rate, name="head_dropout")(x)
+  # Keras' Glorot default, not He: no activation follows the logits.
+  logits = tf.keras.layers.Dense(num_classes, name="logits")(x)
+  model = tf.keras.Model(inputs, logits, name="efficientnet_b0")
+  if weights is not None:
+    model.load_weights(weights)
+  return model
 
 
 def _mbconv(
     x, filters_out, kernel_size, strides, expand_ratio, conv, groups, activation, drop_rate, name
 ):
-    """Mobile inverted bottleneck with squeeze-and-excitation.
+  """Mobile inverted bottleneck with squeeze-and-excitation.
 
-    Shapes: [B, H, W, C] -> [B, ceil(H / strides), ceil(W / strides), filters_out].
-    """
-    filters_in = x.shape[-1]
-    expanded = filters_in * expand_ratio
-    y = x
-    if expand_ratio != 1:
-        y = _conv(conv, expanded, 1, 1, f"{name}_expand_conv")(y)
-        y = layers.group_norm(expanded, groups, name=f"{name}_expand_gn")(y)
-        y = tf.keras.layers.Activation(activation, name=f"{name}_expand_act")(y)
-    # No bias: the GroupNorm right after subtracts the mean, which would cancel it.
-    y = tf.keras.layers.DepthwiseConv2D(
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        depthwise_initializer=DEPTHWISE_INITIALIZER,
-        name=f"{name}_dwconv",
-    )(y)
-    y = layers.group_norm(expanded, groups, name=f"{name}_dw_gn")(y)
-    y = tf.keras.layers.Activation(activation, name=f"{name}_dw_act")(y)
-    y = _squeeze_excite(y, max(1, int(filters_in * SE_RATIO)), activation, name)
-    y = _conv(conv, filters_out, 1, 1, f"{name}_project_conv")(y)
-    y = layers.group_norm(filters_out, groups, name=f"{name}_project_gn")(y)
-    if strides != 1 or filters_in != filters_out:
-        return y
-    if drop_rate > 0:
-        # One draw per example (noise_shape), so each example's branch is kept or dropped alone.
-        y = tf.keras.layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(y)
-    return tf.keras.layers.Add(name=f"{name}_add")([x, y])
+  Shapes: [B, H, W, C] -> [B, ceil(H / strides), ceil(W / strides), filters_out].
+  """
+  filters_in = x.shape[-1]
+  expanded = filters_in * expand_ratio
+  y = x
+  if expand_ratio != 1:
+    y = _conv(conv, expanded, 1, 1, f"{name}_expand_conv")(y)
+    y = layers.group_norm(expanded, groups, name=f"{name}_expand_gn")(y)
+    y = tf.keras.layers.Activation(activation, name=f"{name}_expand_act")(y)
+  # No bias: the GroupNorm right after subtracts the mean, which would cancel it.
+  y = tf.keras.layers.DepthwiseConv2D(
+      kernel_size,
+      strides=strides,
+      padding="same",
+      use_bias=False,
+      depthwise_initializer=DEPTHWISE_INITIALIZER,
+      name=f"{name}_dwconv",
+  )(y)
+  y = layers.group_norm(expanded, groups, name=f"{name}_dw_gn")(y)
+  y = tf.keras.layers.Activation(activation, name=f"{name}_dw_act")(y)
+  y = _squeeze_excite(y, max(1, int(filters_in * SE_RATIO)), activation, name)
+  y = _conv(conv, filters_out, 1, 1, f"{name}_project_conv")(y)
+  y = layers.group_norm(filters_out, groups, name=f"{name}_project_gn")(y)
+  if strides != 1 or filters_in != filters_out:
+    return y
+  if drop_rate > 0:
+    # One draw per example (noise_shape), so each example's branch is kept or dropped alone.
+    y = tf.keras.layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(y)
+  return tf.keras.layers.Add(name=f"{name}_add")([x, y])
 
 
 def _squeeze_excite(x, squeezed, activation, name):
-    """Rescales each channel of x [B, H, W, C] by a sigmoid gate computed from its spatial mean."""
-    channels = x.shape[-1]
-    s = tf.keras.layers.GlobalAveragePooling2D(name=f"{name}_se_squeeze")(x)
-    s = tf.keras.layers.Dense(squeezed, kernel_initializer="he_normal", name=f"{name}_se_reduce")(s)
-    s = tf.keras.layers.Activation(activation, name=f"{name}_se_act")(s)
-    s = tf.keras.layers.Dense(channels, kernel_initializer="he_normal", name=f"{name}_se_expand")(s)
-    s = tf.keras.layers.Activation("sigmoid", name=f"{name}_se_gate")(s)
-    s = tf.keras.layers.Reshape((1, 1, channels), name=f"{name}_se_reshape")(s)
-    return tf.keras.layers.Multiply(name=f"{name}_se_excite")([x, s])
+  """Rescales each channel of x [B, H, W, C] by a sigmoid gate computed from its spatial mean."""
+  channels = x.shape[-1]
+  s = tf.keras.layers.GlobalAveragePooling2D(name=f"{name}_se_squeeze")(x)
+  s = tf.keras.layers.Dense(squeezed, kernel_initializer="he_normal", name=f"{name}_se_reduce")(s)
+  s = tf.keras.layers.Activation(activation, name=f"{name}_se_act")(s)
+  s = tf.keras.layers.Dense(channels, kernel_initializer="he_normal", name=f"{name}_se_expand")(s)
+  s = tf.keras.layers.Activation("sigmoid", name=f"{name}_se_gate")(s)
+  s = tf.keras.layers.Reshape((1, 1, channels), name=f"{name}_se_reshape")(s)
+  return tf.keras.layers.Multiply(name=f"{name}_se_excite")([x, s])
 
 
 _conv = layers.conv_before_norm
 
 
 def _weights_exist(path):
-    """True if `path` is a file, or the prefix of a TF checkpoint (`path`.index exists)."""
-    path = os.fspath(path)
-    return tf.io.gfile.exists(path) or tf.io.gfile.exists(path + ".index")
+  """True if `path` is a file, or the prefix of a TF checkpoint (`path`.index exists)."""
+  path = os.fspath(path)
+  return tf.io.gfile.exists(path) or tf.io.gfile.exists(path + ".index")

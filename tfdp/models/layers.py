@@ -17,45 +17,45 @@ GN_EPSILON = 1e-5  # Keras' default 1e-3 is large against per-group variances of
 
 
 def standardize(kernel, epsilon=WS_EPSILON):
-    """Standardizes a convolution kernel per output channel.
+  """Standardizes a convolution kernel per output channel.
 
-    Args:
-        kernel: Tensor of shape [kh, kw, in_channels, out_channels].
-        epsilon: Added to the variance before the square root, so constant channels stay finite.
+  Args:
+      kernel: Tensor of shape [kh, kw, in_channels, out_channels].
+      epsilon: Added to the variance before the square root, so constant channels stay finite.
 
-    Returns:
-        Tensor of the same shape and dtype: (kernel - mean) / sqrt(var + epsilon), with mean and var
-        taken over the axes [0, 1, 2], i.e. one mean and one variance per output channel.
-    """
-    # Moments in float32 at least: float16 loses most digits of variances around 1e-3.
-    compute_dtype = tf.float64 if kernel.dtype == tf.float64 else tf.float32
-    weights = tf.cast(kernel, compute_dtype)
-    mean, var = tf.nn.moments(weights, axes=[0, 1, 2], keepdims=True)
-    standardized = (weights - mean) * tf.math.rsqrt(var + epsilon)
-    return tf.cast(standardized, kernel.dtype)
+  Returns:
+      Tensor of the same shape and dtype: (kernel - mean) / sqrt(var + epsilon), with mean and var
+      taken over the axes [0, 1, 2], i.e. one mean and one variance per output channel.
+  """
+  # Moments in float32 at least: float16 loses most digits of variances around 1e-3.
+  compute_dtype = tf.float64 if kernel.dtype == tf.float64 else tf.float32
+  weights = tf.cast(kernel, compute_dtype)
+  mean, var = tf.nn.moments(weights, axes=[0, 1, 2], keepdims=True)
+  standardized = (weights - mean) * tf.math.rsqrt(var + epsilon)
+  return tf.cast(standardized, kernel.dtype)
 
 
 @tf.keras.utils.register_keras_serializable(package="tfdp")
 class WSConv2D(tf.keras.layers.Conv2D):
-    """Conv2D whose kernel is standardized per output channel before each convolution.
+  """Conv2D whose kernel is standardized per output channel before each convolution.
 
-    The trainable variable is the raw kernel; the convolution uses `standardize(kernel)`, so
-    gradients flow back through the standardization to the raw weights. Takes the arguments of
-    `tf.keras.layers.Conv2D` and nothing else, so `get_config`/`from_config` need no override.
+  The trainable variable is the raw kernel; the convolution uses `standardize(kernel)`, so
+  gradients flow back through the standardization to the raw weights. Takes the arguments of
+  `tf.keras.layers.Conv2D` and nothing else, so `get_config`/`from_config` need no override.
 
-    Input shape: [batch, height, width, in_channels]. Output shape: as for Conv2D.
-    """
+  Input shape: [batch, height, width, in_channels]. Output shape: as for Conv2D.
+  """
 
-    def convolution_op(self, inputs, kernel):
-        return super().convolution_op(inputs, standardize(kernel))
+  def convolution_op(self, inputs, kernel):
+    return super().convolution_op(inputs, standardize(kernel))
 
 
 def _group_mean(per_channel, groups):
-    """[B, C] -> [B, C]: each channel's value replaced by the mean over its group's channels."""
-    batch, channels = tf.shape(per_channel)[0], per_channel.shape[-1]
-    grouped = tf.reshape(per_channel, [batch, groups, channels // groups])
-    mean = tf.reduce_mean(grouped, axis=2, keepdims=True)
-    return tf.reshape(tf.broadcast_to(mean, tf.shape(grouped)), [batch, channels])
+  """[B, C] -> [B, C]: each channel's value replaced by the mean over its group's channels."""
+  batch, channels = tf.shape(per_channel)[0], per_channel.shape[-1]
+  grouped = tf.reshape(per_channel, [batch, groups, channels // groups])
+  mean = tf.reduce_mean(grouped, axis=2, keepdims=True)
+  return tf.reshape(tf.broadcast_to(mean, tf.shape(grouped)), [batch, channels])
 
 
 # Up to this many channels, per-channel dot products come from a batched C x C matmul's diagonal.
@@ -66,136 +66,136 @@ GRAM_MAX_CHANNELS = 64
 
 
 def _channel_dots(a, b):
-    """[B, N, C] x [B, N, C] -> [B, C]: sum over N of a * b per channel."""
-    if a.shape[-1] <= GRAM_MAX_CHANNELS:
-        return tf.linalg.diag_part(tf.linalg.matmul(a, b, transpose_a=True))
-    return tf.reduce_sum(a * b, axis=1)
+  """[B, N, C] x [B, N, C] -> [B, C]: sum over N of a * b per channel."""
+  if a.shape[-1] <= GRAM_MAX_CHANNELS:
+    return tf.linalg.diag_part(tf.linalg.matmul(a, b, transpose_a=True))
+  return tf.reduce_sum(a * b, axis=1)
 
 
 def group_statistics(flat, groups, epsilon):
-    """Per example, each channel's group mean and 1 / std: ([B, C], [B, C]) from flat [B, N, C].
+  """Per example, each channel's group mean and 1 / std: ([B, C], [B, C]) from flat [B, N, C].
 
-    var = E[x^2] - E[x]^2 over the N positions and the group's channels, in float32. Against the
-    two-pass variance this loses about eps32 * (1 + mean^2 / var) relative precision (tested).
-    """
-    count = tf.cast(tf.shape(flat)[1], tf.float32)
-    mean = _group_mean(tf.reduce_sum(flat, axis=1), groups) / count
-    mean_square = _group_mean(_channel_dots(flat, flat), groups) / count
-    variance = tf.maximum(mean_square - tf.square(mean), 0.0)
-    return mean, tf.math.rsqrt(variance + epsilon)
+  var = E[x^2] - E[x]^2 over the N positions and the group's channels, in float32. Against the
+  two-pass variance this loses about eps32 * (1 + mean^2 / var) relative precision (tested).
+  """
+  count = tf.cast(tf.shape(flat)[1], tf.float32)
+  mean = _group_mean(tf.reduce_sum(flat, axis=1), groups) / count
+  mean_square = _group_mean(_channel_dots(flat, flat), groups) / count
+  variance = tf.maximum(mean_square - tf.square(mean), 0.0)
+  return mean, tf.math.rsqrt(variance + epsilon)
 
 
 def group_norm_example_gradients(layer, inputs, output_grads):
-    """Each example's (gamma, beta) gradients, [B, C] each, of a GroupNormalization layer.
+  """Each example's (gamma, beta) gradients, [B, C] each, of a GroupNormalization layer.
 
-    Args:
-        layer: the GroupNormalization (or tf.keras GroupNormalization over the last axis).
-        inputs: the layer's input [B, ..., C].
-        output_grads: gradient of the summed loss w.r.t. the layer's output, same shape; row i is
-            example i's own (no BatchNorm), so row i of each result is example i's gradient.
-    """
-    channels = inputs.shape[-1]
-    flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1, channels])
-    dy = tf.reshape(output_grads, [tf.shape(output_grads)[0], -1, channels])
-    mean, inv_std = group_statistics(flat, layer.groups, layer.epsilon)
-    return _affine_gradients(flat, dy, mean, inv_std)
+  Args:
+      layer: the GroupNormalization (or tf.keras GroupNormalization over the last axis).
+      inputs: the layer's input [B, ..., C].
+      output_grads: gradient of the summed loss w.r.t. the layer's output, same shape; row i is
+          example i's own (no BatchNorm), so row i of each result is example i's gradient.
+  """
+  channels = inputs.shape[-1]
+  flat = tf.reshape(inputs, [tf.shape(inputs)[0], -1, channels])
+  dy = tf.reshape(output_grads, [tf.shape(output_grads)[0], -1, channels])
+  mean, inv_std = group_statistics(flat, layer.groups, layer.epsilon)
+  return _affine_gradients(flat, dy, mean, inv_std)
 
 
 def _affine_gradients(flat, dy, mean, inv_std):
-    """Per example, ([B, C] sum over N of dy * x_hat, [B, C] sum over N of dy), x_hat never formed:
-    sum_n dy * x_hat = inv_std * (sum_n dy * x - mean * sum_n dy)."""
-    dy_sum = tf.reduce_sum(dy, axis=1)
-    return inv_std * (_channel_dots(dy, flat) - mean * dy_sum), dy_sum
+  """Per example, ([B, C] sum over N of dy * x_hat, [B, C] sum over N of dy), x_hat never formed:
+  sum_n dy * x_hat = inv_std * (sum_n dy * x - mean * sum_n dy)."""
+  dy_sum = tf.reduce_sum(dy, axis=1)
+  return inv_std * (_channel_dots(dy, flat) - mean * dy_sum), dy_sum
 
 
 def _group_norm(x, gamma, beta, groups, epsilon):
-    """y = gamma * (x - mean) / std + beta per example and group, with a hand-written gradient.
+  """y = gamma * (x - mean) / std + beta per example and group, with a hand-written gradient.
 
-    Keras' GroupNormalization goes through weighted moments with an all-ones mask and autodiff of
-    the broadcasts, about ten passes over the activations each way; here the statistics are two
-    passes (a sum and a batched matmul) and the output one multiply-add, and the gradient needs
-    two reductions and one affine map of dy and x. Same result to float32 rounding (tested).
-    """
-    shape, channels = tf.shape(x), x.shape[-1]
-    flat = tf.reshape(x, [shape[0], -1, channels])
-    mean, inv_std = group_statistics(flat, groups, epsilon)
-    scale = inv_std * gamma  # [B, C]
-    y = flat * scale[:, None, :] + (beta - mean * scale)[:, None, :]
+  Keras' GroupNormalization goes through weighted moments with an all-ones mask and autodiff of
+  the broadcasts, about ten passes over the activations each way; here the statistics are two
+  passes (a sum and a batched matmul) and the output one multiply-add, and the gradient needs
+  two reductions and one affine map of dy and x. Same result to float32 rounding (tested).
+  """
+  shape, channels = tf.shape(x), x.shape[-1]
+  flat = tf.reshape(x, [shape[0], -1, channels])
+  mean, inv_std = group_statistics(flat, groups, epsilon)
+  scale = inv_std * gamma  # [B, C]
+  y = flat * scale[:, None, :] + (beta - mean * scale)[:, None, :]
 
-    def gradient(dy):
-        dy = tf.reshape(dy, [shape[0], -1, channels])
-        count = tf.cast(tf.shape(flat)[1], tf.float32)
-        dy_xhat, dy_sum = _affine_gradients(flat, dy, mean, inv_std)  # [B, C] each
-        # dx = inv_std * (dxh - mean_g(dxh) - x_hat * mean_g(dxh * x_hat)), dxh = dy * gamma,
-        # written as an affine map of dy and x with per-example, per-channel coefficients.
-        mean_dxh = _group_mean(dy_sum * gamma, groups) / count
-        mean_dxh_xhat = _group_mean(dy_xhat * gamma, groups) / count
-        x_coefficient = -tf.square(inv_std) * mean_dxh_xhat
-        offset = -inv_std * mean_dxh - x_coefficient * mean
-        dx = dy * scale[:, None, :] + (flat * x_coefficient[:, None, :] + offset[:, None, :])
-        return tf.reshape(dx, shape), tf.reduce_sum(dy_xhat, axis=0), tf.reduce_sum(dy_sum, axis=0)
+  def gradient(dy):
+    dy = tf.reshape(dy, [shape[0], -1, channels])
+    count = tf.cast(tf.shape(flat)[1], tf.float32)
+    dy_xhat, dy_sum = _affine_gradients(flat, dy, mean, inv_std)  # [B, C] each
+    # dx = inv_std * (dxh - mean_g(dxh) - x_hat * mean_g(dxh * x_hat)), dxh = dy * gamma,
+    # written as an affine map of dy and x with per-example, per-channel coefficients.
+    mean_dxh = _group_mean(dy_sum * gamma, groups) / count
+    mean_dxh_xhat = _group_mean(dy_xhat * gamma, groups) / count
+    x_coefficient = -tf.square(inv_std) * mean_dxh_xhat
+    offset = -inv_std * mean_dxh - x_coefficient * mean
+    dx = dy * scale[:, None, :] + (flat * x_coefficient[:, None, :] + offset[:, None, :])
+    return tf.reshape(dx, shape), tf.reduce_sum(dy_xhat, axis=0), tf.reduce_sum(dy_sum, axis=0)
 
-    return tf.reshape(y, shape), gradient
+  return tf.reshape(y, shape), gradient
 
 
 @tf.keras.utils.register_keras_serializable(package="tfdp")
 class GroupNormalization(tf.keras.layers.GroupNormalization):
-    """Keras' GroupNormalization with fewer passes over memory over the last axis (`_group_norm`).
+  """Keras' GroupNormalization with fewer passes over memory over the last axis (`_group_norm`).
 
-    Same arguments, variables (gamma, beta), names and results as Keras' layer, and the same class
-    name, so checkpoints of either (object-based, .h5 by layer name, and Keras' .weights.h5, which
-    keys layers by class name) load into the other. Falls back to the parent where the fast path
-    does not apply: another axis, no scale or no center, a mask, or a dtype other than float32.
-    """
+  Same arguments, variables (gamma, beta), names and results as Keras' layer, and the same class
+  name, so checkpoints of either (object-based, .h5 by layer name, and Keras' .weights.h5, which
+  keys layers by class name) load into the other. Falls back to the parent where the fast path
+  does not apply: another axis, no scale or no center, a mask, or a dtype other than float32.
+  """
 
-    def _fast(self, inputs, mask):
-        return (mask is None and self.scale and self.center and inputs.dtype == tf.float32
-                and self.axis in (-1, inputs.shape.rank - 1))
+  def _fast(self, inputs, mask):
+    return (mask is None and self.scale and self.center and inputs.dtype == tf.float32
+            and self.axis in (-1, inputs.shape.rank - 1))
 
-    def call(self, inputs, mask=None):
-        if not self._fast(inputs, mask):
-            return super().call(inputs, mask=mask)
-        return tf.custom_gradient(
-            lambda x, gamma, beta: _group_norm(x, gamma, beta, self.groups, self.epsilon))(
-                inputs, tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta))
+  def call(self, inputs, mask=None):
+    if not self._fast(inputs, mask):
+      return super().call(inputs, mask=mask)
+    return tf.custom_gradient(
+        lambda x, gamma, beta: _group_norm(x, gamma, beta, self.groups, self.epsilon))(
+            inputs, tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta))
 
 
 def group_norm(channels, groups, name=None):
-    """Returns a GroupNormalization layer whose group count divides `channels`.
+  """Returns a GroupNormalization layer whose group count divides `channels`.
 
-    Args:
-        channels: Number of channels of the input it will normalize (last axis).
-        groups: Wanted number of groups; lowered to the largest divisor of `channels` not above it.
-        name: Optional layer name.
+  Args:
+      channels: Number of channels of the input it will normalize (last axis).
+      groups: Wanted number of groups; lowered to the largest divisor of `channels` not above it.
+      name: Optional layer name.
 
-    Returns:
-        A `GroupNormalization` (Keras', faster) with epsilon `GN_EPSILON`. It normalizes each
-        example on its own, so unlike BatchNorm it is compatible with per-example privacy.
+  Returns:
+      A `GroupNormalization` (Keras', faster) with epsilon `GN_EPSILON`. It normalizes each
+      example on its own, so unlike BatchNorm it is compatible with per-example privacy.
 
-    Raises:
-        ValueError: If `channels` or `groups` is not a positive integer.
-    """
-    for arg, value in (("channels", channels), ("groups", groups)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"group_norm: {arg} must be a positive int, got {value!r}.")
-    groups = min(groups, channels)
-    while channels % groups:
-        groups -= 1
-    return GroupNormalization(groups=groups, epsilon=GN_EPSILON, name=name)
+  Raises:
+      ValueError: If `channels` or `groups` is not a positive integer.
+  """
+  for arg, value in (("channels", channels), ("groups", groups)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"group_norm: {arg} must be a positive int, got {value!r}.")
+  groups = min(groups, channels)
+  while channels % groups:
+    groups -= 1
+  return GroupNormalization(groups=groups, epsilon=GN_EPSILON, name=name)
 
 
 def conv_before_norm(conv, filters, kernel_size, strides, name):
-    """A 'same'-padded, He-initialized convolution without bias, for use right before a GroupNorm.
+  """A 'same'-padded, He-initialized convolution without bias, for use right before a GroupNorm.
 
-    No bias: the normalization that reads the output subtracts its mean, which cancels a bias.
-    `conv` is the class (WSConv2D or tf.keras.layers.Conv2D).
-    """
-    return conv(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        name=name,
-    )
+  No bias: the normalization that reads the output subtracts its mean, which cancels a bias.
+  `conv` is the class (WSConv2D or tf.keras.layers.Conv2D).
+  """
+  return conv(
+      filters,
+      kernel_size,
+      strides=strides,
+      padding="same",
+      use_bias=False,
+      kernel_initializer="he_normal",
+      name=name,
+  )

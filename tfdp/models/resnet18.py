@@ -27,25 +27,25 @@ BLOCKS_PER_STAGE = 2  # 4 stages x 2 blocks x 2 convs + stem + dense = 18 weight
 def resnet18(
     num_classes, input_shape, groupnorm_groups=32, activation="relu", weight_standardization=True
 ):
-    """Builds a BatchNorm-free CIFAR ResNet-18.
+  """Builds a BatchNorm-free CIFAR ResNet-18.
 
-    Args:
-        num_classes: Number of output logits.
-        input_shape: (height, width, channels) of one example; any size from 1x1 up (the three
-            stride-2 stages use "same" padding).
-        groupnorm_groups: Groups per GroupNorm, lowered to divide the channel count; 32 is Wu & He's
-            default ("Group Normalization", 2018), 2 to 16 channels per group here.
-        activation: Keras activation name used after each normalization.
-        weight_standardization: Whether convolutions are `layers.WSConv2D` rather than plain Conv2D.
+  Args:
+      num_classes: Number of output logits.
+      input_shape: (height, width, channels) of one example; any size from 1x1 up (the three
+          stride-2 stages use "same" padding).
+      groupnorm_groups: Groups per GroupNorm, lowered to divide the channel count; 32 is Wu & He's
+          default ("Group Normalization", 2018), 2 to 16 channels per group here.
+      activation: Keras activation name used after each normalization.
+      weight_standardization: Whether convolutions are `layers.WSConv2D` rather than plain Conv2D.
 
-    Returns:
-        A `tf.keras.Model` [batch, height, width, channels] -> logits [batch, num_classes], named
-        layers such as "stage4_block1_shortcut_conv".
+  Returns:
+      A `tf.keras.Model` [batch, height, width, channels] -> logits [batch, num_classes], named
+      layers such as "stage4_block1_shortcut_conv".
 
-    Raises:
-        ValueError: If `groupnorm_groups` is not a positive int or `activation` is unknown.
-    """
-    # The blocks are ResNet-20's (same layout, same names), only wider and in four stages.
-    return resnet.cifar_resnet(num_classes, input_shape, STAGE_FILTERS, BLOCKS_PER_STAGE,
-                               groupnorm_groups, activation, weight_standardization,
-                               name="resnet18")
+  Raises:
+      ValueError: If `groupnorm_groups` is not a positive int or `activation` is unknown.
+  """
+  # The blocks are ResNet-20's (same layout, same names), only wider and in four stages.
+  return resnet.cifar_resnet(num_classes, input_shape, STAGE_FILTERS, BLOCKS_PER_STAGE,
+                             groupnorm_groups, activation, weight_standardization,
+                             name="resnet18")

@@ -61,91 +61,91 @@ MAX_CHUNK = 4096  # Feature rows per compiled chunk: features are small, bigger 
 
 @dataclasses.dataclass(frozen=True)
 class Features:
-    """The frozen encoder's features of the training and test images (private: never released)."""
+  """The frozen encoder's features of the training and test images (private: never released)."""
 
-    train: np.ndarray  # [N, D]
-    test: np.ndarray  # [M, D]
+  train: np.ndarray  # [N, D]
+  test: np.ndarray  # [M, D]
 
 
 def encoder_features(model: tf.keras.Model, dataset: data.Dataset,
                      preprocess: Callable) -> Features:
-    """Features of `model`'s encoder (every layer before the head), from the cache when it has them.
+  """Features of `model`'s encoder (every layer before the head), from the cache when it has them.
 
-    Args:
-        model: A tfdp classifier ending in the Dense "logits".
-        dataset: The run's data; its images are uint8 [N, H, W, C].
-        preprocess: uint8 images -> the model's input, without augmentation.
-    """
-    encoder = prior_files.split_head(model)
-    standardization = [list(dataset.mean), list(dataset.std)]
-    compute = lambda images: feature_cache.features(images, encoder, preprocess, standardization)
-    return Features(train=compute(dataset.train_images), test=compute(dataset.test_images))
+  Args:
+      model: A tfdp classifier ending in the Dense "logits".
+      dataset: The run's data; its images are uint8 [N, H, W, C].
+      preprocess: uint8 images -> the model's input, without augmentation.
+  """
+  encoder = prior_files.split_head(model)
+  standardization = [list(dataset.mean), list(dataset.std)]
+  compute = lambda images: feature_cache.features(images, encoder, preprocess, standardization)
+  return Features(train=compute(dataset.train_images), test=compute(dataset.test_images))
 
 
 def head_model(model: tf.keras.Model) -> tf.keras.Model:
-    """A copy of the classifier's head, features [B, D] -> logits, with its current weights.
+  """A copy of the classifier's head, features [B, D] -> logits, with its current weights.
 
-    A copy rather than the shared layer: the per-example engine reads each layer's (only) input.
-    """
-    head = model.get_layer(prior_files.HEAD_LAYER)
-    copy = tf.keras.layers.Dense.from_config(head.get_config())
-    features = tf.keras.Input(shape=head.input_shape[1:], name="features")
-    probe = tf.keras.Model(features, copy(features), name=f"{model.name}_head")
-    copy.set_weights(head.get_weights())
-    return probe
+  A copy rather than the shared layer: the per-example engine reads each layer's (only) input.
+  """
+  head = model.get_layer(prior_files.HEAD_LAYER)
+  copy = tf.keras.layers.Dense.from_config(head.get_config())
+  features = tf.keras.Input(shape=head.input_shape[1:], name="features")
+  probe = tf.keras.Model(features, copy(features), name=f"{model.name}_head")
+  copy.set_weights(head.get_weights())
+  return probe
 
 
 def make_step(config: config_lib.Config, head: tf.keras.Model, noise_multiplier: float,
               batch_size: int, loss_fn: Callable, coins: randomness.Coins) -> steps_lib.TrainStep:
-    """The probe's private step on `head`: flat clipping to C, Gaussian noise σ_p·C, DP-SGD."""
-    optimizer = optimizers.build_optimizer(
-        "dp_sgd", config.probe.learning_rate,
-        dp_query=noise.gaussian(config.privacy.l2_norm_clip, noise_multiplier))
-    return steps_lib.TrainStep(head, optimizer, _as_float, private=True,
-                               expected_batch_size=batch_size, engine=config.privacy.clipping,
-                               loss_fn=loss_fn, coins=coins)
+  """The probe's private step on `head`: flat clipping to C, Gaussian noise σ_p·C, DP-SGD."""
+  optimizer = optimizers.build_optimizer(
+      "dp_sgd", config.probe.learning_rate,
+      dp_query=noise.gaussian(config.privacy.l2_norm_clip, noise_multiplier))
+  return steps_lib.TrainStep(head, optimizer, _as_float, private=True,
+                             expected_batch_size=batch_size, engine=config.privacy.clipping,
+                             loss_fn=loss_fn, coins=coins)
 
 
 def run(config: config_lib.Config, model: tf.keras.Model, dataset: data.Dataset,
         preprocess: Callable, ledger: ledger_lib.PrivacyLedger, loss_fn: Callable,
         coins: randomness.Coins) -> Dict[str, float]:
-    """Takes the ledger's planned probe steps on `model`'s head, in place; counts them in `ledger`.
+  """Takes the ledger's planned probe steps on `model`'s head, in place; counts them in `ledger`.
 
-    Args:
-        config: The run (its probe, clip norm, clipping engine and sampling).
-        model: The classifier; only its "logits" layer changes (trained as a copy, then set).
-        dataset: The private training set and the test set.
-        preprocess: Test-time preprocessing of images for the encoder.
-        ledger: The run's ledger, whose `probe` holds σ_p, q_p and the steps; its probe_steps end
-            at the planned count.
-        loss_fn: Per-example loss.
-        coins: The run's coins (secret unless --reproducible_noise).
+  Args:
+      config: The run (its probe, clip norm, clipping engine and sampling).
+      model: The classifier; only its "logits" layer changes (trained as a copy, then set).
+      dataset: The private training set and the test set.
+      preprocess: Test-time preprocessing of images for the encoder.
+      ledger: The run's ledger, whose `probe` holds σ_p, q_p and the steps; its probe_steps end
+          at the planned count.
+      loss_fn: Per-example loss.
+      coins: The run's coins (secret unless --reproducible_noise).
 
-    Returns:
-        {"test_accuracy": the probed head's accuracy on the test features}.
-    """
-    plan, num_train = ledger.probe, dataset.num_train
-    batch_size = round(plan["sampling_probability"] * num_train)
-    features = encoder_features(model, dataset, preprocess)
-    head = head_model(model)
-    step = make_step(config, head, plan["noise_multiplier"], batch_size, loss_fn, coins)
-    sampler = data.make_sampler(config.data.sampling, num_train, batch_size,
-                                min(batch_size, MAX_CHUNK), coins)
-    print(f"Linear probe: {plan['steps']} DP steps on the head over {features.train.shape[1]} "
-          f"frozen features, expected batch {batch_size}, σ = {plan['noise_multiplier']:.4f}, "
-          f"lr {config.probe.learning_rate:g}", flush=True)
-    while ledger.probe_steps < plan["steps"]:
-        number = FIRST_STEP + ledger.probe_steps
-        chunks = [data.sampling.gather_chunk(features.train, dataset.train_labels, c)
-                  for c in sampler.chunks(number)]
-        step(chunks, step=number)
-        ledger.probe_steps += 1
-    model.get_layer(prior_files.HEAD_LAYER).set_weights(head.get_weights())
-    evaluate = steps_lib.make_evaluate(head, _as_float, loss_fn=loss_fn)
-    accuracy = evaluate(features.test, dataset.test_labels)["test_accuracy"]
-    print(f"  after the probe: test accuracy {accuracy:.4f}; {ledger.describe()}", flush=True)
-    return {"test_accuracy": accuracy}
+  Returns:
+      {"test_accuracy": the probed head's accuracy on the test features}.
+  """
+  plan, num_train = ledger.probe, dataset.num_train
+  batch_size = round(plan["sampling_probability"] * num_train)
+  features = encoder_features(model, dataset, preprocess)
+  head = head_model(model)
+  step = make_step(config, head, plan["noise_multiplier"], batch_size, loss_fn, coins)
+  sampler = data.make_sampler(config.data.sampling, num_train, batch_size,
+                              min(batch_size, MAX_CHUNK), coins)
+  print(f"Linear probe: {plan['steps']} DP steps on the head over {features.train.shape[1]} "
+        f"frozen features, expected batch {batch_size}, σ = {plan['noise_multiplier']:.4f}, "
+        f"lr {config.probe.learning_rate:g}", flush=True)
+  while ledger.probe_steps < plan["steps"]:
+    number = FIRST_STEP + ledger.probe_steps
+    chunks = [data.sampling.gather_chunk(features.train, dataset.train_labels, c)
+              for c in sampler.chunks(number)]
+    step(chunks, step=number)
+    ledger.probe_steps += 1
+  model.get_layer(prior_files.HEAD_LAYER).set_weights(head.get_weights())
+  evaluate = steps_lib.make_evaluate(head, _as_float, loss_fn=loss_fn)
+  accuracy = evaluate(features.test, dataset.test_labels)["test_accuracy"]
+  print(f"  after the probe: test accuracy {accuracy:.4f}; {ledger.describe()}", flush=True)
+  return {"test_accuracy": accuracy}
 
 
 def _as_float(features):
-    return tf.cast(features, tf.float32)
+  return tf.cast(features, tf.float32)

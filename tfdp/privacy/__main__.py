@@ -24,13 +24,13 @@ _DELTA = flags.DEFINE_float("delta", 1e-5, "δ of the guarantee; should be < 1/N
 
 
 def main(argv):
-    del argv
-    try:
-        print(planner.report(_NUM_EXAMPLES.value, _BATCH_SIZE.value, _EPOCHS.value, _DELTA.value,
-                     _NOISE_MULTIPLIER.value, _EPSILON.value))
-    except ValueError as error:
-        sys.exit(f"tfdp.privacy: error: {error}")
+  del argv
+  try:
+    print(planner.report(_NUM_EXAMPLES.value, _BATCH_SIZE.value, _EPOCHS.value, _DELTA.value,
+                 _NOISE_MULTIPLIER.value, _EPSILON.value))
+  except ValueError as error:
+    sys.exit(f"tfdp.privacy: error: {error}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+  app.run(main)

@@ -24,96 +24,96 @@ from tfdp.privacy import ledger as ledger_lib
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Plan:
-    """A planned DP-SGD run: N, expected batch, epochs, δ; steps = epochs * ceil(N / batch)."""
+  """A planned DP-SGD run: N, expected batch, epochs, δ; steps = epochs * ceil(N / batch)."""
 
-    num_examples: int
-    batch_size: int
-    epochs: int
-    delta: float
+  num_examples: int
+  batch_size: int
+  epochs: int
+  delta: float
 
-    def __post_init__(self):
-        for name in ("num_examples", "batch_size", "epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.batch_size > self.num_examples:
-            raise ValueError(f"batch_size {self.batch_size} is larger than num_examples "
-                             f"{self.num_examples}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+  def __post_init__(self):
+    for name in ("num_examples", "batch_size", "epochs"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if self.batch_size > self.num_examples:
+      raise ValueError(f"batch_size {self.batch_size} is larger than num_examples "
+                       f"{self.num_examples}")
+    if not 0 < self.delta < 1:
+      raise ValueError(f"delta must be in (0, 1), got {self.delta}")
 
-    @property
-    def sampling_probability(self) -> float:
-        return self.batch_size / self.num_examples
+  @property
+  def sampling_probability(self) -> float:
+    return self.batch_size / self.num_examples
 
-    @property
-    def steps(self) -> int:
-        return self.epochs * math.ceil(self.num_examples / self.batch_size)
+  @property
+  def steps(self) -> int:
+    return self.epochs * math.ceil(self.num_examples / self.batch_size)
 
 
 def epsilon(*, num_examples: int, batch_size: int, epochs: int, noise_multiplier: float,
             delta: float, accountant: str = "rdp") -> float:
-    """ε after the planned run at noise multiplier σ (noise std / L2 clip norm).
+  """ε after the planned run at noise multiplier σ (noise std / L2 clip norm).
 
-    Args:
-        num_examples: N, the training set size.
-        batch_size: Expected (Poisson) batch size; q = batch_size / N.
-        epochs: Epochs of ceil(N / batch_size) steps.
-        noise_multiplier: σ.
-        delta: δ of the guarantee.
-        accountant: "rdp" or "pld".
-    """
-    plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
-    return accounting.epsilon(noise_multiplier, plan.sampling_probability, plan.steps, delta,
-                              accountant)
+  Args:
+      num_examples: N, the training set size.
+      batch_size: Expected (Poisson) batch size; q = batch_size / N.
+      epochs: Epochs of ceil(N / batch_size) steps.
+      noise_multiplier: σ.
+      delta: δ of the guarantee.
+      accountant: "rdp" or "pld".
+  """
+  plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
+  return accounting.epsilon(noise_multiplier, plan.sampling_probability, plan.steps, delta,
+                            accountant)
 
 
 def calibrate_noise(*, num_examples: int, batch_size: int, epochs: int, target_epsilon: float,
                     delta: float, accountant: str = "rdp") -> float:
-    """The smallest σ (to 1% in ε) whose planned run spends at most `target_epsilon`, as
-    `tfdp.train --epsilon` calibrates it. Arguments as for `epsilon`."""
-    plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
-    return accounting.calibrate_noise_multiplier(target_epsilon, delta, plan.sampling_probability,
-                                                 plan.steps, accountant)
+  """The smallest σ (to 1% in ε) whose planned run spends at most `target_epsilon`, as
+  `tfdp.train --epsilon` calibrates it. Arguments as for `epsilon`."""
+  plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
+  return accounting.calibrate_noise_multiplier(target_epsilon, delta, plan.sampling_probability,
+                                               plan.steps, accountant)
 
 
 def statement(*, num_examples: int, batch_size: int, epochs: int, noise_multiplier: float,
               delta: float, target_epsilon: Optional[float] = None) -> str:
-    """The privacy statement a tfdp run of this plan would write once all its steps are taken
-    (Gaussian noise, Poisson sampling, secret randomness; the model's size, which sizes the
-    float noise's tail in δ, is unknown here)."""
-    plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
-    ledger = ledger_lib.PrivacyLedger(noise_multiplier=noise_multiplier,
-                                      sampling_probability=plan.sampling_probability,
-                                      delta=delta, target_epsilon=target_epsilon,
-                                      steps=plan.steps)
-    return ledger.describe()
+  """The privacy statement a tfdp run of this plan would write once all its steps are taken
+  (Gaussian noise, Poisson sampling, secret randomness; the model's size, which sizes the
+  float noise's tail in δ, is unknown here)."""
+  plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
+  ledger = ledger_lib.PrivacyLedger(noise_multiplier=noise_multiplier,
+                                    sampling_probability=plan.sampling_probability,
+                                    delta=delta, target_epsilon=target_epsilon,
+                                    steps=plan.steps)
+  return ledger.describe()
 
 
 def report(num_examples, batch_size, epochs, delta, noise_multiplier=None,
            target_epsilon=None) -> str:
-    """The lines the command prints; ValueError naming a bad or missing value."""
-    if (noise_multiplier is None) == (target_epsilon is None):
-        raise ValueError("give exactly one of --noise_multiplier (to get ε) or --epsilon "
-                         "(to get σ)")
-    for name, value in (("num_examples", num_examples), ("batch_size", batch_size),
-                        ("epochs", epochs)):
-        if value is None:
-            raise ValueError(f"--{name} is required")
-    plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs,
-                        delta=delta)
-    shape = dict(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
-    if noise_multiplier is None:
-        noise_multiplier = calibrate_noise(target_epsilon=target_epsilon, **shape)
-    rdp = epsilon(noise_multiplier=noise_multiplier, **shape)
-    pld = epsilon(noise_multiplier=noise_multiplier, accountant="pld", **shape)
-    calibrated = f" (calibrated to ε = {target_epsilon:g} by RDP)" if target_epsilon else ""
-    lines = [f"{plan.steps} steps of q = {plan.sampling_probability:.6g} (Poisson), "
-             f"σ = {noise_multiplier:.4f}{calibrated}",
-             f"ε = {rdp:.4f} (RDP), {pld:.4f} (PLD) at δ = {delta:g}"]
-    if delta >= 1 / num_examples:
-        lines.append(f"warning: δ = {delta:g} is not below 1/N = {1 / num_examples:.3g}; "
-                     "tfdp.train refuses it")
-    lines.append("statement: " + statement(noise_multiplier=noise_multiplier,
-                                                    target_epsilon=target_epsilon, **shape))
-    return "\n".join(lines)
+  """The lines the command prints; ValueError naming a bad or missing value."""
+  if (noise_multiplier is None) == (target_epsilon is None):
+    raise ValueError("give exactly one of --noise_multiplier (to get ε) or --epsilon "
+                     "(to get σ)")
+  for name, value in (("num_examples", num_examples), ("batch_size", batch_size),
+                      ("epochs", epochs)):
+    if value is None:
+      raise ValueError(f"--{name} is required")
+  plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs,
+                      delta=delta)
+  shape = dict(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
+  if noise_multiplier is None:
+    noise_multiplier = calibrate_noise(target_epsilon=target_epsilon, **shape)
+  rdp = epsilon(noise_multiplier=noise_multiplier, **shape)
+  pld = epsilon(noise_multiplier=noise_multiplier, accountant="pld", **shape)
+  calibrated = f" (calibrated to ε = {target_epsilon:g} by RDP)" if target_epsilon else ""
+  lines = [f"{plan.steps} steps of q = {plan.sampling_probability:.6g} (Poisson), "
+           f"σ = {noise_multiplier:.4f}{calibrated}",
+           f"ε = {rdp:.4f} (RDP), {pld:.4f} (PLD) at δ = {delta:g}"]
+  if delta >= 1 / num_examples:
+    lines.append(f"warning: δ = {delta:g} is not below 1/N = {1 / num_examples:.3g}; "
+                 "tfdp.train refuses it")
+  lines.append("statement: " + statement(noise_multiplier=noise_multiplier,
+                                                  target_epsilon=target_epsilon, **shape))
+  return "\n".join(lines)
