@@ -34,8 +34,9 @@ def train(flagfile: str, output_dir: str, seed: int) -> dict:
 def train_metrics(output_dir: str, dataset) -> dict:
   """The released model's figures on the raw training images (not private: a research figure)."""
   from tfdp.serving import release  # pylint: disable=import-outside-toplevel
+  from tfdp.training import export_run  # pylint: disable=import-outside-toplevel
   from tfdp.training import steps  # pylint: disable=import-outside-toplevel
-  run = release.restore_run(output_dir)
+  run = export_run.restore_run(output_dir)
   evaluate = steps.make_evaluate(run.model, run.preprocess)
   with release.released_weights(run.weight_average):
     return evaluate(dataset.train_images, dataset.train_labels)

@@ -5,6 +5,9 @@ import re
 import pytest
 
 from tfdp import config
+from tfdp import data
+from tfdp import models
+from tfdp import optimizers
 
 
 def test_model_options_are_checked_against_the_builder():
@@ -66,3 +69,35 @@ def test_flag_combinations_are_refused_naming_the_problem(argv, message):
       train.config_from_flags()
   finally:
     flags.FLAGS.unparse_flags()
+
+
+def _valid(names):
+  return ", ".join(names)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: config.DataConfig(dataset="cifar"),
+     lambda: f"unknown dataset 'cifar'; valid: {_valid(sorted(data.DATASETS))}"),
+    (lambda: config.DataConfig(sampling="uniform"),
+     lambda: "unknown sampling 'uniform'; valid: poisson, shuffle"),
+    (lambda: config.DataConfig(augment="mixup"),
+     lambda: f"unknown augment 'mixup'; valid: {_valid(sorted(data.AUGMENTATIONS))}"),
+    (lambda: config.DataConfig(local_dp="gauss", local_dp_scale=1.0),
+     lambda: "unknown local_dp 'gauss'; valid: none, laplace"),
+    (lambda: config.DataConfig(audit_canary_type="blank"),
+     lambda: "unknown audit_canary_type 'blank'; valid: mislabeled, noise"),
+    (lambda: config.ModelConfig(name="resnet"),
+     lambda: f"unknown model 'resnet'; valid: {_valid(sorted(models.MODELS))}"),
+    (lambda: config.ModelConfig(loss="mse"),
+     lambda: "unknown loss 'mse'; valid: cross_entropy, hinge"),
+    (lambda: config.OptimizerConfig(name="lamb"),
+     lambda: f"unknown optimizer 'lamb'; valid: {_valid(sorted(optimizers.OPTIMIZERS))}"),
+    (lambda: config.OptimizerConfig(lr_schedule="step"),
+     lambda: "unknown lr_schedule 'step'; valid: constant, cosine, warmup_cosine"),
+    (lambda: config.RunConfig(distribution="ring"),
+     lambda: "unknown distribution 'ring'; valid: mirrored, multi_worker, none"),
+])
+def test_an_unknown_name_is_refused_by_its_registry_listing_the_valid_ones(make, message):
+  with pytest.raises(ValueError) as error:
+    make()
+  assert str(error.value) == message()

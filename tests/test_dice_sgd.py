@@ -12,8 +12,8 @@ from tfdp import config as config_lib
 from tfdp.dp import clipping
 from tfdp import optimizers
 from tfdp.privacy import ledger as ledger_lib
-from tfdp.serving import release
 from tfdp.training import checkpointing
+from tfdp.training import export_run
 from tfdp.training import loop as training
 from tfdp.training import planning
 from tfdp.training import steps
@@ -187,6 +187,6 @@ def test_a_run_reports_no_epsilon_only_dp_sgds_labelled_and_its_card_says_so(tmp
   ledger = ledger_lib.PrivacyLedger(noise_multiplier=1.0, sampling_probability=0.1, delta=1e-5,
                                     steps=10, proven=False)
   # pylint: disable-next=protected-access
-  from_checkpoint = release._metrics_for_card(str(tmp_path / "none"), (1, ledger, []))
+  from_checkpoint = export_run._metrics_for_card(str(tmp_path / "none"), (1, ledger, []))
   assert from_checkpoint["epsilon"] is None and from_checkpoint["epsilon_if_dp_sgd"] > 0
   assert model_card.build(from_checkpoint)["dp_guarantee"] == "unproven"

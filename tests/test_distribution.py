@@ -212,3 +212,8 @@ def test_a_batch_with_fewer_chunks_than_replicas_is_refused():
                              physical_batch_size=32)
   with pytest.raises(ValueError, match="fewer chunks than the 4 replicas"):
     config_lib.Config(privacy=config_lib.PrivacyConfig(epsilon=1.0), run=run)
+
+
+def test_the_configs_know_every_strategy_by_name():
+  """config.STRATEGY_NAMES checks --distribution below tfdp.training, which builds them."""
+  assert config_lib.STRATEGY_NAMES == tuple(sorted(distribution.STRATEGIES))

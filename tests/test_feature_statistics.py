@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tfdp import config
+from tfdp.data import random_processes
 from tfdp.dp import clipping
 from tfdp.dp import feature_statistics as stats
 from tfdp.dp import randomness
@@ -106,11 +107,12 @@ def test_private_variance_is_never_negative():
 def test_public_clip_norms_come_from_random_process_images_alone():
   front = scatter.Scattering()
   preprocess = lambda pixels: tf.cast(pixels, tf.float32) / 255.0
-  one = stats.public_clip_norms(front, preprocess, (8, 8, 1), count=64)
-  two = stats.public_clip_norms(front, preprocess, (8, 8, 1), count=64)
+  public = lambda shape: random_processes.pixels(stats.PUBLIC_SOURCE, 64, shape, stats.PUBLIC_SEED)
+  one = stats.public_clip_norms(front, preprocess, public((8, 8, 1)))
+  two = stats.public_clip_norms(front, preprocess, public((8, 8, 1)))
   assert one == two and one.first > 0 and one.second > 0  # Public seed: the same every time.
   with pytest.raises(ValueError, match="square images"):
-    stats.public_clip_norms(front, preprocess, (8, 12, 1), count=64)
+    stats.public_clip_norms(front, preprocess, public((8, 12, 1)))
 
 
 def test_model_option_and_fast_engine():

@@ -1,4 +1,5 @@
-"""The package's layout: public names where the docs say, commands that run, no import cycles."""
+"""The package's layout: public names where the docs say, commands that run, no import cycles,
+layers that only import down."""
 
 import ast
 import io
@@ -69,6 +70,86 @@ def test_no_module_imports_itself_through_others():
 def test_the_cycle_finder_finds_a_cycle():
   assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
   assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+# The package's layers, bottom to top, each with the modules it holds: a name ending in "." is a
+# package and all under it, any other name is that one module; the longest matching name decides.
+LAYERS = [
+    ("base", ("tfdp", "tfdp.atomic", "tfdp.cpu", "tfdp.names", "tfdp.run_lock")),
+    ("privacy", ("tfdp.privacy.",)),  # Accounting imports no TensorFlow, so nothing above it.
+    ("models", ("tfdp.models.",)),
+    ("dp", ("tfdp.dp.",)),
+    ("data", ("tfdp.data.",)),
+    ("optimizers", ("tfdp.optimizers.",)),
+    ("config", ("tfdp.config", "tfdp.config_flags")),  # The configs, and flags made from them.
+    ("serving", ("tfdp.serving.",)),
+    ("priors", ("tfdp.priors.",)),
+    ("training", ("tfdp.training.",)),
+    ("keras", ("tfdp.keras.",)),
+    ("experiments", ("tfdp.experiments.",)),
+    ("entry points", ("tfdp.train", "tfdp.export", "tfdp.pretrain", "tfdp.audit", "tfdp.evaluate",
+                      "tfdp.predict", "tfdp.sweep", "tfdp.bench", "tfdp.baselines",
+                      "tfdp.privacy.__main__")),
+]
+
+# (importer, imported) pairs that may point up, each with the reason; at most one.
+ALLOWED_UPWARD = {
+    # The sweep's grid is over tfdp.train's flags: it reads them by train's module name to write
+    # each run's flagfile, so it needs train's flag definitions, not a copy of them.
+    ("tfdp.experiments.sweep", "tfdp.train"),
+}
+
+
+def _matches(module: str, name: str) -> bool:
+  if name.endswith("."):
+    return module.startswith(name) or module == name[:-1]
+  return module == name
+
+
+def _layers_of(module: str, layers=None) -> set:
+  """The indices in `layers` (default LAYERS) of the layers whose longest matching name holds it."""
+  layers = LAYERS if layers is None else layers
+  matched = [(len(name), index) for index, (_, names) in enumerate(layers)
+             for name in names if _matches(module, name)]
+  longest = max((length for length, _ in matched), default=0)
+  return {index for length, index in matched if length == longest}
+
+
+def _layer(module: str, layers=None) -> int:
+  """The index in `layers` (default LAYERS) of `module`'s layer; 0 is the bottom."""
+  (index,) = _layers_of(module, layers)
+  return index
+
+
+def _upward(graph: dict, layers=None) -> set:
+  """The (importer, imported) pairs of `graph` whose imported module sits in a higher layer."""
+  return {(module, imported) for module, imports in graph.items() for imported in imports
+          if _layer(imported, layers) > _layer(module, layers)}
+
+
+def _graph() -> dict:
+  modules = _modules()
+  return {name: _imports(path, modules) - {name, "tfdp"} for name, path in modules.items()}
+
+
+def test_every_module_is_in_exactly_one_layer():
+  strays = {module: sorted(LAYERS[i][0] for i in found)
+            for module in _modules() if len(found := _layers_of(module)) != 1}
+  assert not strays, strays
+
+
+def test_imports_only_point_down_the_layers():
+  assert len(ALLOWED_UPWARD) <= 1
+  assert _upward(_graph()) - ALLOWED_UPWARD == set()
+
+
+def test_the_layer_check_sees_an_upward_import():
+  layers = [("low", ("p.low.",)), ("high", ("p.high.", "p.main")), ("top", ("p.low.__main__",))]
+  graph = {"p.low.a": {"p.low.b"}, "p.low.b": {"p.high.c"}, "p.high.c": {"p.low.a"},
+           "p.main": {"p.high.c"}, "p.low.__main__": {"p.main"}}
+  assert _layer("p.low.__main__", layers) == 2
+  assert _upward(graph, layers) == {("p.low.b", "p.high.c")}
+  assert _layers_of("p.elsewhere", layers) == set()
 
 
 @pytest.mark.parametrize("command, own_flag", [

@@ -1,5 +1,5 @@
 """DP linear probing before fine-tuning: the head's clipped sum, the noise, the composed ε, the
-calibration rule, the run and its resume (tfdp.priors.linear_probe)."""
+calibration rule, the run and its resume (tfdp.training.linear_probe)."""
 
 import json
 
@@ -14,7 +14,7 @@ from tfdp import data
 from tfdp.dp import clipping
 from tfdp.dp import randomness
 from tfdp import models
-from tfdp.priors import linear_probe
+from tfdp.training import linear_probe
 from tfdp.priors import prior_files
 from tfdp.privacy import accounting
 from tfdp.privacy import ledger as ledger_lib

@@ -8,7 +8,7 @@ from tests import dp_reference as ref
 from tfdp import data
 from tfdp import optimizers
 from tfdp.training import ema
-from tfdp.training import lr_schedules
+from tfdp.optimizers import lr_schedules
 from tfdp.training import steps
 
 

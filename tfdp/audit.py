@@ -21,6 +21,7 @@ from tfdp import atomic
 from tfdp.dp import losses
 from tfdp.serving import release
 from tfdp.training import canary_audit
+from tfdp.training import export_run
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "A tfdp.train --output_dir trained with canaries.")
 _CONFIDENCE = flags.DEFINE_float("confidence", 0.95, "Confidence of the lower bound on ε.")
@@ -29,7 +30,7 @@ REPORT = os.path.join("audit", "report.json")
 
 def audit(run_dir: str, confidence: float) -> dict:
   """The audit of `run_dir`'s last checkpoint, also written to run_dir/audit/report.json."""
-  run = release.restore_run(run_dir)
+  run = export_run.restore_run(run_dir)
   metrics_path = os.path.join(run_dir, "metrics.json")
   if not os.path.exists(metrics_path):
     raise ValueError(f"{run_dir} has not finished (no metrics.json): audit the released model")

@@ -1,19 +1,41 @@
 """Frozen, self-validating configs. Flags are parsed into these once, at the entry point.
 
 Every check raises ValueError with a message that names the offending value and the valid range, so
-that a bad command line fails before any work is done.
+that a bad command line fails before any work is done. A field that is also a flag of tfdp.train
+carries the flag's help (and, where needed, its name and choices) in its metadata, from which
+tfdp.config_flags defines the flag: each default is written once, here.
 """
 
 import dataclasses
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
-SAMPLINGS = ("poisson", "shuffle")
+from tfdp.data import canaries
+from tfdp.data import datasets
+from tfdp.data import local_dp as local_dp_lib
+from tfdp.data import preprocess
+from tfdp.data import sampling as sampling_lib
+from tfdp.dp import clipping as clipping_lib
+from tfdp.dp import groups
+from tfdp.dp import losses
+from tfdp import models
+from tfdp.models import scatter
+from tfdp import names
+from tfdp import optimizers
+from tfdp.optimizers import lr_schedules
+from tfdp.privacy import mechanisms
+from tfdp.privacy.mechanisms import linear_probe
+from tfdp.privacy.mechanisms import scatter_statistics
+from tfdp.privacy import schedules
+
 # Rows per compiled chunk when --physical_batch_size is not given, per clipping engine. TF Privacy's
 # vectorized per-example gradients cost superlinearly in the chunk size on conv nets (pfor falls back
 # to a loop for the filter gradient): ResNet-20 measured 124, 107, 66, 31, 16 examples/s at chunks of
 # 4, 8, 16, 32, 64. The fast engine is linear in the chunk size; larger chunks amortize overhead.
 DEFAULT_CHUNK = {"vectorized": 8, "fast": 64}
 ACCOUNTANTS = ("rdp", "pld")
+# The keys of tfdp.training.distribution.STRATEGIES (tests/test_distribution.py checks): training
+# builds the strategies and sits above the configs, so the configs keep the names they check.
+STRATEGY_NAMES = ("mirrored", "multi_worker", "none")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -21,46 +43,76 @@ def _require(condition: bool, message: str) -> None:
     raise ValueError(message)
 
 
+def _flag(default: Any, help_text: str, *, name: Optional[str] = None,
+          choices: Optional[Callable[[], Sequence[str]]] = None,
+          parse: Optional[Callable[[str], Any]] = None) -> Any:
+  """A field that is also a command-line flag (tfdp.config_flags reads the metadata).
+
+  Args:
+    default: The field's default, which is the flag's.
+    help_text: The flag's help.
+    name: The flag's name, where it is not the field's.
+    choices: Returns the flag's valid values (an enum flag), from the registry that checks them;
+      called when the flag is defined, so that the list is the registry's at that time.
+    parse: Maps the flag's text to the field's value, for a type no flag has (a string flag).
+
+  Returns:
+    A dataclasses.field.
+  """
+  return dataclasses.field(default=default, metadata={
+      "help": help_text, "flag_name": name, "choices": choices, "parse": parse})
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-  dataset: str = "digits"
-  data_dir: Optional[str] = None
-  train_examples: Optional[int] = None  # Seeded subset of the training split; None keeps all.
-  sampling: str = "poisson"  # What the accountant assumes; 'shuffle' is reported as such.
-  augment: Optional[str] = None  # None: the dataset's default.
-  augmult: int = 1  # Augmented copies per example, averaged before clipping (De et al. 2022).
-  # Local DP (tfdp.data.local_dp): every training image perturbed once before training.
-  local_dp: str = "none"  # 'none' or a key of tfdp.data.local_dp.MECHANISMS ('laplace').
-  local_dp_scale: Optional[float] = None  # β, in pixel values of the 0..255 range.
-  # The one-run audit (tfdp.privacy.audit): canaries (tfdp.data.canaries), each trained on with
-  # probability 1/2 by the auditor's coins; 0 turns it off.
-  audit_canaries: int = 0
-  audit_canary_type: str = "mislabeled"  # 'mislabeled' training images or 'noise' images.
-  audit_seed: Optional[int] = None  # None: the auditor's coins come from a secure source.
+  dataset: str = _flag("digits", "Dataset name.", choices=lambda: sorted(datasets.DATASETS))
+  data_dir: Optional[str] = _flag(None, "Dataset directory (folder: train/ and test/).")
+  train_examples: Optional[int] = _flag(
+      None, "Keep a subset of this many training examples, chosen by the public --seed: which "
+      "examples are in it is public, and the guarantee covers the examples in it. The accountant "
+      "uses this N.")
+  sampling: str = _flag(
+      "poisson", "poisson (what the accountant assumes) or shuffle (reported as such).",
+      choices=lambda: list(sampling_lib.SAMPLERS))
+  augment: Optional[str] = _flag(
+      None, "Training augmentation (keras-cv for randaugment and augmix); default: the dataset's.",
+      choices=lambda: sorted(preprocess.AUGMENTATIONS))
+  augmult: int = _flag(
+      1, "Augmented copies of each sampled example; its gradient is the mean over the copies, "
+      "clipped as one (De et al. 2022): no privacy cost, augmult times the compute.")
+  local_dp: str = _flag(
+      "none", "Local DP: perturb every training image once, before training, with Laplace noise "
+      "of scale --local_dp_scale per pixel value; training only sees the perturbed copy. Reports "
+      "ε per image (H·W·C·255/β, replace-one) and 255/β per pixel.",
+      choices=lambda: local_dp_lib.NAMES)
+  local_dp_scale: Optional[float] = _flag(None, "β of --local_dp, in pixel values (0..255).")
+  # The one-run audit (tfdp.privacy.audit) with canaries (tfdp.data.canaries).
+  audit_canaries: int = _flag(
+      0, "The one-run privacy audit (Steinke et al. 2023): this many canaries, each trained on "
+      "with probability 1/2 (they count in N); after training, an empirical lower bound on ε at "
+      "95% and loss-threshold membership inference, reported beside the proven ε (not covered by "
+      "it). 0: no audit.")
+  audit_canary_type: str = _flag(
+      "mislabeled", "mislabeled: training images with a random wrong label; noise: random-pixel "
+      "images with random labels.", choices=lambda: canaries.KINDS)
+  audit_seed: Optional[int] = _flag(
+      None, "Seed of the canaries and their inclusion (tests); default: drawn from a secure "
+      "source and kept only in output_dir/audit/ until the audit.")
 
   def __post_init__(self):
-    from tfdp import data  # Deferred: the registry imports TensorFlow.
-    from tfdp.data import local_dp  # pylint: disable=import-outside-toplevel
-    _require(self.local_dp == "none" or self.local_dp in local_dp.MECHANISMS,
-             f"unknown local_dp {self.local_dp!r}; valid: none, "
-             f"{', '.join(sorted(local_dp.MECHANISMS))}")
+    local_dp_lib.check_name(self.local_dp)
     _require((self.local_dp == "none") == (self.local_dp_scale is None),
              "--local_dp_scale goes with --local_dp (and --local_dp with a scale)")
     _require(self.local_dp_scale is None or self.local_dp_scale > 0,
              f"local_dp_scale must be > 0, got {self.local_dp_scale}")
-    _require(self.augment is None or self.augment in data.AUGMENTATIONS,
-             f"unknown augment {self.augment!r}; valid: {', '.join(sorted(data.AUGMENTATIONS))}")
+    if self.augment is not None:  # None: the dataset's own.
+      preprocess.check_name(self.augment)
     _require(self.augmult >= 1, f"augmult must be >= 1, got {self.augmult}")
-    from tfdp.data import canaries  # pylint: disable=import-outside-toplevel
     _require(self.audit_canaries == 0 or self.audit_canaries >= 2,
              f"audit_canaries must be 0 (no audit) or >= 2, got {self.audit_canaries}")
-    _require(self.audit_canary_type in canaries.KINDS,
-             f"unknown audit_canary_type {self.audit_canary_type!r}; valid: "
-             f"{', '.join(canaries.KINDS)}")
-    _require(self.dataset in data.DATASETS,
-             f"unknown dataset {self.dataset!r}; valid: {', '.join(sorted(data.DATASETS))}")
-    _require(self.sampling in SAMPLINGS,
-             f"unknown sampling {self.sampling!r}; valid: {', '.join(SAMPLINGS)}")
+    canaries.check_name(self.audit_canary_type)
+    datasets.check_name(self.dataset)
+    sampling_lib.check_name(self.sampling)
     _require(self.train_examples is None or self.train_examples > 0,
              f"train_examples must be > 0, got {self.train_examples}")
 
@@ -92,62 +144,103 @@ def model_options(items, **dedicated) -> Tuple[Tuple[str, Any], ...]:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-  name: str = "cnn"
-  options: Tuple[Tuple[str, Any], ...] = ()  # Builder keyword options, e.g. (("depth", 40),).
-  loss: str = "cross_entropy"  # "hinge" with the linear model is a linear SVM.
+  name: str = _flag("cnn", "Model name.", name="model", choices=lambda: sorted(models.MODELS))
+  # Builder keyword options, e.g. (("depth", 40),): --model_kwargs and the dedicated model flags.
+  options: Tuple[Tuple[str, Any], ...] = ()
+  loss: str = _flag("cross_entropy", "Per-example loss; hinge with --model=linear is a linear SVM.",
+                    choices=lambda: sorted(losses.LOSSES))
   # A prior (tfdp.pretrain's output) whose encoder initializes the model; public, no privacy cost.
-  init_from: Optional[str] = None
+  init_from: Optional[str] = _flag(
+      None, "A prior for the encoder (every layer before the logits): a folder written by python "
+      "-m tfdp.pretrain (its prior/ or the run folder) or a shipped one such as "
+      "priors/resnet20_randp. Made from random-process images only, it costs no privacy; its card "
+      "goes into the metrics and model card. The head starts fresh.")
 
   def __post_init__(self):
-    from tfdp.dp import losses
-    from tfdp import models
-    _require(self.name in models.MODELS,
-             f"unknown model {self.name!r}; valid: {', '.join(sorted(models.MODELS))}")
+    models.check_name(self.name)
     models.registry.check_options(self.name, dict(self.options))
-    _require(self.loss in losses.LOSSES,
-             f"unknown loss {self.loss!r}; valid: {', '.join(sorted(losses.LOSSES))}")
+    losses.check_name(self.loss)
 
   @property
   def kwargs(self) -> Dict[str, Any]:
     return dict(self.options)
 
 
+def _parse_clip_groups(text: Optional[str]) -> Optional[Union[int, str]]:
+  """--clip_groups: None, 'layer' or a count; the count's range is PrivacyConfig's to check."""
+  if text is None or text == "layer":
+    return text
+  try:
+    return int(text)
+  except ValueError:
+    raise ValueError(f"clip_groups must be a positive integer or 'layer', got {text!r}") from None
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PrivacyConfig:
-  epsilon: Optional[float] = None  # Target ε: calibrate σ to it, and never exceed it.
-  delta: float = 1e-5
-  noise_multiplier: Optional[float] = None  # Given σ: report the resulting ε instead.
-  l2_norm_clip: float = 1.0
-  clipping: str = "fast"  # Per-example gradient engine; "vectorized" is TF Privacy's, the reference.
-  clip_groups: Optional[Union[int, str]] = None  # None: flat; K or "layer": each group to C/sqrt(G).
-  clipping_mode: str = "clip"  # "normalize": g * C / (||g|| + gamma), automatic clipping.
-  normalize_gamma: float = 0.01  # Bu et al. 2022's default.
-  noise: str = "gaussian"  # "laplace": L1 clipping to l1_norm_clip, Laplace noise, PLD accountant.
-  l1_norm_clip: float = 1.0  # Per-example L1 clip norm (noise="laplace" only).
-  # noise="discrete_gaussian": the integer grid is fine enough that rounding the clipped sum
-  # inflates its sensitivity by this fraction (1% costs 1% more noise).
-  discrete_rounding_inflation: float = 0.01
-  layer_noise: str = "uniform"  # "depth_decay": group k's noise std ∝ 1/(k+1); needs clip_groups.
-  adaptive_clip_quantile: Optional[float] = None  # Andrew et al. 2021; 0.5 clips to the median.
-  adaptive_clip_learning_rate: float = 0.2  # Andrew et al.'s geometric-update rate.
-  adaptive_clip_count_stddev: Optional[float] = None  # None: expected batch / 20 (Andrew et al.).
-  noise_schedule: str = "constant"  # tfdp.privacy.schedules; σ changes at epoch boundaries.
-  noise_schedule_end_factor: float = 0.5  # linear_decay/cosine: last epoch's σ over the first's.
-  noise_schedule_step_epochs: int = 1  # step: epochs between two steps.
-  noise_schedule_step_gamma: float = 0.9  # step: σ factor at each step.
-  # DiceSGD's C2 >= C1 = l2_norm_clip, bounding the error of the summed gradient: the paper's C2
-  # (on the averaged error) times the batch size. None: C2 = C1.
-  dice_error_clip: Optional[float] = None
+  epsilon: Optional[float] = _flag(None, "Target ε: the noise is calibrated to it.")
+  delta: float = _flag(1e-5, "δ of the (ε, δ) guarantee; must be < 1/N.")
+  noise_multiplier: Optional[float] = _flag(
+      None, "σ (noise std / clip norm); without --epsilon, ε is only reported.")
+  l2_norm_clip: float = _flag(1.0, "Per-example L2 clip norm C.")
+  # "vectorized" is TF Privacy's engine, the reference the fast one is tested against.
+  clipping: str = _flag(
+      "fast", "Per-example gradient engine: fast (per-layer closed forms) or vectorized (TF "
+      "Privacy's Jacobian, the slow reference).",
+      choices=lambda: sorted(clipping_lib.CLIPPING_ENGINES))
+  clip_groups: Optional[Union[int, str]] = _flag(
+      None, "Grouped clipping: K (contiguous groups of layers) or 'layer'; each group is clipped "
+      "to C/sqrt(groups), total sensitivity C.", parse=_parse_clip_groups)
+  clipping_mode: str = _flag(
+      "clip", "clip: g * min(1, C/||g||); normalize: g * C / (||g|| + gamma) (automatic "
+      "clipping, Bu et al. 2022). Both have sensitivity C, so the accountant is the same.",
+      choices=lambda: list(groups.SCALINGS))
+  normalize_gamma: float = _flag(  # Bu et al. 2022's default.
+      0.01, "gamma of --clipping_mode=normalize (> 0).")
+  noise: str = _flag(
+      "gaussian", "gaussian (float64 Box-Muller, radius capped at 12.13σ: its 2^-106 per "
+      "coordinate is added to δ); discrete_gaussian: the clipped sum rounded to an integer grid "
+      "plus discrete Gaussian noise, no float noise released (its sampler's distance from the "
+      "ideal is added to δ), accounted by RDP with a general subsampling bound (a larger ε at the "
+      "same σ); or laplace: per-example L1 clipping to --l1_norm_clip and Laplace noise per "
+      "coordinate, accounted by PLD, not hardened (needs --clipping=vectorized).",
+      choices=lambda: list(mechanisms.NOISES))
+  l1_norm_clip: float = _flag(1.0, "Per-example L1 clip norm (--noise=laplace).")
+  # 1% costs 1% more noise.
+  discrete_rounding_inflation: float = _flag(
+      0.01, "--noise=discrete_gaussian: grid step chosen so that rounding inflates the "
+      "sensitivity by this fraction (the noise grows with it).")
+  layer_noise: str = _flag(
+      "uniform", "Noise std per clipping group: uniform, or depth_decay (group k ∝ 1/(k+1)); the "
+      "accountant uses the effective σ = 1/sqrt(Σ C_k²/s_k²). Needs --clip_groups.",
+      choices=lambda: list(mechanisms.LAYER_NOISE))
+  adaptive_clip_quantile: Optional[float] = _flag(  # 0.5 clips to the median.
+      None, "Adaptive clipping (Andrew et al. 2021) to this quantile of per-example norms, e.g. "
+      "0.5; --l2_norm_clip is the initial clip.")
+  adaptive_clip_learning_rate: float = _flag(  # Andrew et al.'s geometric-update rate.
+      0.2, "Geometric learning rate of the adaptive clip.")
+  adaptive_clip_count_stddev: Optional[float] = _flag(  # Andrew et al.'s expected batch / 20.
+      None, "Noise std of the unclipped count; default batch_size/20.")
+  noise_schedule: str = _flag(  # tfdp.privacy.schedules; σ changes at epoch boundaries.
+      "constant", "σ per epoch, fixed before training; calibration scales the whole schedule to "
+      "--epsilon.", choices=lambda: list(schedules.SCHEDULES))
+  noise_schedule_end_factor: float = _flag(
+      0.5, "linear_decay/cosine: last epoch's σ over the first's.")
+  noise_schedule_step_epochs: int = _flag(1, "step schedule: epochs between steps.")
+  noise_schedule_step_gamma: float = _flag(0.9, "step schedule: σ factor at each step.")
+  # DiceSGD's C2 >= C1 = l2_norm_clip bounds the error of the summed gradient. None: C2 = C1.
+  dice_error_clip: Optional[float] = _flag(
+      None, "DiceSGD's error clip C2 >= --l2_norm_clip, on the error of the summed gradient (the "
+      "paper's C2 times the batch size); default C2 = C1. DiceSGD has no proven DP guarantee: it "
+      "takes --noise_multiplier, not --epsilon.")
   # σ_n of the DP feature statistics of normalization="statistics" (tfdp.dp.feature_statistics):
   # Tramèr & Boneh's 8 ("bn_noise_multiplier" of their CIFAR-10 runs). Two Gaussian releases at
   # q = 1, composed ahead of the steps.
-  normalization_noise_multiplier: float = 8.0
+  normalization_noise_multiplier: float = _flag(
+      8.0, "σ of the DP per-map mean and variance that --model_kwargs=normalization=statistics "
+      "(ScatterNet models) releases once before training; composed into ε.")
 
   def __post_init__(self):
-    from tfdp.dp import clipping
-    from tfdp.privacy import accounting
-    from tfdp.privacy import mechanisms
-    from tfdp.privacy import schedules
     _require(self.epsilon is None or self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}")
     _require(0 < self.delta < 1, f"delta must be in (0, 1), got {self.delta}")
     _require(self.noise_multiplier is None or self.noise_multiplier >= 0,
@@ -156,55 +249,32 @@ class PrivacyConfig:
     _require(self.normalization_noise_multiplier > 0,
              f"normalization_noise_multiplier must be > 0, got "
              f"{self.normalization_noise_multiplier}")
-    _require(self.clipping in clipping.CLIPPING_ENGINES,
-             f"unknown clipping {self.clipping!r}; valid: "
-             f"{', '.join(sorted(clipping.CLIPPING_ENGINES))}")
+    clipping_lib.check_name(self.clipping)
     self.scaling  # pylint: disable=pointless-statement  (validates mode and gamma, naming them)
     _require(self.clip_groups is None or self.clip_groups == "layer"
              or (isinstance(self.clip_groups, int) and self.clip_groups >= 1),
              f"clip_groups must be a positive integer or 'layer', got {self.clip_groups!r}")
-    _require(self.noise in accounting.NOISES,
-             f"unknown noise {self.noise!r}; valid: {', '.join(accounting.NOISES)}")
     _require(self.l1_norm_clip > 0, f"l1_norm_clip must be > 0, got {self.l1_norm_clip}")
-    _require(0 < self.discrete_rounding_inflation <= 1,
-             f"discrete_rounding_inflation must be in (0, 1], got "
-             f"{self.discrete_rounding_inflation}")
-    _require(self.layer_noise in mechanisms.LAYER_NOISE,
-             f"unknown layer_noise {self.layer_noise!r}; valid: "
-             f"{', '.join(mechanisms.LAYER_NOISE)}")
     _require(self.noise_schedule in schedules.SCHEDULES,
              f"unknown noise_schedule {self.noise_schedule!r}; valid: "
              f"{', '.join(schedules.SCHEDULES)}")
     schedules.check_params(self.schedule_params)
-    self._check_combinations()
+    mechanisms.check(self.settings())  # The noise, its settings and their combinations.
 
-  def _check_combinations(self):
-    """Refuses combinations whose noise or accounting tfdp does not implement."""
-    laplace, adaptive = self.noise == "laplace", self.adaptive_clip_quantile is not None
-    _require(not laplace or self.clipping == "vectorized",
-             "--noise=laplace clips per-example L1 norms, which need the materialized per-example "
-             "gradients of --clipping=vectorized")
-    _require(self.layer_noise == "uniform" or (self.clip_groups is not None and not laplace),
-             f"--layer_noise={self.layer_noise} scales the Gaussian noise per clipping group: it "
-             "needs --clip_groups (K or layer) and --noise=gaussian")
-    _require(self.noise != "discrete_gaussian" or (self.layer_noise == "uniform" and not adaptive),
-             "--noise=discrete_gaussian adds one integer-grid noise scale to the whole clipped "
-             "sum: it cannot be combined with --layer_noise or --adaptive_clip_quantile")
-    if adaptive:
-      _require(0 < self.adaptive_clip_quantile < 1,
-               f"adaptive_clip_quantile must be in (0, 1), got {self.adaptive_clip_quantile}")
-      _require(self.adaptive_clip_learning_rate > 0,
-               f"adaptive_clip_learning_rate must be > 0, got {self.adaptive_clip_learning_rate}")
-      _require(self.adaptive_clip_count_stddev is None or self.adaptive_clip_count_stddev > 0,
-               f"adaptive_clip_count_stddev must be > 0, got {self.adaptive_clip_count_stddev}")
-      _require(not laplace and self.clip_groups is None and self.clipping_mode == "clip"
-               and self.layer_noise == "uniform" and self.noise_schedule == "constant",
-               "--adaptive_clip_quantile adapts one flat L2 clip bound with constant Gaussian "
-               "noise: it cannot be combined with --noise=laplace, --clip_groups, "
-               "--clipping_mode=normalize, --layer_noise or --noise_schedule")
-    _require(self.dice_error_clip is None or self.dice_error_clip >= self.l2_norm_clip,
-             f"dice_error_clip (C2) must be >= l2_norm_clip (C1) = {self.l2_norm_clip}, got "
-             f"{self.dice_error_clip}")
+  def settings(self, optimizer: Optional[str] = None, batch_size: int = 1,
+               target_epsilon: Optional[float] = None) -> mechanisms.Settings:
+    """These settings as the mechanisms read them (tfdp.privacy.mechanisms.Settings); the
+    optimizer None when not known yet."""
+    return mechanisms.Settings(
+        optimizer=optimizer, noise=self.noise, l2_norm_clip=self.l2_norm_clip,
+        l1_norm_clip=self.l1_norm_clip, clipping=self.clipping, clip_groups=self.clip_groups,
+        clipping_mode=self.clipping_mode, normalize_gamma=self.normalize_gamma,
+        layer_noise=self.layer_noise, adaptive_clip_quantile=self.adaptive_clip_quantile,
+        adaptive_clip_learning_rate=self.adaptive_clip_learning_rate,
+        adaptive_clip_count_stddev=self.adaptive_clip_count_stddev,
+        discrete_rounding_inflation=self.discrete_rounding_inflation,
+        dice_error_clip=self.dice_error_clip, noise_schedule=self.noise_schedule,
+        batch_size=batch_size, target_epsilon=target_epsilon)
 
   @property
   def schedule_params(self) -> Dict[str, float]:
@@ -224,35 +294,32 @@ class PrivacyConfig:
   @property
   def scaling(self):
     """The per-example rule (tfdp.dp.groups.Scaling): clip, or normalize with gamma."""
-    from tfdp.dp import groups
     return groups.Scaling(mode=self.clipping_mode, gamma=self.normalize_gamma)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
-  name: str = "dp_sgd"
-  learning_rate: Optional[float] = None  # None: the optimizer's usual default.
-  momentum: float = 0.0
-  # Keras keyword arguments of the update rule, e.g. (("epsilon", 1e-3),) for Adam. Post-processing
-  # of the noised gradient: they cost no privacy.
+  name: str = _flag("dp_sgd", "Optimizer name.", name="optimizer",
+                    choices=lambda: sorted(optimizers.OPTIMIZERS))
+  learning_rate: Optional[float] = _flag(
+      None, "Learning rate; default: the optimizer's usual one.")
+  momentum: float = _flag(0.0, "Momentum (sgd and rmsprop variants).")
+  # Keras keyword arguments of the update rule, e.g. (("epsilon", 1e-3),) for Adam: the dedicated
+  # flags (--epsilon_adam, --beta_1, ...). Post-processing of the noised gradient: no privacy cost.
   hyperparameters: Tuple[Tuple[str, Any], ...] = ()
-  lr_schedule: str = "constant"  # tfdp.training.lr_schedules: constant, cosine, warmup_cosine.
-  end_learning_rate: float = 0.0  # Where cosine schedules end (the studies: 9e-5).
-  warmup_epochs: float = 0.0  # warmup_cosine: linear warm-up length.
-  weight_decay: float = 0.0  # λ·w added to the noised gradient (post-processing).
+  lr_schedule: str = _flag("constant", "Learning-rate schedule over the planned steps.",
+                           choices=lambda: list(lr_schedules.LR_SCHEDULES))
+  end_learning_rate: float = _flag(0.0, "Where cosine schedules end (e.g. 9e-5).")  # The studies'.
+  warmup_epochs: float = _flag(0.0, "warmup_cosine: linear warm-up epochs.")
+  weight_decay: float = _flag(0.0, "λ·w added to the noised gradient (post-processing).")
 
   def __post_init__(self):
-    from tfdp.training import lr_schedules
-    from tfdp import optimizers
-    _require(self.lr_schedule in lr_schedules.LR_SCHEDULES,
-             f"unknown lr_schedule {self.lr_schedule!r}; valid: "
-             f"{', '.join(lr_schedules.LR_SCHEDULES)}")
+    lr_schedules.check_name(self.lr_schedule)
     _require(self.end_learning_rate >= 0,
              f"end_learning_rate must be >= 0, got {self.end_learning_rate}")
     _require(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
     _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-    _require(self.name in optimizers.OPTIMIZERS,
-             f"unknown optimizer {self.name!r}; valid: {', '.join(sorted(optimizers.OPTIMIZERS))}")
+    optimizers.check_name(self.name)
     optimizers.check_hyperparameters(self.name, dict(self.hyperparameters))
     _require(self.learning_rate is None or self.learning_rate > 0,
              f"learning_rate must be > 0, got {self.learning_rate}")
@@ -260,51 +327,66 @@ class OptimizerConfig:
 
   @property
   def private(self) -> bool:
-    from tfdp import optimizers
     return optimizers.is_private(self.name)
 
   @property
   def step_size(self) -> float:
-    from tfdp import optimizers
     return self.learning_rate or optimizers.default_learning_rate(self.name)
 
   @property
   def proven(self) -> bool:
     """False for a private optimizer whose reported ε no proof backs (DiceSGD)."""
-    from tfdp import optimizers
     return not self.private or optimizers.has_privacy_proof(self.name)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
-  batch_size: int = 64  # Expected (Poisson) batch size: q = batch_size / N.
-  physical_batch_size: Optional[int] = None  # Rows per compiled chunk; None: DEFAULT_CHUNK.
-  epochs: int = 1
-  seed: int = 0
-  output_dir: str = "runs/default"
-  export_dir: Optional[str] = None  # None: saved_models/<basename of output_dir>.
-  export: bool = True  # Write the SavedModels (off for quick experiments: export is slow).
-  jit_compile: bool = False
-  ema_decay: Optional[float] = None  # EMA of the weights for evaluation and export; None: off.
-  # Draw sampling and noise from the public seed instead of a secure source: for tests and
-  # debugging only, such a run has no DP guarantee against anyone who knows the seed.
-  reproducible_noise: bool = False
-  # Private runs: also release the training batches' loss and accuracy, computed from the private
-  # data without noise and labelled as not private wherever they appear. Off: nothing uncovered.
-  monitor_private_metrics: bool = False
-  # Data parallelism (tfdp.training.distribution): 'none', or 'mirrored' over every visible GPU.
-  distribution: str = "none"
-  cpu_replicas: Optional[int] = None  # 'mirrored' over this many logical CPU devices (testing).
+  batch_size: int = _flag(64, "Expected batch size (q = batch_size / N).")
+  physical_batch_size: Optional[int] = _flag(  # None: DEFAULT_CHUNK.
+      None, "Rows per compiled chunk (bounds memory); default min(batch_size, 64) (8 with "
+      "--clipping=vectorized). Changes speed, never the mechanism.")
+  epochs: int = _flag(1, "Epochs (steps per epoch = ceil(N / batch_size)).")
+  seed: int = _flag(
+      0, "Public seed: initialization, augmentation, the --train_examples subset and evaluation "
+      "order only. The mechanism's sampling and noise never depend on it (they come from a secure "
+      "random source) unless --reproducible_noise is given.")
+  output_dir: str = _flag(
+      "runs/default", "Run directory: checkpoints, metrics.json, TensorBoard, SavedModel. An "
+      "existing run there is resumed.")
+  export_dir: Optional[str] = _flag(
+      None, "TF Serving base directory: each export is its next version <export_dir>/<N>/; "
+      "default saved_models/<run name>.")
+  # On by default; off for quick experiments, as export is slow.
+  export: bool = _flag(True, "Write the SavedModel (and its copy).")
+  jit_compile: bool = _flag(False, "Compile the per-chunk step with XLA.")
+  ema_decay: Optional[float] = _flag(
+      None, "EMA of the weights (warm-up min(decay, (1+t)/(10+t))), used for evaluation and "
+      "export; e.g. 0.999.")
+  reproducible_noise: bool = _flag(
+      False, "Debugging only: derive Poisson sampling and noise from --seed so two runs repeat "
+      "exactly. Such a run has NO differential-privacy guarantee against anyone who knows the "
+      "seed, and its metrics and model card say so.")
+  # Off: a private run releases nothing its guarantee does not cover.
+  monitor_private_metrics: bool = _flag(
+      False, "Private runs: also show and record the training batches' loss and accuracy. They "
+      "are computed from the private data without noise, so the guarantee does not cover them; "
+      "they are labelled NOT PRIVATE in the logs, TensorBoard, metrics.json and the model card. "
+      "Off by default: a private run releases only what the guarantee covers.")
+  distribution: str = _flag(
+      "none", "Data parallelism: 'mirrored' deals each step's chunks out to every visible GPU (or "
+      "--cpu_replicas CPU devices); 'multi_worker' runs one replica per process of the TF_CONFIG "
+      "cluster, each drawing its shard. Clipped sums are all-reduced and the noise added once "
+      "(tfdp.training.distribution): same mechanism and ε.", choices=lambda: STRATEGY_NAMES)
+  cpu_replicas: Optional[int] = _flag(
+      None, "With --distribution=mirrored: this many logical CPU devices instead of the GPUs (for "
+      "testing on a CPU machine).")
 
   @property
   def distributed(self) -> bool:
     return self.distribution != "none"
 
   def __post_init__(self):
-    from tfdp.training import distribution  # pylint: disable=import-outside-toplevel
-    _require(self.distribution in distribution.STRATEGIES,
-             f"unknown distribution {self.distribution!r}; valid: "
-             f"{', '.join(sorted(distribution.STRATEGIES))}")
+    names.check("distribution", self.distribution, STRATEGY_NAMES)
     _require(self.cpu_replicas is None or (self.distributed and self.cpu_replicas >= 1),
              f"cpu_replicas={self.cpu_replicas} needs --distribution=mirrored and a value >= 1")
     _require(not (self.distributed and self.jit_compile),
@@ -320,18 +402,24 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ProbeConfig:
-  """DP linear probing before the main steps (DP-RandP phase II, tfdp.priors.linear_probe)."""
-  steps: int = 0  # 0: no probe.
-  batch_size: Optional[int] = None  # Expected batch; None: the whole training set (q = 1).
+  """DP linear probing before the main steps (DP-RandP phase II, tfdp.training.linear_probe)."""
+  steps: int = _flag(
+      0, "DP-RandP phase II: DP steps on the head alone, on the frozen encoder's features, before "
+      "the main steps train the whole network (0: none).", name="linear_probe_steps")
+  batch_size: Optional[int] = _flag(  # None: q = 1.
+      None, "The probe's expected batch; default: the whole set.", name="probe_batch_size")
   # Per step the head's logits move by about lr * |mean clipped gradient| * |features|, and a
   # GroupNorm + ReLU + pooling encoder gives features of norm about sqrt(width) (8 for ResNet-20,
   # measured on random-process images): lr 1 moves them by a few units. DP-RandP's 10-15 assumes
   # features of norm about 1.
-  learning_rate: float = 1.0
-  # Calibration rule: the probe alone spends this fraction of the target ε; the main steps' σ
-  # then makes probe + main spend the target exactly (to 1%).
-  epsilon_fraction: float = 0.1
-  noise_multiplier: Optional[float] = None  # Given σ of the probe instead of the fraction rule.
+  learning_rate: float = _flag(1.0, "The probe's DP-SGD learning rate.",
+                               name="probe_learning_rate")
+  # The main steps' σ makes probe + main spend the target exactly (to 1%).
+  epsilon_fraction: float = _flag(
+      0.1, "The share of --epsilon the probe alone spends (its σ is calibrated to it); the main "
+      "steps' σ makes both together spend --epsilon.", name="probe_epsilon_fraction")
+  noise_multiplier: Optional[float] = _flag(
+      None, "The probe's σ, instead of --probe_epsilon_fraction.", name="probe_noise_multiplier")
 
   def __post_init__(self):
     _require(self.steps >= 0, f"linear_probe_steps must be >= 0, got {self.steps}")
@@ -372,7 +460,6 @@ class Config:
     _require(self.optimizer.warmup_epochs < self.run.epochs,
              f"warmup_epochs ({self.optimizer.warmup_epochs}) must be shorter than the run "
              f"({self.run.epochs} epochs)")
-    dice = self.optimizer.name == "dice_sgd"
     _require(self.run.distribution != "multi_worker" or self.data.sampling == "poisson",
              "--distribution=multi_worker draws each worker's shard by Poisson sampling: "
              "--sampling must be poisson")
@@ -389,53 +476,35 @@ class Config:
              f"batch_size {self.run.batch_size} in chunks of {self.chunk_size} gives fewer "
              f"chunks than the {replicas} replicas: lower --physical_batch_size to at most "
              f"{self.run.batch_size // replicas}")
-    _require(self.privacy.dice_error_clip is None or dice,
-             "--dice_error_clip is DiceSGD's error clip: it needs --optimizer=dice_sgd")
-    _require(not dice or (self.privacy.noise == "gaussian"
-                          and self.privacy.adaptive_clip_quantile is None),
-             "--optimizer=dice_sgd uses Gaussian noise with a fixed clip: it cannot be combined "
-             "with --noise=laplace or --adaptive_clip_quantile")
-    _require(not dice or self.privacy.epsilon is None,
-             f"--optimizer=dice_sgd cannot take --epsilon={self.privacy.epsilon}: DiceSGD has no "
-             "proven DP guarantee (its hidden error re-releases the unclipped part of earlier "
-             "gradients at later steps, unamplified by sampling, so no finite ε holds for "
-             "unbounded gradients). Give --noise_multiplier instead; the run then reports DP-SGD's "
-             "ε at that σ for comparison only, not as a guarantee")
-
+    mechanisms.check(self.mechanism_settings)  # With the optimizer known (DiceSGD's checks).
     self._check_probe()
     self._check_statistics()
 
   def _check_statistics(self):
-    from tfdp.models import scatter
     if not scatter.uses_statistics(self.model.name, self.model.kwargs):
       return
     _require(self.run.distribution != "multi_worker",
              "normalization=statistics with --distribution=multi_worker would release the "
              "statistics once per worker: not supported")
-    _require(not self.optimizer.private or (self.privacy.noise == "gaussian"
-                                            and self.optimizer.proven),
-             "normalization=statistics is accounted as Gaussian releases composed with the "
-             f"steps: it needs --noise=gaussian and a proven optimizer, not "
-             f"--noise={self.privacy.noise} with {self.optimizer.name}")
+    scatter_statistics.MECHANISM.check_run(
+        private=self.optimizer.private, noise=self.privacy.noise, proven=self.optimizer.proven,
+        optimizer=self.optimizer.name)
 
   def _check_probe(self):
     if not self.probe.steps:
       return
-    from tfdp.models import scatter
-    _require(self.optimizer.private,
-             f"--linear_probe_steps trains the head with DP before the main steps: it needs a "
-             f"dp_* optimizer, not {self.optimizer.name}")
-    _require(self.optimizer.proven, "--linear_probe_steps cannot precede --optimizer=dice_sgd, "
-             "whose ε no proof backs")
-    _require(self.privacy.noise == "gaussian",
-             f"--linear_probe_steps is accounted as Gaussian steps: it needs --noise=gaussian, "
-             f"not {self.privacy.noise}")
+    linear_probe.MECHANISM.check_run(
+        private=self.optimizer.private, proven=self.optimizer.proven, noise=self.privacy.noise,
+        optimizer=self.optimizer.name, target_epsilon=self.privacy.epsilon,
+        probe_noise_multiplier=self.probe.noise_multiplier)
     _require(self.model.name not in scatter.FRONT_MODELS,
              f"--model={self.model.name} already trains only a head on frozen features: "
              "--linear_probe_steps would add nothing")
-    _require(self.privacy.epsilon is not None or self.probe.noise_multiplier is not None,
-             "--linear_probe_steps without --epsilon needs --probe_noise_multiplier (there is no "
-             "target ε to split)")
+
+  @property
+  def mechanism_settings(self) -> mechanisms.Settings:
+    """The steps' mechanism settings (tfdp.privacy.mechanisms.Settings) of this run."""
+    return self.privacy.settings(self.optimizer.name, self.run.batch_size, self.privacy.epsilon)
 
   @property
   def adaptive_clip_count_stddev(self) -> float:

@@ -1,4 +1,5 @@
-"""SavedModel export for TF Serving (tfdp.serving.saved_model), and its command.
+"""SavedModel export for TF Serving (tfdp.serving.saved_model), and its command
+(tfdp.training.export_run).
 
     tfdp.export.export_saved_model(private, "saved_models/mine")  # A Keras model alone, or:
     tfdp.export.export_saved_model(model, "saved_models/mine", preprocess=preprocess,
@@ -15,4 +16,4 @@ __all__ = ["MODEL_CARD", "default_class_names", "default_preprocess", "export_sa
 
 if __name__ == "__main__":
   import runpy
-  runpy.run_module("tfdp.serving.release", run_name="__main__", alter_sys=True)
+  runpy.run_module("tfdp.training.export_run", run_name="__main__", alter_sys=True)

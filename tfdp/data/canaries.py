@@ -32,6 +32,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from tfdp import atomic
+from tfdp import names
 
 KINDS = ("mislabeled", "noise")
 FILE = os.path.join("audit", "canaries.npz")
@@ -58,6 +59,11 @@ class Canaries:
   @property
   def count(self) -> int:
     return len(self.labels)
+
+
+def check_name(kind: str) -> None:
+  """Raises ValueError, listing the valid kinds, unless `kind` is one of KINDS."""
+  names.check("audit_canary_type", kind, KINDS)
 
 
 def audit_rng(seed: Optional[int]) -> np.random.Generator:

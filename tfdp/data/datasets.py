@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfdp import names
 from tfdp.data import preprocess
 
 # Published CIFAR-10 per-channel statistics (pixel values in [0, 1]). They are public constants:
@@ -123,6 +124,11 @@ def register(name: str) -> Callable:
     return loader
 
   return add
+
+
+def check_name(name: str) -> None:
+  """Raises ValueError, listing the valid names, unless `name` is a key of DATASETS."""
+  names.check('dataset', name, sorted(DATASETS))
 
 
 def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> Dataset:

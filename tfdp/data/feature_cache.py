@@ -9,7 +9,7 @@ run releases it.
 
 The key is a sha256 of the images (bytes, shape, dtype), of the pixel standardization applied
 before the front and of the front's configuration and weights (a frozen encoder's, for the linear
-probe of tfdp.priors.linear_probe); a changed dataset, transform or encoder misses the cache.
+probe of tfdp.training.linear_probe); a changed dataset, transform or encoder misses the cache.
 Files are written to a temporary name, then renamed.
 """
 

@@ -32,9 +32,14 @@ from typing import Callable, Dict
 
 import numpy as np
 
-PIXEL_RANGE = 255  # Pixel values are 0..255: the L1 diameter per value.
-# NumPy's Laplace: scale · log of a uniform in [2^-53, 1 - 2^-53], so |Z| <= 52 ln 2 scales.
-LAPLACE_REACH = 52 * math.log(2)
+from tfdp import names
+from tfdp.privacy.mechanisms import local_dp as local_dp_release
+
+PIXEL_RANGE = local_dp_release.PIXEL_RANGE
+LAPLACE_REACH = local_dp_release.LAPLACE_REACH
+epsilon_per_image = local_dp_release.epsilon_per_image
+delta_per_image = local_dp_release.delta_per_image
+epsilon_per_pixel = local_dp_release.epsilon_per_pixel
 
 
 def secret_rng() -> np.random.Generator:
@@ -50,25 +55,6 @@ def perturb_once(images: np.ndarray, scale: float, rng: np.random.Generator) -> 
   return np.clip(np.round(noisy), 0, PIXEL_RANGE).astype(np.uint8)
 
 
-def epsilon_per_image(image_shape, scale: float) -> float:
-  """ε of one image under replace-one adjacency: H·W·C·255 / β."""
-  return float(np.prod(image_shape)) * PIXEL_RANGE / scale
-
-
-def delta_per_image(image_shape, scale: float) -> float:
-  """The δ beside epsilon_per_image for NumPy's sampler (module docstring); 0 for β >= 7.09."""
-  unreachable = PIXEL_RANGE + 0.5 - LAPLACE_REACH * scale  # Below it, 255 never lands.
-  if unreachable <= 0:
-    return 0.0
-  per_value = 1.0 - 0.5 * math.exp(-unreachable / scale)
-  return min(1.0, float(np.prod(image_shape)) * per_value)
-
-
-def epsilon_per_pixel(scale: float) -> float:
-  """255 / β: one pixel value changed, the rest fixed. Not the image's ε."""
-  return PIXEL_RANGE / scale
-
-
 @dataclasses.dataclass(frozen=True)
 class LocalDP:
   """A local mechanism: how images are perturbed, and what it reports."""
@@ -76,18 +62,14 @@ class LocalDP:
 
 
 MECHANISMS: Dict[str, LocalDP] = {"laplace": LocalDP(perturb_once)}
+NAMES = ("none", *sorted(MECHANISMS))  # What --local_dp takes; "none": no perturbation.
+
+
+def check_name(name: str) -> None:
+  """Raises ValueError, listing the valid names, unless `name` is one of NAMES."""
+  names.check("local_dp", name, NAMES)
 
 
 def report(name: str, scale: float, image_shape, randomness: str = "secret") -> dict:
-  """What a run with local DP releases about it (metrics.json, model card); `randomness`
-  'reproducible' when the noise followed from the public seed (no guarantee then)."""
-  delta = delta_per_image(image_shape, scale)
-  return {"mechanism": name, "scale": scale, "adjacency": "replace one image",
-          "randomness": randomness,
-          "epsilon_per_image": epsilon_per_image(image_shape, scale),
-          "delta_per_image": delta,
-          "epsilon_per_pixel": epsilon_per_pixel(scale),
-          "note": (f"(ε, δ = {delta:.3g})-LDP per training image, each image perturbed once "
-                   "before training; δ > 0 when the sampler's largest draw (36.04 scales) cannot "
-                   "carry one pixel value to every output of another; epsilon_per_pixel is for "
-                   "one pixel value alone, not the image's guarantee; labels are not perturbed")}
+  """What a run with local DP releases about it (tfdp.privacy.mechanisms.local_dp)."""
+  return local_dp_release.MECHANISM.report(name, scale, image_shape, randomness)

@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
+from tfdp import names
+
 CROP_PADDING = 4  # pixels of reflect padding before the random crop: the standard CIFAR recipe.
 
 
@@ -77,6 +79,11 @@ AUGMENTATIONS: dict[str, Callable[[], Callable[[tf.Tensor], tf.Tensor]]] = {
     'randaugment': _keras_cv(_randaugment),  # keras-cv defaults: 3 ops per image, magnitude 0.5.
     'augmix': _keras_cv(_augmix),  # keras-cv defaults: severity 0.3, 3 chains.
 }
+
+
+def check_name(name: str) -> None:
+  """Raises ValueError, listing the valid names, unless `name` is a key of AUGMENTATIONS."""
+  names.check('augment', name, sorted(AUGMENTATIONS))
 
 
 def make_preprocess(mean: Sequence[float], std: Sequence[float], augment: str,

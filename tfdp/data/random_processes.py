@@ -72,6 +72,26 @@ def generate(source: str, num_images: int, image_size: int, seed: int, channels:
   return tf.concat(blocks, axis=0)[:num_images]
 
 
+def pixels(source: str, num_images: int, image_shape, seed: int) -> tf.Tensor:
+  """`generate`'s images as uint8 pixels, to stand in for images of `image_shape`.
+
+  Args:
+      source, num_images, seed: as for `generate`.
+      image_shape: (H, W, C) of the images they stand in for; H must equal W.
+
+  Returns:
+      uint8 [num_images, H, W, C].
+
+  Raises:
+      ValueError: H != W (the generators draw square images), naming both.
+  """
+  height, width, channels = image_shape
+  if height != width:
+    raise ValueError(f"random-process images stand in only for square images, got {height} x "
+                     f"{width}")
+  return tf.cast(tf.round(generate(source, num_images, height, seed, channels) * 255.0), tf.uint8)
+
+
 def dataset(source: str, image_size: int, seed: int, channels: int = 3, start_block: int = 0,
             block_size: int = BLOCK_SIZE) -> tf.data.Dataset:
   """An infinite, unbatched stream of float32 [image_size, image_size, channels] images in [0, 1].

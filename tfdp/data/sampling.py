@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from tfdp import names
 from tfdp.dp import randomness
 
 
@@ -152,6 +153,11 @@ class ShuffleSampler(_Sampler):
 
 
 SAMPLERS: dict[str, type] = {cls.name: cls for cls in (PoissonSampler, ShuffleSampler)}
+
+
+def check_name(name: str) -> None:
+  """Raises ValueError, listing the valid names, unless `name` is a key of SAMPLERS."""
+  names.check('sampling', name, SAMPLERS)
 
 
 def make_sampler(name: str, num_examples: int, batch_size: int, physical_batch_size: int,

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import tensorflow as tf
 
+from tfdp import names
 from tfdp.dp import groups as groups_lib
 from tfdp.dp import losses as losses_lib
 from tfdp.dp import per_example
@@ -148,6 +149,11 @@ CLIPPING_ENGINES: Dict[str, Callable] = {
     "fast": _fast_engine,
     "vectorized": VectorizedEngine,
 }
+
+
+def check_name(name: str) -> None:
+  """Raises ValueError, listing the valid names, unless `name` is a key of CLIPPING_ENGINES."""
+  names.check("clipping", name, sorted(CLIPPING_ENGINES))
 
 
 def make_engine(name: str, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,

@@ -16,11 +16,12 @@ where clip_C(v) = v · min(1, C / ‖v‖₂) and the noise comes from the run's
 norm at most C_1 (resp. C_2): each release is the Gaussian mechanism with noise multiplier σ_n,
 which is a Poisson-subsampled Gaussian step with q = 1. C_1 and C_2 are public: the quantile
 `CLIP_QUANTILE` of ‖a‖ and ‖b‖ over images drawn from random processes (tfdp.data.random_processes)
-with a public seed, which contain no private example. The mean A / N and the variance
-max(B / N - (A / N)², 0) are post-processing, with N the training-set size, treated as public as
-everywhere in tfdp (q = B / N). They are held as fixed, non-trainable weights of the model's first
-layer; every later step, checkpoint, export and metric is a function of them, of the training
-steps' own releases and of public data, so the run is the adaptive composition
+with a public seed, which contain no private example (the caller draws them: PUBLIC_IMAGES of
+PUBLIC_SOURCE at PUBLIC_SEED). The mean A / N and the variance max(B / N - (A / N)², 0) are
+post-processing, with N the training-set size, treated as public as everywhere in tfdp (q = B / N).
+They are held as fixed, non-trainable weights of the model's first layer; every later step,
+checkpoint, export and metric is a function of them, of the training steps' own releases and of
+public data, so the run is the adaptive composition
 
     ComposedDpEvent([SelfComposed(Gaussian(σ_n), 2), ...the probe..., ...the training steps...])
 
@@ -37,8 +38,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfdp.dp import randomness
+from tfdp.privacy.mechanisms import scatter_statistics
 
-RELEASES = 2  # A and B: two Gaussian releases, each at q = 1.
+RELEASES = scatter_statistics.RELEASES  # A and B: two Gaussian releases, each at q = 1.
 # Their clip norms were the median norms of the private moments (a leak); ours are the median over
 # public random-process images. A clip below an example's norm only shrinks its term.
 CLIP_QUANTILE = 0.5
@@ -49,7 +51,6 @@ PUBLIC_SOURCE = "mix"
 # under --reproducible_noise they are independent draws too (secret coins are fresh anyway).
 NOISE_STEP = 2**41
 ROWS_PER_CHUNK = 2048  # Examples per chunk while summing the moments in float64.
-VARIANCE_EPSILON = 1e-5  # Added to the variance before its square root, as batch norm does.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,24 +141,20 @@ def exact_moments(features: np.ndarray) -> Moments:
   return Moments(mean=mean, variance=np.maximum(second.mean(axis=0) - np.square(mean), 0.0))
 
 
-def public_clip_norms(front: tf.keras.layers.Layer, preprocess, image_shape: Tuple[int, ...],
-                      quantile: float = CLIP_QUANTILE,
-                      count: int = PUBLIC_IMAGES) -> ClipNorms:
-  """C_1 and C_2: the `quantile` of ‖a‖ and ‖b‖ over `count` random-process images (public seed).
+def public_clip_norms(front: tf.keras.layers.Layer, preprocess, public_pixels: tf.Tensor,
+                      quantile: float = CLIP_QUANTILE) -> ClipNorms:
+  """C_1 and C_2: the `quantile` of ‖a‖ and ‖b‖ over public images.
 
   Args:
       front: The frozen front whose features are normalized.
       preprocess: uint8 images -> the front's input, as for the private images.
-      image_shape: (H, W, C) of the private images; the public ones are drawn at that size (H
-          must equal W) and channel count.
+      public_pixels: uint8 [M, H, W, C] images that hold no private example, at the private
+          images' size and channel count: PUBLIC_IMAGES random-process images of PUBLIC_SOURCE
+          with seed PUBLIC_SEED (tfdp.data.random_processes.pixels). The norms are public
+          only if these images are.
   """
-  from tfdp.data import random_processes  # pylint: disable=import-outside-toplevel
-  height, width, channels = image_shape
-  if height != width:
-    raise ValueError(f"public clip norms need square images, got {height} x {width}")
-  images = random_processes.generate(PUBLIC_SOURCE, count, height, PUBLIC_SEED, channels)
-  pixels = tf.cast(tf.round(images * 255.0), tf.uint8)
-  features = tf.concat([front(preprocess(pixels[start:start + 256]))
+  count = len(public_pixels)
+  features = tf.concat([front(preprocess(public_pixels[start:start + 256]))
                         for start in range(0, count, 256)], axis=0).numpy()
   first, second = per_example_moments(features)
   return ClipNorms(first=float(np.quantile(np.linalg.norm(first, axis=1), quantile)),

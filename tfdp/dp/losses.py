@@ -7,6 +7,8 @@ from typing import Callable, Dict
 
 import tensorflow as tf
 
+from tfdp import names
+
 
 def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
   """Softmax cross-entropy per example."""
@@ -28,7 +30,11 @@ LOSSES: Dict[str, Callable[[tf.Tensor, tf.Tensor], tf.Tensor]] = {
 }
 
 
+def check_name(name: str) -> None:
+  """Raises ValueError, listing the valid names, unless `name` is a key of LOSSES."""
+  names.check("loss", name, sorted(LOSSES))
+
+
 def get(name: str) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  if name not in LOSSES:
-    raise ValueError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
+  check_name(name)
   return LOSSES[name]

@@ -1,4 +1,4 @@
-"""The DPQueries that noise a clipped gradient sum, built from the run's privacy plan.
+"""The noise primitives (DPQueries) the mechanisms build (tfdp.privacy.mechanisms), secret coins only.
 
 The clipping engines (tfdp.dp.clipping) clip and sum; these DPQueries only add the noise, through
 `get_noised_result`, inside the DP optimizers (tfdp.optimizers.dp_keras):

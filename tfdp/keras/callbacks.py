@@ -48,6 +48,9 @@ class PrivacyBudget(tf.keras.callbacks.Callback):
     if self._budget_spent():
       self._stop()
 
+  def on_train_batch_begin(self, batch, logs=None):
+    self.model.apply_noise_schedule()  # σ of the next step under the ledger's noise schedule.
+
   def on_train_batch_end(self, batch, logs=None):
     if self._budget_spent():
       self._stop(last_batch=batch + 1 >= (self.params.get("steps") or 0))

@@ -1,19 +1,20 @@
 """What `make_private` decides before the first step: σ, the steps the budget allows, the ledger.
 
-No TensorFlow here. σ is calibrated by the same accountant call as `tfdp.train`'s
-(tfdp.training.planning.plan_privacy): the smallest σ whose planned steps, ceil(N / B) per epoch, spend at
+No TensorFlow here. σ is calibrated by the one planner `tfdp.train` also uses
+(tfdp.privacy.run_plan): the smallest σ whose planned steps, ceil(N / B) per epoch, spend at
 most the target ε by RDP, at q = B / N under Poisson sampling. Weights trained privately before
 (tfdp.keras.weights_ledger) bring their phases, composed ahead: the target then covers them and the
 new phase together.
 """
 
 import dataclasses
-import math
 import uuid
 from typing import Any, Dict, Optional, Sequence
 
 from tfdp.privacy import accounting
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.privacy import mechanisms
+from tfdp.privacy import run_plan as run_plan_lib
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,37 +69,6 @@ class PrivacyPlan:
   def sampling_probability(self) -> float:
     return self.batch_size / self.train_size
 
-  @property
-  def steps_per_epoch(self) -> int:
-    return math.ceil(self.train_size / self.batch_size)
-
-  @property
-  def planned_steps(self) -> int:
-    return self.epochs * self.steps_per_epoch
-
-  def sigma(self, prior_segments: accounting.Segments = ()) -> float:
-    """σ: as given, or calibrated to the target over the planned steps (RDP, as tfdp.train).
-
-    Args:
-      prior_segments: (σ, steps, q) of earlier phases that produced the starting weights
-        (ledger_lib.phase_segments), composed ahead: the target covers them and the new steps.
-
-    Raises:
-      ValueError: when the earlier phases leave the target no room for one step.
-    """
-    if self.noise_multiplier is not None:
-      return self.noise_multiplier
-    self._check_room(prior_segments)
-    try:
-      return accounting.calibrate_schedule(self.target_epsilon, self.target_delta,
-                                           self.sampling_probability,
-                                           [(1.0, self.planned_steps)], "rdp",
-                                           before=prior_segments)
-    except ValueError as error:  # No σ up to 1e4 fits: the earlier phases spent nearly all.
-      if not prior_segments:
-        raise
-      raise ValueError(self._no_room(prior_segments)) from error
-
   def check_prior(self, phases: Sequence[Dict[str, Any]]) -> None:
     """Refuses earlier phases this plan cannot compose with: another δ (the ε would be at two
     δs), another sampling scheme, or randomness other than secret (no guarantee to add to)."""
@@ -113,22 +83,41 @@ class PrivacyPlan:
               f"the model with {key}={theirs!r}, or start from weights no private training "
               "produced")
 
-  def ledger(self, sigma: float, randomness: str, mechanism: dict,
+  def run_plan(self, settings: mechanisms.Settings, privacy, augmult: int = 1,
+               prior_phases: Sequence[Dict[str, Any]] = ()) -> run_plan_lib.RunPlan:
+    """This plan as the one planner's RunPlan (tfdp.privacy.run_plan); `privacy`: the
+    tfdp.config.PrivacyConfig of the same settings (its noise schedule)."""
+    return run_plan_lib.RunPlan(
+        train_size=self.train_size, batch_size=self.batch_size, epochs=self.epochs,
+        delta=self.target_delta, settings=settings, target_epsilon=self.target_epsilon,
+        noise_multiplier=self.noise_multiplier, sampling=self.sampling, randomness="secret",
+        noise_schedule=privacy.noise_schedule,
+        schedule_params=tuple(sorted(privacy.schedule_params.items())), augmult=augmult,
+        prior_phases=tuple(dict(phase) for phase in prior_phases), run_id=uuid.uuid4().hex)
+
+  def ledger(self, settings: mechanisms.Settings, privacy, augmult: int = 1,
              prior_phases: Sequence[Dict[str, Any]] = ()) -> ledger_lib.PrivacyLedger:
-    """A fresh ledger for this plan at σ; `mechanism`: the settings a resume must match;
-    `prior_phases`: the earlier phases that produced the starting weights (composed ahead)."""
-    ledger = ledger_lib.PrivacyLedger(
-        noise_multiplier=sigma, sampling_probability=self.sampling_probability,
-        delta=self.target_delta, sampling=self.sampling, target_epsilon=self.target_epsilon,
-        randomness=randomness, mechanism=mechanism,
-        prior_phases=[dict(phase) for phase in prior_phases], run_id=uuid.uuid4().hex)
-    ledger.record("start", planned_steps=self.planned_steps,
-                  calibrated=self.noise_multiplier is None)
+    """A fresh ledger for this plan: σ given or calibrated (RunPlan.ledger) with the earlier
+    phases that produced the starting weights composed ahead.
+
+    Raises:
+      ValueError: when the earlier phases leave the target no room for one step, or σ spends
+        the target in a single step.
+    """
+    prior_segments = ledger_lib.phase_segments(list(prior_phases))
+    if self.noise_multiplier is None:
+      self._check_room(prior_segments)
+    try:
+      ledger = self.run_plan(settings, privacy, augmult, prior_phases).ledger()
+    except ValueError as error:  # No σ up to 1e4 fits: the earlier phases spent nearly all.
+      if not prior_phases or "no noise multiplier up to" not in str(error):
+        raise
+      raise ValueError(self._no_room(prior_segments)) from error
     if ledger.max_steps() == 0:
       if prior_phases:
         raise ValueError(self._no_room(ledger.prior_segments()))
-      raise ValueError(f"noise_multiplier {sigma} spends more than target_epsilon "
-                       f"{self.target_epsilon} in a single step")
+      raise ValueError(f"noise_multiplier {ledger.noise_multiplier} spends more than "
+                       f"target_epsilon {self.target_epsilon} in a single step")
     return ledger
 
   def _check_room(self, prior_segments: accounting.Segments) -> None:

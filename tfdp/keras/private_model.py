@@ -40,8 +40,6 @@ import tensorflow as tf
 
 from tfdp.data import fit_input
 from tfdp.dp import clipping
-from tfdp.dp import groups as dp_groups
-from tfdp.dp import noise
 from tfdp.dp import randomness
 from tfdp.keras import callbacks as callbacks_lib
 from tfdp.keras import losses as losses_lib
@@ -50,7 +48,9 @@ from tfdp.keras import validation
 from tfdp.keras import weights_ledger
 from tfdp import optimizers
 from tfdp.privacy import ledger as ledger_lib
+from tfdp import config as config_lib
 from tfdp.training import distribution
+from tfdp.training import planning
 from tfdp.training import steps as steps_lib
 
 
@@ -64,6 +64,8 @@ class _StepSettings:
   augment: Callable
   jit_compile: bool
   physical_batch_size: Optional[int]
+  scaling: object = None  # tfdp.dp.groups.Scaling: clip, or normalize.
+  norm: str = "l2"  # "l1" for Laplace noise.
 
 
 class PrivateModel(tf.keras.Model):
@@ -78,11 +80,11 @@ class PrivateModel(tf.keras.Model):
 
   def _set_up_privacy(self, plan: plan_lib.PrivacyPlan, optimizer, ledger, *, engine: str,
                       clip_groups, augmult: int, augment: Optional[Callable], jit_compile: bool,
-                      physical_batch_size: Optional[int]):
+                      physical_batch_size: Optional[int], scaling=None, norm: str = "l2"):
     self._plan = plan
     self._dp = _StepSettings(optimizer, engine, clip_groups, augmult,
                              augment or (lambda images: images), jit_compile,
-                             physical_batch_size)
+                             physical_batch_size, scaling, norm)
     self._ledger = ledger
     self._max_steps = ledger.max_steps()
     # T, the noisy steps taken: a model variable, so every checkpoint of the model carries it.
@@ -119,8 +121,16 @@ class PrivateModel(tf.keras.Model):
     self._private_step = [steps_lib.TrainStep(
         self, dp.optimizer, dp.augment, private=True,
         expected_batch_size=self._plan.batch_size, engine=dp.engine,
-        clip_groups=dp.clip_groups, augmult=dp.augmult, jit_compile=dp.jit_compile,
-        loss_fn=losses_lib.per_example_loss(loss))]
+        clip_groups=dp.clip_groups, scaling=dp.scaling, norm=dp.norm, augmult=dp.augmult,
+        jit_compile=dp.jit_compile, loss_fn=losses_lib.per_example_loss(loss))]
+
+  def apply_noise_schedule(self) -> None:
+    """Sets the next step's noise std to the ledger's schedule (no-op for a constant σ)."""
+    ledger = self._ledger
+    if ledger.epoch_factors and self._private_step:
+      step = int(self.privacy_steps.numpy())
+      self._private_step[0].set_noise_factor(ledger.noise_multiplier_at(step)
+                                             / ledger.noise_multiplier)
 
   def fit(self, x=None, y=None, batch_size=None, epochs=1, callbacks=None, **kwargs):
     """Keras's fit on Poisson-sampled steps; refuses input the accountant does not describe."""
@@ -174,7 +184,7 @@ class PrivateModel(tf.keras.Model):
     def take_step():
       if tf.distribute.get_replica_context().num_replicas_in_sync > 1:
         # This replica's share of the step's chunks: all-reduced sums, the chief's noise key.
-        step._replica_step(images, labels, masks, self._noise_keys[0].next())  # pylint: disable=protected-access
+        step.replica_step(images, labels, masks, self._noise_keys[0].next())
       else:
         step.step_in_graph(images, labels, masks, self._noise_keys[0].next())
       self.privacy_steps.assign_add(1)
@@ -309,25 +319,27 @@ def _refuse_multi_worker() -> None:
                      "workers yet; use python -m tfdp.train --distribution=multi_worker")
 
 
-def _dp_optimizer(optimizer, learning_rate, momentum, l2_norm_clip, sigma, model, clip_groups):
-  """The tfdp DP optimizer: built from its name, or a given one checked against the plan."""
+def _dp_optimizer(optimizer, learning_rate, momentum, settings, sigma, model):
+  """The tfdp DP optimizer: built from its name with the mechanism's query
+  (tfdp.privacy.mechanisms), or a given one checked against the plan."""
   if isinstance(optimizer, str):
-    if not optimizers.has_privacy_proof(optimizer):
+    if not optimizers.has_privacy_proof(optimizer):  # DiceSGD, unproven, stays on the CLI.
       raise ValueError(f"optimizer {optimizer!r} is not a DP optimizer with a proof; valid: "
                        f"{sorted(n for n in optimizers.OPTIMIZERS if optimizers.has_privacy_proof(n))}")
-    query = noise.gaussian(l2_norm_clip, sigma, dp_groups.variable_groups(model, clip_groups))
-    return optimizer, optimizers.build_optimizer(
+    query = planning.make_query(settings, sigma, model)
+    return optimizers.build_optimizer(
         optimizer, learning_rate or optimizers.default_learning_rate(optimizer),
         momentum=momentum, dp_query=query)
   if not hasattr(optimizer, "noised_mean") or getattr(optimizer, "needs_plain_sum", False):
     raise ValueError("optimizer must be a DP optimizer name or an instance built by "
                      f"tfdp.optimizers.build_optimizer, got {type(optimizer).__name__}")
   if abs(optimizer.noise_multiplier - sigma) > 1e-9 * sigma or optimizer.adaptive or \
-      abs(optimizer.l2_norm_clip - l2_norm_clip) > 1e-12:
+      abs(optimizer.l2_norm_clip - settings.l2_norm_clip) > 1e-12:
     raise ValueError(f"the optimizer's noise_multiplier {optimizer.noise_multiplier:g} and clip "
                      f"{optimizer.l2_norm_clip:g} must be the plan's σ = {sigma:g} and "
-                     f"l2_norm_clip = {l2_norm_clip:g} (tfdp.privacy.calibrate_noise gives σ)")
-  return type(optimizer).__name__, optimizer
+                     f"l2_norm_clip = {settings.l2_norm_clip:g} (tfdp.privacy.calibrate_noise "
+                     "gives σ)")
+  return optimizer
 
 
 def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, target_delta: float,
@@ -336,11 +348,22 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
                  learning_rate: Optional[float] = None, momentum: float = 0.0, clip_groups=None,
                  engine: str = "fast", augmult: int = 1, augment: Optional[Callable] = None,
                  sampling: str = "poisson", physical_batch_size: Optional[int] = None,
-                 jit_compile: bool = False, prior_ledger=None) -> PrivateModel:
+                 jit_compile: bool = False, prior_ledger=None, noise: str = "gaussian",
+                 l1_norm_clip: float = 1.0, clipping_mode: str = "clip",
+                 normalize_gamma: float = 0.01, layer_noise: str = "uniform",
+                 adaptive_clip_quantile: Optional[float] = None,
+                 adaptive_clip_learning_rate: float = 0.2,
+                 adaptive_clip_count_stddev: Optional[float] = None,
+                 discrete_rounding_inflation: float = 0.01,
+                 noise_schedule: str = "constant",
+                 noise_schedule_end_factor: float = 0.5, noise_schedule_step_epochs: int = 1,
+                 noise_schedule_step_gamma: float = 0.9) -> PrivateModel:
   """A private copy of `model` (same layers and weights) whose `fit` runs DP-SGD.
 
   σ is calibrated to `target_epsilon` over `epochs` epochs before anything trains (or taken as
   `noise_multiplier`, ε then only reported); fit stops before a step would exceed the target.
+  The plan, the mechanism and the ledger are the command line's (tfdp.privacy.run_plan,
+  tfdp.privacy.mechanisms): the same settings give the same σ, ε and statement as tfdp.train.
 
   Args:
     model: a functional or Sequential Keras model, one input and one output (logits or
@@ -348,7 +371,8 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
       every layer that mixes the examples of a batch or keeps state fit updates (BatchNorm:
       tfdp.keras.fix replaces it) and every layer it cannot prove per-example.
     optimizer: a DP optimizer name ('dp_sgd', 'dp_adam', 'dp_rmsprop', 'dp_adagrad') or an
-      instance from tfdp.optimizers.build_optimizer whose σ and clip match the plan.
+      instance from tfdp.optimizers.build_optimizer whose σ and clip match the plan. DiceSGD,
+      which has no proof, is refused here: it is a labelled baseline of the command line only.
     l2_norm_clip: C, the L2 bound on each example's gradient.
     target_delta: δ, below 1 / train_size.
     epochs: planned epochs, ceil(train_size / batch_size) steps each.
@@ -370,6 +394,11 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
     prior_ledger: where `model`'s weights came from, when they were trained privately on
       another machine: a PrivacyLedger or the path of its JSON (the `<file>.tfdp-ledger.json`
       that PrivateModel.save_weights writes). Weights this machine trained are found without it.
+    noise ... noise_schedule_step_gamma: the mechanism, named and valued as tfdp.train's flags of
+      the same names (tfdp.config.PrivacyConfig): 'laplace' (L1 clip l1_norm_clip, engine
+      'vectorized', PLD), 'discrete_gaussian', per-group noise (layer_noise with clip_groups),
+      adaptive clipping (adaptive_clip_quantile), automatic clipping (clipping_mode='normalize'),
+      and a noise schedule over the epochs.
 
   Weights trained privately before (by a PrivateModel, in memory, or saved and loaded back:
   tfdp.keras.weights_ledger) continue their ledger: its phases are composed ahead of the new
@@ -385,18 +414,29 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
                               sampling=sampling)
   if engine not in clipping.CLIPPING_ENGINES:
     raise ValueError(f"unknown engine {engine!r}; valid: {sorted(clipping.CLIPPING_ENGINES)}")
+  privacy = config_lib.PrivacyConfig(  # The command line's checks of the same settings.
+      epsilon=target_epsilon, delta=target_delta, noise_multiplier=noise_multiplier,
+      l2_norm_clip=l2_norm_clip, clipping=engine, clip_groups=clip_groups,
+      clipping_mode=clipping_mode, normalize_gamma=normalize_gamma, noise=noise,
+      l1_norm_clip=l1_norm_clip, discrete_rounding_inflation=discrete_rounding_inflation,
+      layer_noise=layer_noise, adaptive_clip_quantile=adaptive_clip_quantile,
+      adaptive_clip_learning_rate=adaptive_clip_learning_rate,
+      adaptive_clip_count_stddev=adaptive_clip_count_stddev, noise_schedule=noise_schedule,
+      noise_schedule_end_factor=noise_schedule_end_factor,
+      noise_schedule_step_epochs=noise_schedule_step_epochs,
+      noise_schedule_step_gamma=noise_schedule_step_gamma)
+  name = optimizer if isinstance(optimizer, str) else type(optimizer).__name__
+  settings = privacy.settings(name, batch_size, target_epsilon)
   prior_phases = _earlier_phases(model, plan, prior_ledger)
-  sigma = plan.sigma(prior_segments=ledger_lib.phase_segments(prior_phases))
-  name, dp_optimizer = _dp_optimizer(optimizer, learning_rate, momentum, l2_norm_clip, sigma,
-                                     model, clip_groups)
-  ledger = plan.ledger(sigma, "secret", {"optimizer": name, "l2_norm_clip": l2_norm_clip,
-                                         "clip_groups": clip_groups, "augmult": augmult},
-                       prior_phases=prior_phases)
+  ledger = plan.ledger(settings, privacy, augmult=augmult, prior_phases=prior_phases)
   ledger.coordinates = int(sum(v.shape.num_elements() for v in model.trainable_variables))
+  dp_optimizer = _dp_optimizer(optimizer, learning_rate, momentum, settings,
+                               ledger.noise_multiplier, model)
   private = PrivateModel(inputs=model.inputs, outputs=model.outputs, name=model.name)
   private._set_up_privacy(plan, dp_optimizer, ledger, engine=engine, clip_groups=clip_groups,  # pylint: disable=protected-access
                           augmult=augmult, augment=augment, jit_compile=jit_compile,
-                          physical_batch_size=physical_batch_size)
+                          physical_batch_size=physical_batch_size, scaling=privacy.scaling,
+                          norm=privacy.norm)
   weights_ledger.track(private)  # A later make_private of these variables sees its live ledger.
   return private
 

@@ -24,5 +24,7 @@ build_model = registry.build_model
 build = registry.build_model  # The public name: tfdp.models.build(name, num_classes, input_shape).
 assert_no_batchnorm = registry.assert_no_batchnorm
 count_params = registry.count_params
+check_name = registry.check_name
 
-__all__ = ["MODELS", "assert_no_batchnorm", "build", "build_model", "count_params", "layers"]
+__all__ = ["MODELS", "assert_no_batchnorm", "build", "build_model", "check_name", "count_params",
+           "layers"]

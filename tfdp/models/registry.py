@@ -8,6 +8,8 @@ import inspect
 import numpy as np
 import tensorflow as tf
 
+from tfdp import names
+
 MODELS = {}  # name -> builder(num_classes, input_shape, **kwargs) -> tf.keras.Model
 
 _BATCHNORM_REASON = (
@@ -39,6 +41,11 @@ def register(name):
     return builder
 
   return decorator
+
+
+def check_name(name):
+  """Raises ValueError, listing the valid names, unless `name` is a registered model."""
+  names.check("model", name, sorted(MODELS))
 
 
 def build_model(name, num_classes, input_shape, **kwargs):

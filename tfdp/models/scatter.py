@@ -31,6 +31,7 @@ NORM_GROUPS = 27  # The paper's GroupNorm: 9 maps per group for RGB (243), 3 for
 FRONT_MODELS = ("scatter_cnn", "scatter_linear")  # Models whose head trains on cached features.
 NORMALIZATIONS = ("group", "statistics")
 NORM_LAYER = "scattering_norm"
+VARIANCE_EPSILON = 1e-5  # Added to the variance before its square root, as batch norm does.
 
 
 class Scattering(tf.keras.layers.Layer):
@@ -72,7 +73,7 @@ class Scattering(tf.keras.layers.Layer):
 
 
 class FeatureStandardization(tf.keras.layers.Layer):
-  """(x - mean) / sqrt(variance + 1e-5) per map (last axis), with mean and variance fixed weights.
+  """(x - mean) / sqrt(variance + VARIANCE_EPSILON) per map (last axis), mean and variance weights.
 
   Maps whose variance is 0 are set to 0. The weights are not trainable: `set_moments` sets them
   once, from tfdp.dp.feature_statistics, before training; checkpoints and exports carry them.
@@ -87,8 +88,7 @@ class FeatureStandardization(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, features):
-    from tfdp.dp import feature_statistics  # pylint: disable=import-outside-toplevel
-    scale = tf.math.rsqrt(self.variance + feature_statistics.VARIANCE_EPSILON)
+    scale = tf.math.rsqrt(self.variance + VARIANCE_EPSILON)
     scale *= tf.cast(self.variance > 0, scale.dtype)
     return (features - self.mean) * scale
 

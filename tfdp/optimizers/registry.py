@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import tensorflow as tf
 
+from tfdp import names
 from tfdp.dp import noise
 from tfdp.optimizers import dp_keras
 
@@ -45,9 +46,13 @@ OPTIMIZERS: Dict[str, OptimizerSpec] = {
 }
 
 
+def check_name(name: str) -> None:
+  """Raises ValueError, listing the valid names, unless `name` is a key of OPTIMIZERS."""
+  names.check("optimizer", name, sorted(OPTIMIZERS))
+
+
 def _spec(name: str) -> OptimizerSpec:
-  if name not in OPTIMIZERS:
-    raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(sorted(OPTIMIZERS))}")
+  check_name(name)
   return OPTIMIZERS[name]
 
 

@@ -3,5 +3,5 @@
     python -m tfdp.pretrain --model=resnet20 --steps=2000 --output_dir=runs/randp
     python -m tfdp.train --model=resnet20 --init_from=runs/randp/prior ...
     python -m tfdp.train --model=resnet20 --init_from=priors/resnet20_randp \
-        --linear_probe_steps=20 ...          # phase II (linear_probe), then phase III
+        --linear_probe_steps=20 ...          # phase II (tfdp.training.linear_probe), then III
 """

@@ -5,17 +5,9 @@ noise multiplier σ is the event PoissonSampled(q, Gaussian(σ)) under add/remov
 T steps is that event self-composed T times. A noise schedule is a heterogeneous composition of such
 steps; Laplace noise replaces Gaussian(σ) by Laplace(b / L1 sensitivity), accounted by PLD.
 
-The discrete Gaussian (tfdp.dp.noise.DiscreteGaussianSumQuery) has no dp_accounting event. Its
-unsampled release is (α, α / (2σ²))-RDP for every α > 1 (Canonne, Kamath & Steinke 2020: the
-multivariate discrete Gaussian with L2 sensitivity-to-scale ratio 1/σ), the same curve as the
-continuous Gaussian, but the exact subsampled-Gaussian analysis relies on the continuous mixture. So
-its Poisson subsampling is bounded by Zhu & Wang 2019 (Theorem 6, "general upper bound", valid for
-any mechanism under add/remove adjacency) at integer orders α:
-  (α-1) ε_q(α) <= log[(1-q)^(α-1) (αq - q + 1) + C(α,2) q² (1-q)^(α-2) e^ε(2)
-                      + 3 Σ_{l=3..α} C(α,l) (1-q)^(α-l) q^l e^((l-1) ε(l))]
-taken together with the variant of the tail terms C(α,l) (1-q)^(α-l) q^l e^(l ε(l+1)) without the
-factor 3 (the larger of the two is used, so either bound alone suffices), and converted to (ε, δ)
-by dp_accounting's RDP conversion.
+Which events and curves a noise has is its mechanism's (tfdp.privacy.mechanisms): the Gaussian
+and Laplace mechanisms give dp_accounting events; the discrete Gaussian has none, and gives its
+Rényi curve at integer orders under the general subsampling bound (tfdp.privacy.subsampling).
 
 >>> round(epsilon(noise_multiplier=1.1, sampling_probability=256 / 60000, steps=14063, delta=1e-5), 2)
 2.6
@@ -24,40 +16,33 @@ by dp_accounting's RDP conversion.
 True
 """
 
-import functools
 import math
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Sequence, Tuple, Union
 
 import dp_accounting
-import numpy as np
 from dp_accounting.rdp import rdp_privacy_accountant
-from scipy import special
+
+from tfdp.privacy import mechanisms
+from tfdp.privacy import subsampling
 
 ACCOUNTANTS = ("rdp", "pld")
 _PLD_DISCRETIZATION = 1e-3  # Interval of the PLD's privacy-loss grid; finer costs time, not safety:
 # the PLD accountant rounds pessimistically, so a coarser grid only over-reports ε slightly.
 
 
-NOISES = ("gaussian", "laplace", "discrete_gaussian")
-ACCOUNTANTS_OF_NOISE = {"gaussian": ("rdp", "pld"), "laplace": ("pld",),
-                        "discrete_gaussian": ("rdp",)}  # The first one enforces the budget.
-_INTEGER_ORDERS = tuple(range(2, 257))  # The general subsampling bound holds at integer orders.
+NOISES = mechanisms.NOISES
+subsampled_rdp_any_mechanism = subsampling.subsampled_rdp_any_mechanism
 # A run as (noise multiplier, number of steps) segments, composed in order, each optionally with its
 # own sampling probability as a third element, (σ, steps, q): a phase with another batch size (the
 # linear probe before fine-tuning). Gaussian: σ = noise std / L2 sensitivity. Laplace: σ = b / L1
 # sensitivity (b the per-coordinate scale), dp_accounting's convention for LaplaceDpEvent.
 Segments = Sequence[Union[Tuple[float, int], Tuple[float, int, float]]]
-_BASE_EVENTS = {"gaussian": dp_accounting.GaussianDpEvent, "laplace": dp_accounting.LaplaceDpEvent}
 
 
 def step_event(noise_multiplier: float, sampling_probability: float,
                noise: str = "gaussian") -> dp_accounting.DpEvent:
-  """One Poisson-subsampled noisy step."""
-  if noise not in _BASE_EVENTS:
-    raise ValueError(f"noise {noise!r} has no dp_accounting event; events exist for: "
-                     f"{', '.join(_BASE_EVENTS)}")
-  return dp_accounting.PoissonSampledDpEvent(sampling_probability,
-                                             _BASE_EVENTS[noise](noise_multiplier))
+  """One Poisson-subsampled noisy step, as its mechanism (tfdp.privacy.mechanisms) gives it."""
+  return mechanisms.of_noise(noise).dp_event(noise_multiplier, sampling_probability)
 
 
 def dp_sgd_event(noise_multiplier: float, sampling_probability: float,
@@ -81,67 +66,42 @@ def _with_probability(segments: Segments, sampling_probability: float) -> List[T
           for s in segments]
 
 
-@functools.lru_cache(maxsize=256)
-def _rdp_of_one_step(noise_multiplier: float, sampling_probability: float) -> np.ndarray:
-  accountant = dp_accounting.rdp.RdpAccountant()
-  accountant.compose(step_event(noise_multiplier, sampling_probability))
-  return np.array(accountant._rdp)  # pylint: disable=protected-access  (RDP is linear in steps)
+class Release(NamedTuple):
+  """`count` releases of one noisy step each: PoissonSampled(q, noise(σ)) of the mechanism of
+  `noise` (tfdp.privacy.mechanisms.NOISES); a run is a list of them, composed in order."""
+  noise: str
+  noise_multiplier: float
+  count: int
+  sampling_probability: float
+
+  def dp_event(self) -> dp_accounting.DpEvent:
+    step = mechanisms.of_noise(self.noise).dp_event(self.noise_multiplier,
+                                                    self.sampling_probability)
+    return dp_accounting.SelfComposedDpEvent(step, self.count)
 
 
-def _log_binomial(n: int, k: np.ndarray) -> np.ndarray:
-  return special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1)
+def _epsilon_rdp(releases: Sequence[Release], delta: float) -> float:
+  kinds = [mechanisms.of_noise(r.noise) for r in releases]
+  orders = {kind.rdp_orders() for kind in kinds if kind.accountants.count("rdp")} or {None}
+  if len(orders) > 1:
+    raise ValueError(f"the RDP accountant cannot compose {sorted({r.noise for r in releases})} "
+                     "releases: their Rényi curves are at different orders")
+  rdp = sum(r.count * kind.rdp_of_step(r.noise_multiplier, r.sampling_probability)
+            for r, kind in zip(releases, kinds))
+  return float(rdp_privacy_accountant.compute_epsilon(orders.pop(), rdp, delta)[0])
 
 
-def subsampled_rdp_any_mechanism(rdp_of: Callable[[int], float], sampling_probability: float,
-                                 order: int) -> float:
-  """Zhu & Wang 2019's general bound on the RDP at integer `order` >= 2 of a Poisson-subsampled
-  mechanism whose own RDP at order a is rdp_of(a) (see the module docstring)."""
-  q, alpha = sampling_probability, order
-  if q == 1.0:
-    return rdp_of(alpha)
-  log_q, log_p = math.log(q), math.log1p(-q)
-  head = [(alpha - 1) * log_p + math.log(alpha * q - q + 1),
-          float(_log_binomial(alpha, np.array(2))) + 2 * log_q + (alpha - 2) * log_p + rdp_of(2)]
-  tails = np.arange(3, alpha + 1)
-  common = _log_binomial(alpha, tails) + (alpha - tails) * log_p + tails * log_q
-  with_three = math.log(3) + special.logsumexp(
-      common + np.array([(l - 1) * rdp_of(l) for l in tails])) if len(tails) else -math.inf
-  without = special.logsumexp(
-      common + np.array([l * rdp_of(l + 1) for l in tails])) if len(tails) else -math.inf
-  bounds = [special.logsumexp(head + [tail]) for tail in (with_three, without)]
-  return float(max(bounds)) / (alpha - 1)
-
-
-@functools.lru_cache(maxsize=256)
-def _rdp_of_one_discrete_step(noise_multiplier: float, sampling_probability: float) -> np.ndarray:
-  unsampled = lambda order: order / (2.0 * noise_multiplier ** 2)
-  return np.array([subsampled_rdp_any_mechanism(unsampled, sampling_probability, order)
-                   for order in _INTEGER_ORDERS])
-
-
-def _epsilon_rdp(segments: Segments, sampling_probability: float, delta: float,
-                 noise: str) -> float:
-  if noise == "gaussian":
-    rdp = sum(count * _rdp_of_one_step(sigma, q) for sigma, count, q in segments)
-    orders = dp_accounting.rdp.RdpAccountant()._orders  # pylint: disable=protected-access
-  elif noise == "discrete_gaussian":
-    rdp = sum(count * _rdp_of_one_discrete_step(sigma, q) for sigma, count, q in segments)
-    orders = _INTEGER_ORDERS
-  else:
-    raise ValueError(f"the RDP accountant has no bound for Poisson-subsampled {noise} noise; "
-                     "use the PLD accountant")
-  return float(rdp_privacy_accountant.compute_epsilon(orders, rdp, delta)[0])
-
-
-def _epsilon_pld(segments: Segments, sampling_probability: float, delta: float,
-                 noise: str) -> float:
-  if noise not in _BASE_EVENTS:
-    raise ValueError(f"the PLD accountant has no {noise} mechanism; use the RDP accountant")
+def _epsilon_pld(releases: Sequence[Release], delta: float) -> float:
+  events = [r.dp_event() for r in releases]
   accountant = dp_accounting.pld.PLDAccountant(
-      value_discretization_interval=pld_discretization(min(s[0] for s in segments)))
-  for sigma, count, q in segments:
-    accountant.compose(step_event(sigma, q, noise), count)
-  return float(accountant.get_epsilon(delta))
+      value_discretization_interval=pld_discretization(min(r.noise_multiplier
+                                                           for r in releases)))
+  try:
+    for event in events:
+      accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
+  except OverflowError:  # dp_accounting's Laplace losses overflow for tiny σ: ε is unbounded.
+    return math.inf
 
 
 def pld_discretization(noise_multiplier: float) -> float:
@@ -154,24 +114,45 @@ def pld_discretization(noise_multiplier: float) -> float:
   return _PLD_DISCRETIZATION * max(1.0, (0.5 / noise_multiplier) ** 2)
 
 
-_EPSILON_FNS: Dict[str, Callable[[Segments, float, float, str], float]] = {
+_EPSILON_FNS: Dict[str, Callable[[Sequence[Release], float], float]] = {
     "rdp": _epsilon_rdp,
     "pld": _epsilon_pld,
 }
 
 
-def _check(segments: Segments, sampling_probability: float, delta: float, accountant: str):
-  for sigma, count, q in _with_probability(segments, sampling_probability):
-    if sigma < 0:
-      raise ValueError(f"noise_multiplier must be >= 0, got {sigma}")
-    if count < 0:
-      raise ValueError(f"steps must be >= 0, got {count}")
-    if not 0 < q <= 1:
-      raise ValueError(f"sampling_probability must be in (0, 1], got {q}")
+def _check(releases: Sequence[Release], delta: float, accountant: str):
+  for release in releases:
+    if release.noise_multiplier < 0:
+      raise ValueError(f"noise_multiplier must be >= 0, got {release.noise_multiplier}")
+    if release.count < 0:
+      raise ValueError(f"steps must be >= 0, got {release.count}")
+    if not 0 < release.sampling_probability <= 1:
+      raise ValueError(f"sampling_probability must be in (0, 1], got "
+                       f"{release.sampling_probability}")
   if not 0 < delta < 1:
     raise ValueError(f"delta must be in (0, 1), got {delta}")
   if accountant not in _EPSILON_FNS:
     raise ValueError(f"unknown accountant {accountant!r}; valid: {sorted(_EPSILON_FNS)}")
+
+
+def releases_epsilon(releases: Sequence[Release], delta: float, accountant: str = "rdp") -> float:
+  """ε of a run released as `releases`, composed in order (adaptively: a release may depend on
+  the ones before it), by `accountant` ('rdp' or 'pld'; each noise's mechanism lists the ones
+  that apply). 0 without releases, `inf` when a taken release has no noise."""
+  _check(releases, delta, accountant)
+  taken = [release for release in releases if release.count > 0]
+  if not taken:
+    return 0.0
+  if any(release.noise_multiplier == 0 for release in taken):
+    return math.inf
+  return _EPSILON_FNS[accountant](taken, delta)
+
+
+def as_releases(segments: Segments, sampling_probability: float,
+                noise: str = "gaussian") -> List[Release]:
+  """Segments of one noise as releases (q defaulting to `sampling_probability`)."""
+  return [Release(noise, sigma, count, q)
+          for sigma, count, q in _with_probability(segments, sampling_probability)]
 
 
 def composed_epsilon(segments: Segments, sampling_probability: float, delta: float,
@@ -183,19 +164,13 @@ def composed_epsilon(segments: Segments, sampling_probability: float, delta: flo
       depend on the releases before it); a triple (σ, steps, q') samples with its own q'.
     sampling_probability: q of the segments that do not give their own.
     delta: the δ at which ε is reported.
-    accountant: 'rdp' or 'pld' (ACCOUNTANTS_OF_NOISE says which apply to each noise).
+    accountant: 'rdp' or 'pld' (a noise's mechanism lists the ones that apply).
     noise: a NOISES name.
 
   Returns:
     ε of the composition; 0 without steps, `inf` when a taken step has no noise.
   """
-  _check(segments, sampling_probability, delta, accountant)
-  taken = [s for s in _with_probability(segments, sampling_probability) if s[1] > 0]
-  if not taken:
-    return 0.0
-  if any(sigma == 0 for sigma, _, _ in taken):
-    return math.inf
-  return _EPSILON_FNS[accountant](taken, sampling_probability, delta, noise)
+  return releases_epsilon(as_releases(segments, sampling_probability, noise), delta, accountant)
 
 
 def epsilon(noise_multiplier: float, sampling_probability: float, steps: int, delta: float,

@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from tfdp import atomic
 from tfdp.privacy import accounting
 from tfdp.privacy import mechanisms
+from tfdp.privacy.mechanisms import linear_probe
+from tfdp.privacy.mechanisms import scatter_statistics
 
 SAMPLING_NOTES = {
     "poisson": "batches drawn by Poisson sampling, as the accountant assumes",
@@ -65,9 +67,9 @@ class PrivacyLedger:
       whose ε is DP-SGD's at the same σ, reported for comparison only (guarantee() == 'unproven').
     mechanism: every other setting that changes what the noisy steps release (optimizer, clip
       norms and groups, scaling, per-group noise, adaptive clipping, augmult), as JSON values
-      (tfdp.training.planning.mechanism_fields); a resume must match it. Empty in ledgers written before it
+      (tfdp.privacy.mechanisms.resume_fields); a resume must match it. Empty in ledgers written before it
       was recorded, which therefore cannot be resumed.
-    probe: the linear probe planned before the main steps (tfdp.priors.linear_probe), with keys
+    probe: the linear probe planned before the main steps (tfdp.training.linear_probe), with keys
       noise_multiplier, sampling_probability and steps; empty without one. Its steps are Gaussian
       steps of their own q and σ, composed ahead of the main ones.
     probe_steps: probe steps taken (the main steps start once all of them are).
@@ -129,12 +131,17 @@ class PrivacyLedger:
   @property
   def accountant(self) -> str:
     """The accountant that enforces the budget: RDP for (discrete) Gaussian noise, PLD for Laplace."""
-    return accounting.ACCOUNTANTS_OF_NOISE[self.noise][0]
+    return self.accountants[0]
 
   @property
   def accountants(self) -> Tuple[str, ...]:
     """Every accountant that has a bound for this noise."""
-    return accounting.ACCOUNTANTS_OF_NOISE[self.noise]
+    return self.noise_mechanism.accountants
+
+  @property
+  def noise_mechanism(self) -> mechanisms.Mechanism:
+    """The mechanism of this ledger's noise (tfdp.privacy.mechanisms): its events and text."""
+    return mechanisms.of_noise(self.noise)
 
   def float_tail_delta(self, steps: Optional[int] = None) -> float:
     """What the float64 noise samplers add to δ after `steps` (tfdp.privacy.mechanisms); the
@@ -229,30 +236,34 @@ class PrivacyLedger:
 
   def probe_segments(self, probe_steps: Optional[int] = None) -> List[Tuple[float, int, float]]:
     """The probe's first `probe_steps` (default: those taken) as one (σ, count, q) segment."""
-    if not self.probe:
-      return []
     count = self.probe_steps if probe_steps is None else probe_steps
-    return [(self.probe["noise_multiplier"], count, self.probe["sampling_probability"])]
+    return linear_probe.MECHANISM.segments(self.probe, count)
 
   def normalization_segments(self, released: Optional[bool] = None
                              ) -> List[Tuple[float, int, float]]:
     """The feature statistics' releases as one (σ_n, releases, 1.0) segment, when `released`
     (default: whether they were)."""
     released = self.normalization_released if released is None else released
-    if not self.normalization or not released:
-      return []
-    return [(self.normalization["noise_multiplier"], self.normalization["releases"], 1.0)]
+    return scatter_statistics.MECHANISM.segments(self.normalization) if released else []
 
   def epsilon(self, accountant: Optional[str] = None, steps: Optional[int] = None,
               probe_steps: Optional[int] = None, normalized: Optional[bool] = None) -> float:
     """ε spent by the feature statistics (if `normalized`), the probe's `probe_steps` then
     `steps` main steps (defaults: what was released), by `accountant` (default:
     self.accountant)."""
+    return accounting.releases_epsilon(self.releases(steps, probe_steps, normalized),
+                                       self.delta, accountant or self.accountant)
+
+  def releases(self, steps: Optional[int] = None, probe_steps: Optional[int] = None,
+               normalized: Optional[bool] = None) -> List[accounting.Release]:
+    """What the run released, in order, as the accountant composes it: the earlier phases, the
+    feature statistics (if `normalized`), the probe's `probe_steps`, then `steps` main steps
+    (defaults: what was released). The one-off releases are Gaussian; the steps are `noise`."""
     steps = self.steps if steps is None else steps
-    segments = (self.prior_segments() + self.normalization_segments(normalized)
-                + self.probe_segments(probe_steps) + self.segments(steps))
-    return accounting.composed_epsilon(segments, self.sampling_probability, self.delta,
-                                       accountant or self.accountant, self.noise)
+    gaussian = (self.prior_segments() + self.normalization_segments(normalized)
+                + self.probe_segments(probe_steps))
+    return (accounting.as_releases(gaussian, self.sampling_probability)
+            + accounting.as_releases(self.segments(steps), self.sampling_probability, self.noise))
 
   def planned_epsilon(self, steps: int) -> float:
     """ε after the whole planned probe and `steps` main steps."""
@@ -292,8 +303,8 @@ class PrivacyLedger:
     if not self.private:
       return "non-private training: no privacy guarantee (ε = ∞)"
     prefix = "" if self.proven else UNPROVEN_NOTE + ": "
-    accountants = _DESCRIBE_ACCOUNTANTS[self.noise](self)
-    mechanism = _DESCRIBE_MECHANISM[self.noise].format(sigma=self.noise_multiplier)
+    accountants = self.noise_mechanism.epsilon_text(self.epsilon)
+    mechanism = self.noise_mechanism.describe(self.noise_multiplier)
     if self.epoch_factors:
       mechanism += (f" in epoch 1 on a {self.schedule} schedule (σ now "
                     f"{self.noise_multiplier_at(max(self.steps - 1, 0)):.4f})")
@@ -311,32 +322,16 @@ class PrivacyLedger:
   def _normalization_text(self) -> str:
     if not self.normalization or not self.normalization_released:
       return ""
-    return (f"DP feature statistics ({self.normalization['releases']} Gaussian releases, σ = "
-            f"{self.normalization['noise_multiplier']:.4f}, q = 1), ")
+    return scatter_statistics.MECHANISM.text(self.normalization)
 
   def _probe_text(self) -> str:
     if not self.probe:
       return ""
-    return (f"a linear probe of {self.probe_steps} steps (σ = "
-            f"{self.probe['noise_multiplier']:.4f}, q = {self.probe['sampling_probability']:.5f}) "
-            "and ")
+    return linear_probe.MECHANISM.text(self.probe, self.probe_steps)
 
   def _float_note(self) -> str:
-    extra = self.float_tail_delta()
-    if self.noise == "discrete_gaussian":
-      if not self.coordinates:
-        return "discrete Gaussian noise: the guarantee is at δ plus a term that grows with the model"
-      return (f"discrete Gaussian noise on an integer grid, drawn by a float64 sampler within "
-              f"total variation {mechanisms.discrete_gaussian_tail(self.grid_scale()):.2g} of the "
-              f"ideal per coordinate: the guarantee is at δ + {extra:.2g} for it; the float32 "
-              "clipped sum is rounded to the grid, and its float32 error is not in the "
-              "sensitivity bound")
-    note = (f"float64 Box-Muller noise, radius capped at {mechanisms.GAUSSIAN_MAX:.2f} stds"
-            if self.noise == "gaussian" else "float64 Laplace noise, NOT hardened against "
-            "floating-point attacks (use --noise=discrete_gaussian)")
-    if not self.coordinates:  # A plan without a model (tfdp.privacy.planner).
-      return f"{note}: the guarantee is at δ plus a tail that grows with the parameter count"
-    return f"{note}: the guarantee is at δ + {extra:.2g} for its distance from the ideal noise"
+    return self.noise_mechanism.float_note(self.float_tail_delta(), self.coordinates,
+                                           self.grid_scale())
 
   def statement(self) -> str:
     """describe() plus the notes on how σ maps onto the mechanism: the run's privacy statement."""
@@ -369,21 +364,6 @@ class PrivacyLedger:
     changes = [f"{k}: {getattr(self, k)!r} -> {getattr(other, k)!r}" for k in keys
                if not _close(getattr(self, k), getattr(other, k))]
     return changes + _setting_changes(self.mechanism, other.mechanism)
-
-
-_DESCRIBE_ACCOUNTANTS = {
-    "gaussian": lambda ledger: (f"ε = {ledger.epsilon('rdp'):.3f} (RDP accountant; PLD: "
-                                f"{ledger.epsilon('pld'):.3f})"),
-    "laplace": lambda ledger: f"ε = {ledger.epsilon('pld'):.3f} (PLD accountant)",
-    "discrete_gaussian": lambda ledger: (f"ε = {ledger.epsilon('rdp'):.3f} (RDP accountant, "
-                                         "general Poisson-subsampling bound)"),
-}
-_DESCRIBE_MECHANISM = {
-    "gaussian": "Gaussian noise, σ = {sigma:.4f}",
-    "laplace": "Laplace noise, b / L1 clip = {sigma:.4f}",
-    "discrete_gaussian": ("discrete Gaussian noise on an integer grid, σ = {sigma:.4f} of the "
-                          "rounding-inflated sensitivity"),
-}
 
 
 _PHASE_KEYS = ("noise_multiplier", "sampling_probability", "steps")

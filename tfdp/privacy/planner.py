@@ -19,7 +19,8 @@ import math
 from typing import Optional
 
 from tfdp.privacy import accounting
-from tfdp.privacy import ledger as ledger_lib
+from tfdp.privacy import mechanisms
+from tfdp.privacy import run_plan
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,10 +72,10 @@ def epsilon(*, num_examples: int, batch_size: int, epochs: int, noise_multiplier
 def calibrate_noise(*, num_examples: int, batch_size: int, epochs: int, target_epsilon: float,
                     delta: float, accountant: str = "rdp") -> float:
   """The smallest σ (to 1% in ε) whose planned run spends at most `target_epsilon`, as
-  `tfdp.train --epsilon` calibrates it. Arguments as for `epsilon`."""
+  `tfdp.train --epsilon` calibrates it (the one planner, tfdp.privacy.run_plan). Arguments as
+  for `epsilon`."""
   plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
-  return accounting.calibrate_noise_multiplier(target_epsilon, delta, plan.sampling_probability,
-                                               plan.steps, accountant)
+  return _run_plan(plan, target_epsilon=target_epsilon, accountant=accountant).sigma()
 
 
 def statement(*, num_examples: int, batch_size: int, epochs: int, noise_multiplier: float,
@@ -83,11 +84,16 @@ def statement(*, num_examples: int, batch_size: int, epochs: int, noise_multipli
   (Gaussian noise, Poisson sampling, secret randomness; the model's size, which sizes the
   float noise's tail in δ, is unknown here)."""
   plan = Plan(num_examples=num_examples, batch_size=batch_size, epochs=epochs, delta=delta)
-  ledger = ledger_lib.PrivacyLedger(noise_multiplier=noise_multiplier,
-                                    sampling_probability=plan.sampling_probability,
-                                    delta=delta, target_epsilon=target_epsilon,
-                                    steps=plan.steps)
+  ledger = _run_plan(plan, noise_multiplier=noise_multiplier).ledger()
+  ledger.target_epsilon, ledger.steps, ledger.history = target_epsilon, plan.steps, []
   return ledger.describe()
+
+
+def _run_plan(plan: Plan, **budget) -> run_plan.RunPlan:
+  """`plan` as the one planner's RunPlan: DP-SGD's Gaussian mechanism, Poisson sampling."""
+  return run_plan.RunPlan(train_size=plan.num_examples, batch_size=plan.batch_size,
+                          epochs=plan.epochs, delta=plan.delta, settings=mechanisms.Settings(),
+                          **budget)
 
 
 def report(num_examples, batch_size, epochs, delta, noise_multiplier=None,

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from tfdp import atomic
 from tfdp import data
+from tfdp.serving import metrics
 from tfdp.serving import saved_model
-from tfdp.training import steps
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "An export (a version dir or its base dir).")
 _DATASET = flags.DEFINE_enum("dataset", "digits", sorted(data.DATASETS), "Dataset name.")
@@ -45,7 +45,7 @@ def report(labels: np.ndarray, probabilities: np.ndarray, class_names) -> dict:
   per_class = {name: (float(confusion[k, k] / confusion[k].sum()) if confusion[k].sum() else None)
                for k, name in enumerate(class_names)}
   loss = float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-12, 1))))
-  return {**steps.classification_metrics(labels, probabilities), "test_loss": loss,
+  return {**metrics.classification_metrics(labels, probabilities), "test_loss": loss,
           "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist(),
           "examples": int(len(labels))}
 

@@ -17,7 +17,7 @@ them when it outputs logits (`output_kind`); a single unit is binary, [1 - p, p]
 Layout: `export_versioned(..., base_dir)` writes base_dir/<version>/ with the next free integer
 version, the layout TF Serving polls.
 
-`python -m tfdp.export` exports a tfdp.train run's checkpoint (tfdp.serving.release).
+`python -m tfdp.export` exports a tfdp.train run's checkpoint (tfdp.training.export_run).
 """
 
 import json

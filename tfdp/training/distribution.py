@@ -37,14 +37,18 @@ error that names the task.
 
 Strategies by name (`--distribution`): 'none' (one device), 'mirrored' (every visible GPU of this
 host, or `--cpu_replicas` logical CPU devices for testing) and 'multi_worker' (the hosts of
-TF_CONFIG, one replica each).
+TF_CONFIG, one replica each). `ReplicatedStep` is the step's multi-device path; the single-device
+step and everything the two share are tfdp.training.steps.TrainStep's.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
+import shutil
+import tempfile
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -203,3 +207,102 @@ def split_chunks(stacked: Sequence[np.ndarray], replicas: int) -> List[List[np.n
   padded = [np.concatenate([array, np.zeros((total - count,) + array.shape[1:], array.dtype)])
             for array in stacked]
   return [list(parts) for parts in zip(*(np.split(array, replicas) for array in padded))]
+
+
+def describe(name: str, strategy: tf.distribute.Strategy) -> str:
+  """The run's line about its replicas, for the strategy registered as `name`."""
+  return (f"Distribution {name}: {strategy.num_replicas_in_sync} replicas "
+          f"({', '.join(strategy.extended.worker_devices)}); each step's chunks are dealt out, "
+          "the clipped sums all-reduced, and the noise added once")
+
+
+@contextlib.contextmanager
+def worker_scratch(chief: bool):
+  """None for the chief; for another worker, a directory for its own saves (kept only for its
+  collectives' sake), removed however the run ends."""
+  if chief:
+    yield None
+    return
+  scratch = tempfile.mkdtemp(prefix="tfdp-worker-")
+  try:
+    yield scratch
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+class ReplicatedStep:
+  """A logical private step over a strategy's replicas: one draw, all-reduced sums, one noise.
+
+  The step's pieces are the single-device step's (tfdp.training.steps.TrainStep), so the
+  mechanism is the same (see this module's docstring for the argument):
+
+  Args:
+    chunk_sum: (images [P, ...], labels [P], mask [P]) -> (clipped sums, extras for the noise,
+      loss sum, correct): one chunk's masked, clipped sums. Private.
+    zero_sums: () -> (sums, extras, [3]) zeros shaped like what the chunks add up to.
+    update: (sums, extras, monitored, noise_seed, aggregate) -> None: noises the step's summed
+      clipped gradients once and applies them; called with aggregate=False, since every replica
+      already holds the all-reduced sums.
+    strategy: the tf.distribute strategy whose scope built the model and optimizer; None when
+      only `replica_step` is used, from a replica context someone else runs (Keras's `fit`).
+  """
+
+  def __init__(self, chunk_sum: Callable, zero_sums: Callable, update: Callable,
+               strategy: Optional[tf.distribute.Strategy] = None):
+    self._chunk_sum = chunk_sum
+    self._zero_sums = zero_sums
+    self._update = update
+    self._strategy = strategy
+    self._function = None  # Traced on the first call (_traced).
+
+  def replica_step(self, images, labels, masks, noise_seed):
+    """On one replica: the clipped sums of its [m, P, ...] chunks, all-reduced over the replicas,
+    then the one noised update, which every replica computes identically from the same key.
+
+    Returns:
+      [3] float32: the step's loss sum, correct predictions and real examples over all replicas,
+      for monitoring only (computed from private data without noise).
+    """
+    zeros = self._zero_sums()
+
+    def add_chunk(i, totals):
+      sums, extras, loss_sum, correct = self._chunk_sum(images[i], labels[i], masks[i])
+      monitored = tf.stack([loss_sum, correct, tf.reduce_sum(masks[i])])
+      return i + 1, tf.nest.map_structure(tf.add, totals, (sums, extras, monitored))
+
+    _, local = tf.while_loop(lambda i, _: i < tf.shape(masks)[0], add_chunk, (0, zeros))
+    context = tf.distribute.get_replica_context()
+    sums, extras, monitored = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    chief = tf.equal(context.replica_id_in_sync_group, 0)  # Its key, on every replica and host.
+    noise_seed = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                    tf.where(chief, noise_seed, tf.zeros_like(noise_seed)))
+    self._update(sums, extras, monitored, noise_seed, aggregate=False)
+    return monitored
+
+  def __call__(self, stacked, noise_seed):
+    """One logical step over the strategy's replicas; returns the monitor sums.
+
+    `stacked` is this process's draw: the whole draw on one host, this worker's part across
+    workers (ShardedPoissonSampler), dealt out to its local replicas.
+    """
+    strategy = self._strategy
+    parts = split_chunks(stacked, local_replicas(strategy))
+    if len(parts) == 1:  # One replica here: plain tensors, one trace for every chunk count,
+      values = parts[0]  # so every worker's collectives stay in step with the others'.
+    else:
+      values = strategy.experimental_distribute_values_from_function(
+          lambda context: tuple(parts[context.replica_id_in_sync_group]))
+    if self._function is None:
+      self._function = self._traced(parts[0], noise_seed)
+    result = self._function(*values, noise_seed)
+    return strategy.experimental_local_results(result)[0]  # The same on every replica.
+
+  def _traced(self, example_parts, noise_seed):
+    run = lambda images, labels, masks, seed: self._strategy.run(
+        self.replica_step, args=(images, labels, masks, seed))
+    if local_replicas(self._strategy) > 1:
+      return tf.function(run, reduce_retracing=True)  # The chunks per replica vary.
+    signature = [tf.TensorSpec((None,) + array.shape[1:], tf.as_dtype(array.dtype))
+                 for array in example_parts]
+    return tf.function(run, input_signature=signature + [
+        tf.TensorSpec(noise_seed.shape, noise_seed.dtype)])

@@ -3,6 +3,8 @@
 Privacy is planned before any training: with a target ε the noise multiplier is calibrated so the
 planned steps spend at most ε (RDP accountant); with a given σ the ε is only reported. The privacy
 ledger is consulted before every step, and a step that would spend past the target is not taken.
+What the run prints and writes to metrics.json is tfdp.training.reporting's; the step's
+multi-device path is tfdp.training.distribution's.
 """
 
 import contextlib
@@ -10,9 +12,6 @@ import dataclasses
 import io
 import json
 import os
-import shutil
-import sys
-import tempfile
 import time
 from typing import Optional
 
@@ -21,19 +20,16 @@ import tensorflow as tf
 
 from tfdp import atomic
 from tfdp import config as config_lib
-from tfdp import cpu
 from tfdp import data
 from tfdp.data import canaries
 from tfdp.data import feature_cache
 from tfdp.data import local_dp
+from tfdp.data import random_processes
 from tfdp.dp import feature_statistics
-from tfdp.dp import groups as dp_groups
 from tfdp.dp import losses
-from tfdp.dp import noise
 from tfdp.dp import randomness
 from tfdp import models
 from tfdp.models import scatter
-from tfdp.priors import linear_probe
 from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
 from tfdp import run_lock
@@ -44,7 +40,9 @@ from tfdp.training import canary_audit
 from tfdp.training import checkpointing
 from tfdp.training import distribution
 from tfdp.training import ema
+from tfdp.training import linear_probe
 from tfdp.training import planning
+from tfdp.training import reporting
 from tfdp.training import steps as steps_lib
 from tfdp.training import stopping
 
@@ -132,78 +130,6 @@ def _restore_or_start(state: checkpointing.RunState,
   return restored
 
 
-TIMING_NOTE = ("wall-clock figures (examples_per_second, the progress lines' seconds) grow with "
-               "the number of chunks each step's Poisson batch needed, so they depend on the "
-               "private batch sizes; they are released without noise and not covered")
-NOT_PRIVATE = "not_private/"  # Prefix of the training-batch figures of --monitor_private_metrics.
-NOT_PRIVATE_NOTE = ("computed from the private training batches without noise "
-                    "(--monitor_private_metrics): NOT covered by the privacy guarantee")
-
-
-def _monitor_prefix(config: config_lib.Config) -> Optional[str]:
-  """How the training batches' loss and accuracy are released: under their own names for
-  non-private runs, prefixed NOT_PRIVATE for private runs with --monitor_private_metrics, else not
-  at all (None): they are computed from the private data without noise."""
-  if not config.optimizer.private:
-    return ""
-  return NOT_PRIVATE if config.run.monitor_private_metrics else None
-
-
-def _epsilon_key(ledger: ledger_lib.PrivacyLedger) -> str:
-  """Where the accountant's ε goes: 'epsilon', or for a mechanism without a proof (DiceSGD)
-  'epsilon_if_dp_sgd', DP-SGD's ε at the same σ, which is no guarantee."""
-  return "epsilon" if ledger.proven else "epsilon_if_dp_sgd"
-
-
-class _EpochStats:
-  """An epoch's steps and seconds, and its training batches' loss, accuracy and drawn size.
-
-  The last three come from the private batches without noise: only `monitoring` exposes them, and
-  only under the prefix _monitor_prefix allows. Speed is reported from the steps and the expected
-  batch size, never from the drawn sizes.
-  """
-
-  def __init__(self):
-    self.loss, self.correct, self.examples, self.seconds, self.steps = 0.0, 0.0, 0.0, 0.0, 0
-
-  def add(self, loss: float, correct: float, examples: float, seconds: float):
-    self.loss += loss
-    self.correct += correct
-    self.examples += examples
-    self.seconds += seconds
-    self.steps += 1
-
-  def monitoring(self, prefix: Optional[str]) -> dict:
-    """Running train_loss and train_accuracy, keys prefixed by `prefix`; {} when it is None."""
-    if prefix is None:
-      return {}
-    n = max(self.examples, 1.0)
-    return {f"{prefix}train_loss": self.loss / n, f"{prefix}train_accuracy": self.correct / n}
-
-
-class _LogLines:
-  """Progress for logs (no terminal): one line every `interval` seconds and at the end."""
-
-  def __init__(self, target: int, interval: float = 10.0):
-    self._target, self._interval = target, interval
-    self._start = self._last = time.monotonic()
-
-  def update(self, current: int, values) -> None:
-    now = time.monotonic()
-    if now - self._last < self._interval and current < self._target:
-      return
-    self._last = now
-    shown = " - ".join(f"{name}: {value:.4f}" for name, value in values)
-    print(f"  {current}/{self._target} - {now - self._start:.0f}s - {shown}", flush=True)
-
-
-def _progress(target: int):
-  if sys.stdout.isatty():
-    shown = [p + k for p in ("", NOT_PRIVATE) for k in ("train_loss", "train_accuracy")]
-    return tf.keras.utils.Progbar(target, stateful_metrics=shown + ["epsilon", "epsilon_if_dp_sgd"])
-  return _LogLines(target)
-
-
 def _run_epoch(step_fn, sampler, trained, ledger, max_steps, monitor: Optional[str] = None,
                first_step: int = 0, stop: Optional[stopping.StopRequest] = None):
   """The steps of one epoch from its `first_step` over `trained`'s training inputs, until the
@@ -212,8 +138,8 @@ def _run_epoch(step_fn, sampler, trained, ledger, max_steps, monitor: Optional[s
   Returns:
     (the epoch's stats, whether the budget ended it).
   """
-  stats = _EpochStats()
-  progbar = _progress(sampler.steps_per_epoch)
+  stats = reporting.EpochStats()
+  progbar = reporting.progress(sampler.steps_per_epoch)
   for i in range(first_step, sampler.steps_per_epoch):
     if max_steps is not None and ledger.steps >= max_steps:
       return stats, True
@@ -229,7 +155,7 @@ def _run_epoch(step_fn, sampler, trained, ledger, max_steps, monitor: Optional[s
     ledger.steps += 1
     values = list(stats.monitoring(monitor).items())
     if ledger.private and ledger.accountant == "rdp":  # PLD is too slow to run every step.
-      values.append((_epsilon_key(ledger), ledger.epsilon()))
+      values.append((reporting.epsilon_key(ledger), ledger.epsilon()))
     progbar.update(i + 1, values=values)
   return stats, False
 
@@ -315,23 +241,9 @@ def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
   # One command at a time writes a run directory (tfdp.run_lock): only the chief writes it.
   chief = distribution.is_chief(strategy)
   with (run_lock.hold(config.run.output_dir) if chief else contextlib.nullcontext()), \
-       _worker_scratch(chief) as scratch, \
+       distribution.worker_scratch(chief) as scratch, \
        stopping.on_signals(install=not distribution.is_multi_worker(strategy)) as stop:
     return _train_and_evaluate(config, prepared, strategy, scratch, stop)
-
-
-@contextlib.contextmanager
-def _worker_scratch(chief: bool):
-  """None for the chief; for another worker, a directory for its own saves (kept only for its
-  collectives' sake), removed however the run ends."""
-  if chief:
-    yield None
-    return
-  scratch = tempfile.mkdtemp(prefix="tfdp-worker-")
-  try:
-    yield scratch
-  finally:
-    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
@@ -374,11 +286,7 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
   evaluate = release.with_weights(
       steps_lib.make_evaluate(trained.model, trained.test_preprocess, loss_fn=loss_fn),
       weight_average)
-  _print_summary(config, dataset, model, ledger, sampler, step_fn.engine)
-  if strategy:
-    print(f"Distribution {config.run.distribution}: {strategy.num_replicas_in_sync} replicas "
-          f"({', '.join(strategy.extended.worker_devices)}); each step's chunks are dealt out, "
-          "the clipped sums all-reduced, and the noise added once")
+  reporting.print_summary(config, dataset, model, ledger, sampler, step_fn.engine, strategy)
   if scatter.statistics_layer(model) is not None:
     _set_statistics(model, dataset, trained, test_preprocess, ledger, coins, start_epoch, state,
                     history)
@@ -401,7 +309,7 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
     print(f"Epoch {epoch + 1}/{config.run.epochs}"
           + (f", from step {first_step + 1}" if first_step else ""))
     stats, budget_exhausted = _run_epoch(step_fn, sampler, trained, ledger, max_steps,
-                                         _monitor_prefix(config), first_step, stop)
+                                         reporting.monitor_prefix(config), first_step, stop)
     if chief:
       state.record_spent(ledger)  # Before anything computed from these steps is written.
     taken = first_step + stats.steps
@@ -411,9 +319,10 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
     train_seconds += stats.seconds
     train_examples_seen += stats.steps * config.run.batch_size  # Expected: drawn sizes are private.
     final_evaluation = evaluate(trained.test_images, trained.test_labels)
-    record = _epoch_record(epoch + 1, ledger, stats, final_evaluation, _monitor_prefix(config))
+    record = reporting.epoch_record(epoch + 1, ledger, stats, final_evaluation,
+                                    reporting.monitor_prefix(config))
     history.append(record)
-    _log_epoch(writer, record)
+    reporting.log_epoch(writer, record)
     state.save(epoch + 1, ledger, history)
     if budget_exhausted:
       break
@@ -425,9 +334,9 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
 
   if final_evaluation is None:
     final_evaluation = evaluate(trained.test_images, trained.test_labels)
-  metrics = _final_metrics(config, dataset, model, ledger, optimizer, final_evaluation,
-                           train_examples_seen / train_seconds if train_seconds else None,
-                           budget_exhausted, history)
+  metrics = reporting.final_metrics(config, dataset, model, ledger, optimizer, final_evaluation,
+                                    train_examples_seen / train_seconds if train_seconds else None,
+                                    budget_exhausted, history, augment)
   if config.data.audit_canaries:
     with release.released_weights(weight_average):
       metrics.update(canary_audit.audit_run(config.run.output_dir, model, test_preprocess,
@@ -436,11 +345,8 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
     metrics.update(_export(config, model, test_preprocess, dataset.class_names, weight_average,
                            model_card.build(metrics)))
   if chief:
-    atomic.write_text(os.path.join(config.run.output_dir, "metrics.json"),
-                      json.dumps(metrics, indent=2, sort_keys=True))
-  print(f"Test accuracy {metrics['test_accuracy']:.4f}, balanced "
-        f"{metrics['test_balanced_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
-        f"{ledger.statement()}")
+    reporting.write_metrics(config.run.output_dir, metrics)
+  reporting.print_result(metrics, ledger)
   return metrics
 
 
@@ -492,7 +398,10 @@ def _set_statistics(model, dataset, trained, preprocess, ledger, coins, start_ep
     return
   if ledger.normalization_released:
     return
-  clips = feature_statistics.public_clip_norms(front, preprocess, dataset.input_shape)
+  public = random_processes.pixels(
+      feature_statistics.PUBLIC_SOURCE, feature_statistics.PUBLIC_IMAGES, dataset.input_shape,
+      feature_statistics.PUBLIC_SEED)
+  clips = feature_statistics.public_clip_norms(front, preprocess, public)
   sigma = ledger.normalization["noise_multiplier"]
   layer.set_moments(feature_statistics.private_moments(trained.train_images, dataset.num_train,
                                                        clips, sigma, coins))
@@ -504,34 +413,11 @@ def _set_statistics(model, dataset, trained, preprocess, ledger, coins, start_ep
   state.save(0, ledger, history)  # Released once: a resumed run reads them from here.
 
 
-def _statistics_metrics(ledger) -> Optional[dict]:
-  """What the run releases about its DP feature statistics: the plan, clips and ε alone."""
-  if not ledger.normalization:
-    return None
-  done = [event for event in ledger.history if event["event"] == "feature_statistics"]
-  clips = {k: done[-1][k] for k in ("mean_clip", "square_clip")} if done else {}
-  return {**ledger.normalization, **clips, "released": ledger.normalization_released,
-          "epsilon_alone": ledger.epsilon(steps=0, probe_steps=0, normalized=True)}
-
-
 def _linear_probe(config, model, dataset, preprocess, ledger, loss_fn, coins) -> None:
-  """Phase II: the planned probe steps on the head (tfdp.priors.linear_probe), then its record."""
+  """Phase II: the planned probe steps on the head (tfdp.training.linear_probe), then its record."""
   result = linear_probe.run(config, model, dataset, preprocess, ledger, loss_fn, coins)
   ledger.record("linear_probe", probe_steps=ledger.probe_steps,
                 test_accuracy=result["test_accuracy"])
-
-
-def _probe_metrics(config, ledger) -> Optional[dict]:
-  """What the run releases about its linear probe: the plan, its ε alone and its test accuracy."""
-  if not ledger.probe:
-    return None
-  done = [event for event in ledger.history if event["event"] == "linear_probe"]
-  return {**ledger.probe, "learning_rate": config.probe.learning_rate,
-          "batch_size": round(ledger.probe["sampling_probability"] * config.run.batch_size
-                              / ledger.sampling_probability),  # q_p N.
-          "steps_taken": ledger.probe_steps,
-          "epsilon_alone": ledger.epsilon(steps=0, normalized=False),
-          "test_accuracy": done[-1]["test_accuracy"] if done else None}
 
 
 def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn, coins,
@@ -556,179 +442,3 @@ def _export(config, model, preprocess, class_names, weight_average, card) -> dic
             "export_dir": saved_model.export_versioned(
                 model, _export_dir(config), preprocess=preprocess, class_names=class_names,
                 model_card=card)}
-
-
-def _epoch_record(epoch, ledger, stats, evaluation, monitor: Optional[str] = None) -> dict:
-  """The epoch's history entry: test metrics, ε, and the monitoring `monitor` allows."""
-  record = {"epoch": epoch, "steps": ledger.steps,
-            **{k: v for k, v in evaluation.items() if v is not None}, **stats.monitoring(monitor)}
-  test_accuracy = evaluation["test_accuracy"]
-  if ledger.private:
-    record.update({k: v for k, v in ledger.epsilon_fields().items() if v is not None})
-    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
-  else:
-    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; non-private")
-  return record
-
-
-def _log_epoch(writer, record: dict) -> None:
-  with writer.as_default(step=record["epoch"]):
-    for key, value in record.items():
-      if key != "epoch" and value is not None:
-        tf.summary.scalar(key, value)
-  writer.flush()
-
-
-def _print_summary(config, dataset, model, ledger, sampler, engine) -> None:
-  print(cpu.describe())
-  print(f"Model {config.model.name}: {models.count_params(model):,} trainable parameters")
-  if hasattr(engine, "fast_layers"):
-    fallback = [layer.name for layer in engine.fallback_layers]
-    print(f"Fast clipping covers {len(engine.fast_layers)} layers; vectorized fallback for: "
-          f"{', '.join(fallback) or 'none'}")
-  print(f"Data {config.data.dataset}: {dataset.num_train} training / {len(dataset.test_labels)} "
-        f"test examples, {dataset.num_classes} classes, input {dataset.input_shape}")
-  print(f"Optimizer {config.optimizer.name}, lr {config.optimizer.step_size}; "
-        f"{sampler.steps_per_epoch} steps per epoch of expected batch {config.run.batch_size} "
-        f"({config.data.sampling} sampling, chunks of {config.chunk_size})")
-  if config.data.local_dp != "none":
-    report = local_dp.report(config.data.local_dp, config.data.local_dp_scale,
-                             dataset.input_shape)
-    print(f"Local DP: training images perturbed once by {report['mechanism']} noise of scale "
-          f"{report['scale']:g}: ε = {report['epsilon_per_image']:.6g} per image (replace-one, "
-          f"δ = {report['delta_per_image']:.3g}); {report['epsilon_per_pixel']:.4g} per pixel "
-          "value alone")
-  if ledger.private:
-    planned = ledger.history[0]["planned_steps"]
-    print(f"Privacy: {config.privacy.noise} noise, σ = {ledger.noise_multiplier:.4f}"
-          f"{_schedule_text(ledger)}, {config.privacy.norm.upper()} clip "
-          f"{config.privacy.clip_norm}, planned ε = {ledger.planned_epsilon(planned):.3f} over "
-          f"{planned} steps{_probe_text(ledger)}{_statistics_text(ledger)} at δ = "
-          f"{ledger.delta:g} "
-          f"({ledger.accountant.upper()}); budget {ledger.target_epsilon}")
-    for note in ledger.notes:
-      print(f"  {note}")
-    if config.privacy.layer_noise != "uniform":
-      stds = noise.group_stddevs(config.privacy.l2_norm_clip, ledger.noise_multiplier,
-                                 dp_groups.variable_groups(model, config.privacy.clip_groups),
-                                 config.privacy.layer_noise)
-      print(f"  group noise stds: {', '.join(f'{s:.4g}' for s in stds)}")
-
-
-def _statistics_text(ledger) -> str:
-  if not ledger.normalization:
-    return ""
-  sigma = ledger.normalization["noise_multiplier"]
-  alone = ledger.epsilon(steps=0, probe_steps=0, normalized=True)
-  return f" and DP feature statistics first (σ = {sigma:g}, q = 1, ε alone {alone:.3f})"
-
-
-def _probe_text(ledger) -> str:
-  if not ledger.probe:
-    return ""
-  probe = ledger.probe
-  return (f" after a linear probe of {probe['steps']} steps (σ = {probe['noise_multiplier']:.4f}, "
-          f"q = {probe['sampling_probability']:.4f}, ε alone "
-          f"{ledger.epsilon(steps=0, probe_steps=probe['steps'], normalized=False):.3f})")
-
-
-def _schedule_text(ledger) -> str:
-  if not ledger.epoch_factors:
-    return ""
-  return (f" in epoch 1, then {ledger.schedule} to "
-          f"{ledger.noise_multiplier * ledger.epoch_factors[-1]:.4f}")
-
-
-def _final_metrics(config, dataset, model, ledger, optimizer, evaluation,
-                   examples_per_second: Optional[float], budget_exhausted: bool,
-                   history: list) -> dict:
-  private, l2 = ledger.private, config.privacy.norm == "l2"
-  optimizer_clip = optimizer.clip_norm() if private else None  # Adaptive: where the clip ended.
-  return {
-      **evaluation,
-      **ledger.epsilon_fields(),
-      "target_epsilon": ledger.target_epsilon,
-      "delta": ledger.delta if private else None,
-      # What the float64 noise's truncated tail adds to δ (0 for the discrete Gaussian).
-      "delta_float_tail": ledger.float_tail_delta() if private else None,
-      "noise_multiplier": ledger.noise_multiplier,
-      "l2_norm_clip": config.privacy.l2_norm_clip if private and l2 else None,
-      "l1_norm_clip": config.privacy.l1_norm_clip if private and not l2 else None,
-      "sampling": ledger.sampling,
-      "sampling_probability": ledger.sampling_probability,
-      "accountant": ledger.accountant if private else None,
-      "noise": config.privacy.noise if private else None,
-      "noise_schedule": ledger.schedule if private else None,
-      "noise_multipliers_per_epoch": ([ledger.noise_multiplier * f for f in ledger.epoch_factors]
-                                      or None) if private else None,
-      "layer_noise": config.privacy.layer_noise if private else None,
-      "adaptive_clip_quantile": config.privacy.adaptive_clip_quantile if private else None,
-      "final_clip_norm": float(optimizer_clip) if private else None,
-      "optimizer_hyperparameters": dict(config.optimizer.hyperparameters),
-      "privacy_statement": ledger.statement(),
-      "steps": ledger.steps,
-      "epochs": config.run.epochs,
-      "epochs_completed": len(history) and history[-1]["epoch"],
-      "budget_exhausted": budget_exhausted,
-      "batch_size": config.run.batch_size,
-      "physical_batch_size": config.chunk_size,
-      "train_examples": dataset.num_train,
-      "test_examples": int(len(dataset.test_labels)),
-      "examples_per_second": examples_per_second,
-      "timing": {"examples_per_second": examples_per_second, "not_private": TIMING_NOTE}
-                if private else None,
-      "model": config.model.name,
-      "model_options": config.model.kwargs,
-      "loss": config.model.loss,
-      "parameters": models.count_params(model),
-      "optimizer": config.optimizer.name,
-      "learning_rate": config.optimizer.step_size,
-      "lr_schedule": config.optimizer.lr_schedule,
-      "weight_decay": config.optimizer.weight_decay,
-      "momentum": config.optimizer.momentum,
-      "augmult": config.data.augmult,
-      "augment": _augment(config, dataset),
-      "ema_decay": config.run.ema_decay,
-      "clipping": config.privacy.clipping if private else None,
-      "clip_groups": config.privacy.clip_groups if private else None,
-      "clipping_mode": config.privacy.clipping_mode if private else None,
-      "dataset": config.data.dataset,
-      "seed": config.run.seed,
-      "jit_compile": config.run.jit_compile,
-      "distribution": config.run.distribution,
-      "cpu_replicas": config.run.cpu_replicas,
-      "history": history,
-      "ledger_history": ledger.history,
-      **_release_metrics(config, ledger, history, dataset.input_shape),
-  }
-
-
-def _release_metrics(config, ledger, history, dataset_shape) -> dict:
-  """What the guarantee is and rests on: its kind, the randomness, DiceSGD's C2, the
-  pretrained weights' or prior's provenance, local DP on the images, the public subset, and any
-  not-private monitoring."""
-  subset = config.data.train_examples
-  return {
-      "dp_guarantee": ledger.guarantee(),
-      "randomness": ledger.randomness,
-      "dice_error_clip": ((config.privacy.dice_error_clip or config.privacy.l2_norm_clip)
-                          if config.optimizer.name == "dice_sgd" else None),
-      "weights_file": release.weights_provenance(config.model.kwargs.get("weights")),
-      "prior": prior_files.provenance(config.model.init_from),
-      "linear_probe": _probe_metrics(config, ledger),
-      "feature_statistics": _statistics_metrics(ledger),
-      "local_dp": (local_dp.report(config.data.local_dp, config.data.local_dp_scale,
-                                   dataset_shape, ledger.randomness)
-                   if config.data.local_dp != "none" else None),
-      "train_subset": ({"examples": subset, "seed": config.run.seed, "chosen_by": "public seed"}
-                       if subset else None),
-      "not_private_monitoring": _not_private_monitoring(config, history),
-  }
-
-
-def _not_private_monitoring(config, history) -> Optional[dict]:
-  """The last epoch's training-batch figures with their label, when the run asked for them."""
-  if _monitor_prefix(config) != NOT_PRIVATE or not history:
-    return None
-  figures = {k[len(NOT_PRIVATE):]: v for k, v in history[-1].items() if k.startswith(NOT_PRIVATE)}
-  return {"note": NOT_PRIVATE_NOTE, **figures}

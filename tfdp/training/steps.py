@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfdp.dp import clipping
 from tfdp.dp import groups as groups_lib
 from tfdp.dp import randomness
+from tfdp.serving import metrics
 from tfdp.training import distribution
 
 
@@ -68,7 +69,6 @@ class TrainStep:
     self._coins = coins or randomness.SecretCoins()
     self._steps_taken = 0  # Keys the noise when the caller does not say which step this is.
     self._strategy = strategy
-    self._replicated = None  # Traced on the first distributed call (_replicated_step).
     self.engine = None
     if private:
       self.engine = clipping.make_engine(engine, model, clip_groups,
@@ -86,6 +86,9 @@ class TrainStep:
     self._step = None  # Traced on the first call, for any number of stacked chunks (_step_for).
     self._apply = tf.function(self._apply_update)
     self._reset = tf.function(self._zero_totals)
+    # The multi-device path; also what a replica context someone else runs calls (replica_step).
+    self._replicated = distribution.ReplicatedStep(self._chunk_sum, self._zero_sums,
+                                                   self._update_with, strategy)
 
   def _make_extra_totals(self) -> Dict[str, object]:
     """Accumulators for what the optimizer's noise needs besides the clipped sums (private only)."""
@@ -166,53 +169,16 @@ class TrainStep:
     if self._weight_average is not None:
       self._weight_average.update()
 
-  def _replica_step(self, images, labels, masks, noise_seed):
-    """On one replica: the clipped sums of its [m, P, ...] chunks, all-reduced over the replicas,
-    then the one noised update, which every replica computes identically from the same key."""
-    zeros = ([tf.zeros_like(v) for v in self._model.trainable_variables],
-             tf.nest.map_structure(tf.zeros_like, self._extra_totals), tf.zeros([3]))
+  def _zero_sums(self):
+    """Zeros shaped like a step's (clipped sums, extras, [loss sum, correct, count])."""
+    return ([tf.zeros_like(v) for v in self._model.trainable_variables],
+            tf.nest.map_structure(tf.zeros_like, self._extra_totals), tf.zeros([3]))
 
-    def add_chunk(i, totals):
-      sums, extras, loss_sum, correct = self._chunk_sum(images[i], labels[i], masks[i])
-      monitored = tf.stack([loss_sum, correct, tf.reduce_sum(masks[i])])
-      return i + 1, tf.nest.map_structure(tf.add, totals, (sums, extras, monitored))
-
-    _, local = tf.while_loop(lambda i, _: i < tf.shape(masks)[0], add_chunk, (0, zeros))
-    context = tf.distribute.get_replica_context()
-    sums, extras, monitored = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
-    chief = tf.equal(context.replica_id_in_sync_group, 0)  # Its key, on every replica and host.
-    noise_seed = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                    tf.where(chief, noise_seed, tf.zeros_like(noise_seed)))
-    self._update_with(sums, extras, monitored, noise_seed, aggregate=False)
-    return monitored
-
-  def _replicated_step(self, stacked, noise_seed):
-    """One logical step over the strategy's replicas; returns the monitor sums.
-
-    `stacked` is this process's draw: the whole draw on one host, this worker's part across
-    workers (tfdp.training.distribution.ShardedPoissonSampler), dealt out to its local replicas.
-    """
-    strategy = self._strategy
-    parts = distribution.split_chunks(stacked, distribution.local_replicas(strategy))
-    if len(parts) == 1:  # One replica here: plain tensors, one trace for every chunk count,
-      values = parts[0]  # so every worker's collectives stay in step with the others'.
-    else:
-      values = strategy.experimental_distribute_values_from_function(
-          lambda context: tuple(parts[context.replica_id_in_sync_group]))
-    if self._replicated is None:
-      self._replicated = self._replicated_function(parts[0], noise_seed)
-    result = self._replicated(*values, noise_seed)
-    return strategy.experimental_local_results(result)[0]  # The same on every replica.
-
-  def _replicated_function(self, example_parts, noise_seed):
-    run = lambda images, labels, masks, seed: self._strategy.run(
-        self._replica_step, args=(images, labels, masks, seed))
-    if distribution.local_replicas(self._strategy) > 1:
-      return tf.function(run, reduce_retracing=True)  # The chunks per replica vary.
-    signature = [tf.TensorSpec((None,) + array.shape[1:], tf.as_dtype(array.dtype))
-                 for array in example_parts]
-    return tf.function(run, input_signature=signature + [
-        tf.TensorSpec(noise_seed.shape, noise_seed.dtype)])
+  def replica_step(self, images, labels, masks, noise_seed) -> tf.Tensor:
+    """One replica's share of a logical step, from inside a replica context (Keras's `fit` under
+    a strategy): tfdp.training.distribution.ReplicatedStep.replica_step, with this step's
+    clipping, noise and update. Returns the [3] monitor sums over all replicas."""
+    return self._replicated.replica_step(images, labels, masks, noise_seed)
 
   def set_noise_factor(self, factor: float) -> None:
     """Multiplies every noise std of the next steps by `factor` (a noise schedule; private only)."""
@@ -279,8 +245,7 @@ class TrainStep:
     noise_seed = tf.constant(self._coins.noise_seed(step), tf.int64)
     try:
       if self._strategy is not None:
-        monitored = self._replicated_step([np.stack(parts) for parts in zip(*chunks)],
-                                          noise_seed)
+        monitored = self._replicated([np.stack(parts) for parts in zip(*chunks)], noise_seed)
       elif len({np.shape(chunk[0]) for chunk in chunks}) == 1:  # Training's case: one call.
         stacked = [np.stack(parts) for parts in zip(*chunks)]
         monitored = self._step_for(stacked, noise_seed)(*stacked, noise_seed)
@@ -324,22 +289,7 @@ def make_evaluate(model: tf.keras.Model, preprocess: Callable, batch_size: int =
       loss_sum += float(batch_loss)
       probabilities.append(batch_probabilities.numpy())
     return {"test_loss": loss_sum / len(images),
-            **classification_metrics(labels, np.concatenate(probabilities))}
+            **metrics.classification_metrics(labels, np.concatenate(probabilities))}
 
   return evaluate
 
-
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray
-                           ) -> Dict[str, Optional[float]]:
-  """Accuracy, balanced accuracy and ROC AUC of predicted class probabilities [M, K]."""
-  from sklearn import metrics  # pylint: disable=import-outside-toplevel
-  predicted = np.argmax(probabilities, axis=1)
-  classes = probabilities.shape[1]
-  auc = None
-  if len(np.unique(labels)) == classes:
-    auc = float(metrics.roc_auc_score(labels, probabilities[:, 1]) if classes == 2 else
-                metrics.roc_auc_score(labels, probabilities, multi_class="ovr", average="macro",
-                                      labels=np.arange(classes)))
-  return {"test_accuracy": float(np.mean(predicted == labels)),
-          "test_balanced_accuracy": float(metrics.balanced_accuracy_score(labels, predicted)),
-          "test_auc": auc}

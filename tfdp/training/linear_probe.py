@@ -51,6 +51,8 @@ from tfdp.dp import randomness
 from tfdp import optimizers
 from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.privacy import mechanisms
+from tfdp.privacy.mechanisms import linear_probe as probe_mechanism
 from tfdp.training import steps as steps_lib
 
 # Probe step k asks the coins for step FIRST_STEP + k, so that under --reproducible_noise its keys
@@ -100,7 +102,9 @@ def make_step(config: config_lib.Config, head: tf.keras.Model, noise_multiplier:
   """The probe's private step on `head`: flat clipping to C, Gaussian noise σ_p·C, DP-SGD."""
   optimizer = optimizers.build_optimizer(
       "dp_sgd", config.probe.learning_rate,
-      dp_query=noise.gaussian(config.privacy.l2_norm_clip, noise_multiplier))
+      dp_query=probe_mechanism.MECHANISM.make_query(
+          mechanisms.Settings(l2_norm_clip=config.privacy.l2_norm_clip), noise_multiplier,
+          groups=None, coordinates=0, queries=noise))
   return steps_lib.TrainStep(head, optimizer, _as_float, private=True,
                              expected_batch_size=batch_size, engine=config.privacy.clipping,
                              loss_fn=loss_fn, coins=coins)

@@ -10,6 +10,8 @@ from typing import Callable, Dict, Union
 
 import tensorflow as tf
 
+from tfdp import names
+
 LearningRate = Union[float, tf.keras.optimizers.schedules.LearningRateSchedule]
 
 
@@ -38,11 +40,15 @@ LR_SCHEDULES: Dict[str, Callable[..., LearningRate]] = {
 }
 
 
+def check_name(name: str) -> None:
+  """Raises ValueError, listing the valid names, unless `name` is a key of LR_SCHEDULES."""
+  names.check("lr_schedule", name, LR_SCHEDULES)
+
+
 def make_schedule(name: str, learning_rate: float, total_steps: int,
                   end_learning_rate: float = 0.0, warmup_steps: int = 0) -> LearningRate:
   """The learning rate (a float or a Keras schedule of the optimizer's step counter)."""
-  if name not in LR_SCHEDULES:
-    raise ValueError(f"unknown lr_schedule {name!r}; valid: {', '.join(LR_SCHEDULES)}")
+  check_name(name)
   if warmup_steps >= total_steps and name == "warmup_cosine":
     raise ValueError(f"warmup of {warmup_steps} steps leaves nothing of {total_steps} to decay")
   return LR_SCHEDULES[name](learning_rate, total_steps, end_learning_rate, warmup_steps)

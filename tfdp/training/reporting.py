@@ -1,0 +1,331 @@
+"""What a training run tells: its opening summary, progress lines, epoch records and metrics.json.
+
+What it reports, and how private each part is:
+- ε (or, for a mechanism without a proof, `epsilon_if_dp_sgd`, which is no guarantee), the
+  privacy statement and what the guarantee rests on (`release_metrics`): computed from the public
+  plan and the ledger, never from the data.
+- Accuracy and loss on the test data: held out, not private, released as they are.
+- The training batches' loss and accuracy: computed from the private data without noise. A
+  private run releases them only with --monitor_private_metrics, and then only under the
+  NOT_PRIVATE prefix with NOT_PRIVATE_NOTE; `monitor_prefix` decides.
+- Wall-clock speed: released without noise and not covered (TIMING_NOTE).
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Optional
+
+import tensorflow as tf
+
+from tfdp import atomic
+from tfdp import config as config_lib
+from tfdp import cpu
+from tfdp import models
+from tfdp.data import local_dp
+from tfdp.dp import groups as dp_groups
+from tfdp.dp import noise
+from tfdp.priors import prior_files
+from tfdp.privacy import ledger as ledger_lib
+from tfdp.serving import release
+from tfdp.training import distribution
+
+TIMING_NOTE = ("wall-clock figures (examples_per_second, the progress lines' seconds) grow with "
+               "the number of chunks each step's Poisson batch needed, so they depend on the "
+               "private batch sizes; they are released without noise and not covered")
+NOT_PRIVATE = "not_private/"  # Prefix of the training-batch figures of --monitor_private_metrics.
+NOT_PRIVATE_NOTE = ("computed from the private training batches without noise "
+                    "(--monitor_private_metrics): NOT covered by the privacy guarantee")
+
+
+def monitor_prefix(config: config_lib.Config) -> Optional[str]:
+  """How the training batches' loss and accuracy are released: under their own names for
+  non-private runs, prefixed NOT_PRIVATE for private runs with --monitor_private_metrics, else not
+  at all (None): they are computed from the private data without noise."""
+  if not config.optimizer.private:
+    return ""
+  return NOT_PRIVATE if config.run.monitor_private_metrics else None
+
+
+def epsilon_key(ledger: ledger_lib.PrivacyLedger) -> str:
+  """Where the accountant's ε goes: 'epsilon', or for a mechanism without a proof (DiceSGD)
+  'epsilon_if_dp_sgd', DP-SGD's ε at the same σ, which is no guarantee."""
+  return "epsilon" if ledger.proven else "epsilon_if_dp_sgd"
+
+
+class EpochStats:
+  """An epoch's steps and seconds, and its training batches' loss, accuracy and drawn size.
+
+  The last three come from the private batches without noise: only `monitoring` exposes them, and
+  only under the prefix monitor_prefix allows. Speed is reported from the steps and the expected
+  batch size, never from the drawn sizes.
+  """
+
+  def __init__(self):
+    self.loss, self.correct, self.examples, self.seconds, self.steps = 0.0, 0.0, 0.0, 0.0, 0
+
+  def add(self, loss: float, correct: float, examples: float, seconds: float):
+    self.loss += loss
+    self.correct += correct
+    self.examples += examples
+    self.seconds += seconds
+    self.steps += 1
+
+  def monitoring(self, prefix: Optional[str]) -> dict:
+    """Running train_loss and train_accuracy, keys prefixed by `prefix`; {} when it is None."""
+    if prefix is None:
+      return {}
+    n = max(self.examples, 1.0)
+    return {f"{prefix}train_loss": self.loss / n, f"{prefix}train_accuracy": self.correct / n}
+
+
+class _LogLines:
+  """Progress for logs (no terminal): one line every `interval` seconds and at the end."""
+
+  def __init__(self, target: int, interval: float = 10.0):
+    self._target, self._interval = target, interval
+    self._start = self._last = time.monotonic()
+
+  def update(self, current: int, values) -> None:
+    now = time.monotonic()
+    if now - self._last < self._interval and current < self._target:
+      return
+    self._last = now
+    shown = " - ".join(f"{name}: {value:.4f}" for name, value in values)
+    print(f"  {current}/{self._target} - {now - self._start:.0f}s - {shown}", flush=True)
+
+
+def progress(target: int):
+  """A progress display of `target` steps: a Keras Progbar on a terminal, else _LogLines."""
+  if sys.stdout.isatty():
+    shown = [p + k for p in ("", NOT_PRIVATE) for k in ("train_loss", "train_accuracy")]
+    return tf.keras.utils.Progbar(target, stateful_metrics=shown + ["epsilon", "epsilon_if_dp_sgd"])
+  return _LogLines(target)
+
+
+def epoch_record(epoch, ledger, stats, evaluation, monitor: Optional[str] = None) -> dict:
+  """The epoch's history entry: test metrics, ε, and the monitoring `monitor` allows."""
+  record = {"epoch": epoch, "steps": ledger.steps,
+            **{k: v for k, v in evaluation.items() if v is not None}, **stats.monitoring(monitor)}
+  test_accuracy = evaluation["test_accuracy"]
+  if ledger.private:
+    record.update({k: v for k, v in ledger.epsilon_fields().items() if v is not None})
+    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
+  else:
+    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; non-private")
+  return record
+
+
+def log_epoch(writer, record: dict) -> None:
+  """Writes the epoch's `record` to TensorBoard at its epoch."""
+  with writer.as_default(step=record["epoch"]):
+    for key, value in record.items():
+      if key != "epoch" and value is not None:
+        tf.summary.scalar(key, value)
+  writer.flush()
+
+
+def print_summary(config, dataset, model, ledger, sampler, engine, strategy=None) -> None:
+  """The run's opening lines: machine, model, data, optimizer, local DP, the privacy plan (σ,
+  clip, planned ε and budget; nothing from the data) and the replicas, when distributed."""
+  print(cpu.describe())
+  print(f"Model {config.model.name}: {models.count_params(model):,} trainable parameters")
+  if hasattr(engine, "fast_layers"):
+    fallback = [layer.name for layer in engine.fallback_layers]
+    print(f"Fast clipping covers {len(engine.fast_layers)} layers; vectorized fallback for: "
+          f"{', '.join(fallback) or 'none'}")
+  print(f"Data {config.data.dataset}: {dataset.num_train} training / {len(dataset.test_labels)} "
+        f"test examples, {dataset.num_classes} classes, input {dataset.input_shape}")
+  print(f"Optimizer {config.optimizer.name}, lr {config.optimizer.step_size}; "
+        f"{sampler.steps_per_epoch} steps per epoch of expected batch {config.run.batch_size} "
+        f"({config.data.sampling} sampling, chunks of {config.chunk_size})")
+  if config.data.local_dp != "none":
+    report = local_dp.report(config.data.local_dp, config.data.local_dp_scale,
+                             dataset.input_shape)
+    print(f"Local DP: training images perturbed once by {report['mechanism']} noise of scale "
+          f"{report['scale']:g}: ε = {report['epsilon_per_image']:.6g} per image (replace-one, "
+          f"δ = {report['delta_per_image']:.3g}); {report['epsilon_per_pixel']:.4g} per pixel "
+          "value alone")
+  if ledger.private:
+    _print_privacy_plan(config, model, ledger)
+  if strategy:
+    print(distribution.describe(config.run.distribution, strategy))
+
+
+def _print_privacy_plan(config, model, ledger) -> None:
+  planned = ledger.history[0]["planned_steps"]
+  print(f"Privacy: {config.privacy.noise} noise, σ = {ledger.noise_multiplier:.4f}"
+        f"{_schedule_text(ledger)}, {config.privacy.norm.upper()} clip "
+        f"{config.privacy.clip_norm}, planned ε = {ledger.planned_epsilon(planned):.3f} over "
+        f"{planned} steps{_probe_text(ledger)}{_statistics_text(ledger)} at δ = "
+        f"{ledger.delta:g} "
+        f"({ledger.accountant.upper()}); budget {ledger.target_epsilon}")
+  for note in ledger.notes:
+    print(f"  {note}")
+  if config.privacy.layer_noise != "uniform":
+    stds = noise.group_stddevs(config.privacy.l2_norm_clip, ledger.noise_multiplier,
+                               dp_groups.variable_groups(model, config.privacy.clip_groups),
+                               config.privacy.layer_noise)
+    print(f"  group noise stds: {', '.join(f'{s:.4g}' for s in stds)}")
+
+
+def _statistics_text(ledger) -> str:
+  if not ledger.normalization:
+    return ""
+  sigma = ledger.normalization["noise_multiplier"]
+  alone = ledger.epsilon(steps=0, probe_steps=0, normalized=True)
+  return f" and DP feature statistics first (σ = {sigma:g}, q = 1, ε alone {alone:.3f})"
+
+
+def _probe_text(ledger) -> str:
+  if not ledger.probe:
+    return ""
+  probe = ledger.probe
+  return (f" after a linear probe of {probe['steps']} steps (σ = {probe['noise_multiplier']:.4f}, "
+          f"q = {probe['sampling_probability']:.4f}, ε alone "
+          f"{ledger.epsilon(steps=0, probe_steps=probe['steps'], normalized=False):.3f})")
+
+
+def _schedule_text(ledger) -> str:
+  if not ledger.epoch_factors:
+    return ""
+  return (f" in epoch 1, then {ledger.schedule} to "
+          f"{ledger.noise_multiplier * ledger.epoch_factors[-1]:.4f}")
+
+
+def final_metrics(config, dataset, model, ledger, optimizer, evaluation,
+                  examples_per_second: Optional[float], budget_exhausted: bool,
+                  history: list, augment: str) -> dict:
+  """The run's metrics.json: the test `evaluation`, ε and the privacy statement, the plan and
+  the options that made the run, its `history` and what the guarantee rests on.
+
+  Args:
+    augment: the training augmentation the run used (it depends on the model, not only the flag).
+  """
+  private, l2 = ledger.private, config.privacy.norm == "l2"
+  optimizer_clip = optimizer.clip_norm() if private else None  # Adaptive: where the clip ended.
+  return {
+      **evaluation,
+      **ledger.epsilon_fields(),
+      "target_epsilon": ledger.target_epsilon,
+      "delta": ledger.delta if private else None,
+      # What the float64 noise's truncated tail adds to δ (0 for the discrete Gaussian).
+      "delta_float_tail": ledger.float_tail_delta() if private else None,
+      "noise_multiplier": ledger.noise_multiplier,
+      "l2_norm_clip": config.privacy.l2_norm_clip if private and l2 else None,
+      "l1_norm_clip": config.privacy.l1_norm_clip if private and not l2 else None,
+      "sampling": ledger.sampling,
+      "sampling_probability": ledger.sampling_probability,
+      "accountant": ledger.accountant if private else None,
+      "noise": config.privacy.noise if private else None,
+      "noise_schedule": ledger.schedule if private else None,
+      "noise_multipliers_per_epoch": ([ledger.noise_multiplier * f for f in ledger.epoch_factors]
+                                      or None) if private else None,
+      "layer_noise": config.privacy.layer_noise if private else None,
+      "adaptive_clip_quantile": config.privacy.adaptive_clip_quantile if private else None,
+      "final_clip_norm": float(optimizer_clip) if private else None,
+      "optimizer_hyperparameters": dict(config.optimizer.hyperparameters),
+      "privacy_statement": ledger.statement(),
+      "steps": ledger.steps,
+      "epochs": config.run.epochs,
+      "epochs_completed": len(history) and history[-1]["epoch"],
+      "budget_exhausted": budget_exhausted,
+      "batch_size": config.run.batch_size,
+      "physical_batch_size": config.chunk_size,
+      "train_examples": dataset.num_train,
+      "test_examples": int(len(dataset.test_labels)),
+      "examples_per_second": examples_per_second,
+      "timing": {"examples_per_second": examples_per_second, "not_private": TIMING_NOTE}
+                if private else None,
+      "model": config.model.name,
+      "model_options": config.model.kwargs,
+      "loss": config.model.loss,
+      "parameters": models.count_params(model),
+      "optimizer": config.optimizer.name,
+      "learning_rate": config.optimizer.step_size,
+      "lr_schedule": config.optimizer.lr_schedule,
+      "weight_decay": config.optimizer.weight_decay,
+      "momentum": config.optimizer.momentum,
+      "augmult": config.data.augmult,
+      "augment": augment,
+      "ema_decay": config.run.ema_decay,
+      "clipping": config.privacy.clipping if private else None,
+      "clip_groups": config.privacy.clip_groups if private else None,
+      "clipping_mode": config.privacy.clipping_mode if private else None,
+      "dataset": config.data.dataset,
+      "seed": config.run.seed,
+      "jit_compile": config.run.jit_compile,
+      "distribution": config.run.distribution,
+      "cpu_replicas": config.run.cpu_replicas,
+      "history": history,
+      "ledger_history": ledger.history,
+      **release_metrics(config, ledger, history, dataset.input_shape),
+  }
+
+
+def release_metrics(config, ledger, history, dataset_shape) -> dict:
+  """What the guarantee is and rests on: its kind, the randomness, DiceSGD's C2, the
+  pretrained weights' or prior's provenance, local DP on the images, the public subset, and any
+  not-private monitoring."""
+  subset = config.data.train_examples
+  return {
+      "dp_guarantee": ledger.guarantee(),
+      "randomness": ledger.randomness,
+      "dice_error_clip": ((config.privacy.dice_error_clip or config.privacy.l2_norm_clip)
+                          if config.optimizer.name == "dice_sgd" else None),
+      "weights_file": release.weights_provenance(config.model.kwargs.get("weights")),
+      "prior": prior_files.provenance(config.model.init_from),
+      "linear_probe": _probe_metrics(config, ledger),
+      "feature_statistics": _statistics_metrics(ledger),
+      "local_dp": (local_dp.report(config.data.local_dp, config.data.local_dp_scale,
+                                   dataset_shape, ledger.randomness)
+                   if config.data.local_dp != "none" else None),
+      "train_subset": ({"examples": subset, "seed": config.run.seed, "chosen_by": "public seed"}
+                       if subset else None),
+      "not_private_monitoring": _not_private_monitoring(config, history),
+  }
+
+
+def _probe_metrics(config, ledger) -> Optional[dict]:
+  """What the run releases about its linear probe: the plan, its ε alone and its test accuracy."""
+  if not ledger.probe:
+    return None
+  done = [event for event in ledger.history if event["event"] == "linear_probe"]
+  return {**ledger.probe, "learning_rate": config.probe.learning_rate,
+          "batch_size": round(ledger.probe["sampling_probability"] * config.run.batch_size
+                              / ledger.sampling_probability),  # q_p N.
+          "steps_taken": ledger.probe_steps,
+          "epsilon_alone": ledger.epsilon(steps=0, normalized=False),
+          "test_accuracy": done[-1]["test_accuracy"] if done else None}
+
+
+def _statistics_metrics(ledger) -> Optional[dict]:
+  """What the run releases about its DP feature statistics: the plan, clips and ε alone."""
+  if not ledger.normalization:
+    return None
+  done = [event for event in ledger.history if event["event"] == "feature_statistics"]
+  clips = {k: done[-1][k] for k in ("mean_clip", "square_clip")} if done else {}
+  return {**ledger.normalization, **clips, "released": ledger.normalization_released,
+          "epsilon_alone": ledger.epsilon(steps=0, probe_steps=0, normalized=True)}
+
+
+def _not_private_monitoring(config, history) -> Optional[dict]:
+  """The last epoch's training-batch figures with their label, when the run asked for them."""
+  if monitor_prefix(config) != NOT_PRIVATE or not history:
+    return None
+  figures = {k[len(NOT_PRIVATE):]: v for k, v in history[-1].items() if k.startswith(NOT_PRIVATE)}
+  return {"note": NOT_PRIVATE_NOTE, **figures}
+
+
+def write_metrics(output_dir: str, metrics: dict) -> None:
+  """metrics.json in `output_dir`, written whole or not at all (tfdp.atomic)."""
+  atomic.write_text(os.path.join(output_dir, "metrics.json"),
+                    json.dumps(metrics, indent=2, sort_keys=True))
+
+
+def print_result(metrics: dict, ledger) -> None:
+  """The run's last line: test accuracy, balanced accuracy and loss, and the privacy statement."""
+  print(f"Test accuracy {metrics['test_accuracy']:.4f}, balanced "
+        f"{metrics['test_balanced_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
+        f"{ledger.statement()}")
