@@ -6,6 +6,8 @@ mechanism's own query, and (3) take one step whose update is the brute-force sum
 gradients one example at a time, clipped or normalized as the mechanism says) when σ ≈ 0.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -76,6 +78,10 @@ def test_make_private_plans_and_states_as_the_command_line(name):
     keras.steps = cli.steps = steps
     assert keras.epsilon() == pytest.approx(cli.epsilon(), rel=1e-12)
     assert keras.statement() == cli.statement()
+  private.privacy_steps.assign(4)
+  card = private.privacy_report()  # What the Keras export's model card is built from.
+  released = cli.mechanism_report()  # What tfdp.train's metrics.json and card carry.
+  assert {key: card[key] for key in released} == pytest.approx(released, rel=1e-12)
   query = private._dp.optimizer._dp_sum_query  # pylint: disable=protected-access
   expected = planning.noise_query(config, cli, ref.small_conv_model())
   assert type(query) is type(expected)  # The mechanism's own query, through either door.
@@ -122,3 +128,12 @@ def test_one_fit_step_is_the_brute_force_sum(name):
   for variable, old, total in zip(private.trainable_variables, before, expected):
     np.testing.assert_allclose(old - variable.numpy(), total / BATCH, rtol=2e-3,
                                atol=2e-6 + rounding / BATCH, err_msg=variable.name)
+
+
+def test_every_mechanism_setting_is_a_privacy_config_field_of_the_same_name():
+  front_door_only = {"optimizer", "batch_size", "target_epsilon"}
+  settings = {field.name for field in dataclasses.fields(mechanisms.Settings)} - front_door_only
+  fields = {field.name for field in dataclasses.fields(config_lib.PrivacyConfig)}
+  assert settings <= fields, settings - fields
+  privacy = config_lib.PrivacyConfig(noise="discrete_gaussian", discrete_rounding_inflation=0.02)
+  assert privacy.settings().discrete_rounding_inflation == 0.02  # Carried by name.

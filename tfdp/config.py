@@ -265,16 +265,10 @@ class PrivacyConfig:
                target_epsilon: Optional[float] = None) -> mechanisms.Settings:
     """These settings as the mechanisms read them (tfdp.privacy.mechanisms.Settings); the
     optimizer None when not known yet."""
-    return mechanisms.Settings(
-        optimizer=optimizer, noise=self.noise, l2_norm_clip=self.l2_norm_clip,
-        l1_norm_clip=self.l1_norm_clip, clipping=self.clipping, clip_groups=self.clip_groups,
-        clipping_mode=self.clipping_mode, normalize_gamma=self.normalize_gamma,
-        layer_noise=self.layer_noise, adaptive_clip_quantile=self.adaptive_clip_quantile,
-        adaptive_clip_learning_rate=self.adaptive_clip_learning_rate,
-        adaptive_clip_count_stddev=self.adaptive_clip_count_stddev,
-        discrete_rounding_inflation=self.discrete_rounding_inflation,
-        dice_error_clip=self.dice_error_clip, noise_schedule=self.noise_schedule,
-        batch_size=batch_size, target_epsilon=target_epsilon)
+    shared = {field.name: getattr(self, field.name)
+              for field in dataclasses.fields(mechanisms.Settings) if hasattr(self, field.name)}
+    return mechanisms.Settings(optimizer=optimizer, batch_size=batch_size,
+                               target_epsilon=target_epsilon, **shared)
 
   @property
   def schedule_params(self) -> Dict[str, float]:

@@ -213,17 +213,10 @@ class PrivateModel(tf.keras.Model):
   def privacy_report(self) -> dict:
     """What the model card and metrics say of the privacy of this model's training."""
     ledger = self.privacy_ledger
-    return {**ledger.epsilon_fields(), "target_epsilon": ledger.target_epsilon,
-            "delta": ledger.delta, "delta_float_tail": ledger.float_tail_delta(),
-            "accountant": ledger.accountant, "dp_guarantee": ledger.guarantee(),
-            "randomness": ledger.randomness, "sampling": ledger.sampling,
-            "sampling_probability": ledger.sampling_probability, "noise": ledger.noise,
-            "noise_multiplier": ledger.noise_multiplier, "l2_norm_clip": self._plan.l2_norm_clip,
-            "clip_groups": self._dp.clip_groups, "steps": ledger.steps,
-            "batch_size": self._plan.batch_size, "train_examples": self._plan.train_size,
-            "optimizer": ledger.mechanism["optimizer"], "augmult": self._dp.augmult,
-            "parameters": ledger.coordinates, "prior_phases": ledger.prior_phases or None,
-            "privacy_statement": ledger.statement()}
+    return {**ledger.mechanism_report(), "batch_size": self._plan.batch_size,
+            "train_examples": self._plan.train_size, "optimizer": ledger.mechanism["optimizer"],
+            "augmult": self._dp.augmult, "parameters": ledger.coordinates,
+            "prior_phases": ledger.prior_phases or None}
 
   def register_weights(self) -> Optional[str]:
     """Records (tfdp.keras.weights_ledger) that the current weights came from this ledger, so

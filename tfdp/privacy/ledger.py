@@ -282,6 +282,38 @@ class PrivacyLedger:
             "epsilon_pld": self.epsilon_by("pld") if proven else None,
             "epsilon_if_dp_sgd": self.epsilon() if self.private and not self.proven else None}
 
+  def mechanism_report(self) -> Dict[str, Any]:
+    """The privacy fields a run releases in its metrics and model card, from this ledger alone
+    (so every front door reports a mechanism alike); None where a field does not apply."""
+    private, settings = self.private, self.mechanism
+    setting = lambda key: settings.get(key) if private else None
+    return {
+        **self.epsilon_fields(),
+        "target_epsilon": self.target_epsilon,
+        "delta": self.delta if private else None,
+        # What the float64 noise's truncated tail adds to δ (0 for the discrete Gaussian).
+        "delta_float_tail": self.float_tail_delta() if private else None,
+        "noise_multiplier": self.noise_multiplier,
+        "l2_norm_clip": setting("l2_norm_clip"),
+        "l1_norm_clip": setting("l1_norm_clip"),
+        "sampling": self.sampling,
+        "sampling_probability": self.sampling_probability,
+        "accountant": self.accountant if private else None,
+        "noise": self.noise if private else None,
+        "noise_schedule": self.schedule if private else None,
+        "noise_multipliers_per_epoch": ([self.noise_multiplier * f for f in self.epoch_factors]
+                                        or None) if private else None,
+        "layer_noise": setting("layer_noise"),
+        "adaptive_clip_quantile": setting("adaptive_clip_quantile"),
+        "clip_groups": setting("clip_groups"),
+        "clipping_mode": setting("clipping_mode"),
+        "dice_error_clip": settings.get("dice_error_clip"),
+        "privacy_statement": self.statement(),
+        "steps": self.steps,
+        "dp_guarantee": self.guarantee(),
+        "randomness": self.randomness,
+    }
+
   def max_steps(self) -> Optional[int]:
     """Main steps the budget allows after the planned probe (by self.accountant), or None without
     a budget."""

@@ -203,31 +203,13 @@ def final_metrics(config, dataset, model, ledger, optimizer, evaluation,
   Args:
     augment: the training augmentation the run used (it depends on the model, not only the flag).
   """
-  private, l2 = ledger.private, config.privacy.norm == "l2"
+  private = ledger.private
   optimizer_clip = optimizer.clip_norm() if private else None  # Adaptive: where the clip ended.
   return {
       **evaluation,
-      **ledger.epsilon_fields(),
-      "target_epsilon": ledger.target_epsilon,
-      "delta": ledger.delta if private else None,
-      # What the float64 noise's truncated tail adds to δ (0 for the discrete Gaussian).
-      "delta_float_tail": ledger.float_tail_delta() if private else None,
-      "noise_multiplier": ledger.noise_multiplier,
-      "l2_norm_clip": config.privacy.l2_norm_clip if private and l2 else None,
-      "l1_norm_clip": config.privacy.l1_norm_clip if private and not l2 else None,
-      "sampling": ledger.sampling,
-      "sampling_probability": ledger.sampling_probability,
-      "accountant": ledger.accountant if private else None,
-      "noise": config.privacy.noise if private else None,
-      "noise_schedule": ledger.schedule if private else None,
-      "noise_multipliers_per_epoch": ([ledger.noise_multiplier * f for f in ledger.epoch_factors]
-                                      or None) if private else None,
-      "layer_noise": config.privacy.layer_noise if private else None,
-      "adaptive_clip_quantile": config.privacy.adaptive_clip_quantile if private else None,
+      **ledger.mechanism_report(),
       "final_clip_norm": float(optimizer_clip) if private else None,
       "optimizer_hyperparameters": dict(config.optimizer.hyperparameters),
-      "privacy_statement": ledger.statement(),
-      "steps": ledger.steps,
       "epochs": config.run.epochs,
       "epochs_completed": len(history) and history[-1]["epoch"],
       "budget_exhausted": budget_exhausted,
@@ -251,8 +233,6 @@ def final_metrics(config, dataset, model, ledger, optimizer, evaluation,
       "augment": augment,
       "ema_decay": config.run.ema_decay,
       "clipping": config.privacy.clipping if private else None,
-      "clip_groups": config.privacy.clip_groups if private else None,
-      "clipping_mode": config.privacy.clipping_mode if private else None,
       "dataset": config.data.dataset,
       "seed": config.run.seed,
       "jit_compile": config.run.jit_compile,
@@ -270,10 +250,6 @@ def release_metrics(config, ledger, history, dataset_shape) -> dict:
   not-private monitoring."""
   subset = config.data.train_examples
   return {
-      "dp_guarantee": ledger.guarantee(),
-      "randomness": ledger.randomness,
-      "dice_error_clip": ((config.privacy.dice_error_clip or config.privacy.l2_norm_clip)
-                          if config.optimizer.name == "dice_sgd" else None),
       "weights_file": release.weights_provenance(config.model.kwargs.get("weights")),
       "prior": prior_files.provenance(config.model.init_from),
       "linear_probe": _probe_metrics(config, ledger),
