@@ -1,5 +1,5 @@
-"""The README's local-DP table: PneumoniaMNIST without privacy, with Laplace-perturbed images
-(β = 1, 2, 4; tfdp.data.local_dp) and with DP-SGD (ε = 1, 3, 8), each row with its honest ε.
+"""The local-DP table of docs/recipes.md: PneumoniaMNIST without privacy, with Laplace-perturbed
+images (β = 1, 2, 4; tfdp.data.local_dp) and with DP-SGD (ε = 1, 3, 8), each row with its honest ε.
 
     python benchmarks/pneumonia_ldp_table.py --out=/tmp/ldp_table [--seeds=1]
 

@@ -1,4 +1,4 @@
-"""Writes a PNG grid of random-process images, one row per generator (README figure).
+"""Writes a PNG grid of random-process images, one row per generator (docs/recipes.md's figure).
 
   python benchmarks/random_process_grid.py --output=priors/random_process_samples.png
 """

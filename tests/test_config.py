@@ -101,3 +101,9 @@ def test_an_unknown_name_is_refused_by_its_registry_listing_the_valid_ones(make,
   with pytest.raises(ValueError) as error:
     make()
   assert str(error.value) == message()
+
+
+def test_skip_bad_images_goes_with_the_folder_dataset():
+  with pytest.raises(ValueError, match="--skip_bad_images applies to --dataset=folder"):
+    config.DataConfig(dataset="digits", skip_bad_images=True)
+  assert config.DataConfig(dataset="folder", skip_bad_images=True).skip_bad_images

@@ -49,6 +49,18 @@ def test_default_onednn_on_records_who_decided():
   assert environ == {}
 
 
+def test_default_quiet_logs_leaves_a_users_level_alone():
+  environ = {}
+  assert cpu.default_quiet_logs(environ, modules={}) == "tfdp"
+  assert environ == {cpu.LOG_LEVEL_VARIABLE: "3"}  # Fatal only: TensorFlow's import noise goes.
+  environ = {cpu.LOG_LEVEL_VARIABLE: "0"}
+  assert cpu.default_quiet_logs(environ, modules={}) == "user"
+  assert environ == {cpu.LOG_LEVEL_VARIABLE: "0"}
+  environ = {}
+  assert cpu.default_quiet_logs(environ, modules={"tensorflow": object()}) == "tensorflow"
+  assert environ == {}
+
+
 def test_this_suite_runs_with_onednn_as_a_user_gets_it():
   """conftest imports tfdp first, so the brute-force tests here run with oneDNN on."""
   assert cpu.onednn_enabled() == (os.environ.get(cpu.ONEDNN_VARIABLE, "1") in ("1", "true"))

@@ -1,13 +1,17 @@
 """Tests for tfdp.data.datasets: the loaders, their errors, and training subsets."""
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfdp import data
+from tfdp.serving import model_card
 
 SHAPE = (6, 6, 3)  # Tiny images keep the folder tests fast.
 
@@ -240,7 +244,7 @@ def test_folder_errors_name_the_offending_path(tmp_path, break_folder):
 
 
 def test_folder_corrupt_first_image_names_it(tmp_path):
-    # The first training image is decoded on its own to fix the shape: a separate code path.
+    # The first training file is checked like any other (the shape comes from a test file).
     root = _make_folder(tmp_path)
     path = os.path.join(root, 'train', 'cat', '0.jpg')  # Sorts before 00.png.
     with open(path, 'wb') as f:
@@ -264,6 +268,112 @@ def test_folder_without_data_dir(tmp_path):
     with pytest.raises(data.DataError, match=missing):
         data.load_dataset('folder', data_dir=missing)
 
+
+
+# Unusable image files: found in one pass, named in one error, or skipped with --skip_bad_images.
+
+def _write_bytes(path, content):
+    with open(path, 'wb') as f:
+        f.write(content)
+    return path
+
+
+def _add_bad_files(root):
+    """Three unusable files in train/ and test/, in the loader's listing order."""
+    jpeg = tf.io.encode_jpeg(tf.zeros(SHAPE, tf.uint8)).numpy()
+    return [_write_bytes(os.path.join(root, 'train', 'cat', 'empty.jpg'), b''),
+            _write_bytes(os.path.join(root, 'train', 'dog', 'notes.jpg'), b'a text file'),
+            _write_bytes(os.path.join(root, 'test', 'eel', 'cut.jpg'), jpeg[:len(jpeg) // 2])]
+
+
+def test_folder_names_every_bad_file_in_one_error(tmp_path):
+    root = _make_folder(tmp_path)
+    bad = _add_bad_files(root)
+    # A subset still checks the whole folder: a second run must not find another bad file.
+    with pytest.raises(data.DataError) as error:
+        data.load_dataset('folder', data_dir=root, train_examples=2)
+    message = str(error.value)
+    assert '3 of the 21 image files' in message and '(2 train, 1 test)' in message
+    assert all(path in message for path in bad) and '--skip_bad_images' in message
+    assert 'empty file, 0 bytes' in message and 'Unknown image file format' in message
+    assert '\n' not in message  # tfdp.train prints it as one line.
+
+
+def test_folder_error_names_the_first_five_and_counts_the_rest(tmp_path):
+    root = _make_folder(tmp_path)
+    bad = [_write_bytes(os.path.join(root, 'train', 'dog', f'bad{i}.png'), b'x') for i in range(7)]
+    with pytest.raises(data.DataError, match='7 of the 25 image files') as error:
+        data.load_dataset('folder', data_dir=root)
+    message = str(error.value)
+    assert all(path in message for path in bad[:5]) and bad[5] not in message
+    assert 'and 2 more' in message
+
+
+def test_folder_skip_bad_images_leaves_them_out_and_records_them(tmp_path, capsys):
+    root = _make_folder(tmp_path)
+    clean = data.load_dataset('folder', data_dir=root)
+    _add_bad_files(root)
+    dataset = data.load_dataset('folder', data_dir=root, skip_bad_images=True)
+    np.testing.assert_array_equal(dataset.train_images, clean.train_images)
+    np.testing.assert_array_equal(dataset.test_labels, clean.test_labels)
+    report = dataset.skipped_images.report()
+    assert (report['train'], report['test']) == (2, 1)
+    assert 'examples' not in report  # No private file name in what a run releases.
+    assert dataset.skipped_images.names() == ['train/cat/empty.jpg', 'train/dog/notes.jpg',
+                                              'test/eel/cut.jpg']
+    assert 'NOT covered' in report['not_private']
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith('folder: skipped 3 of the 21 image files')
+    # The subset is drawn from the usable files, as subset() of the loaded dataset would.
+    partial = data.load_dataset('folder', data_dir=root, train_examples=5, seed=4,
+                                skip_bad_images=True)
+    expected = data.subset(dataset, train_examples=5, seed=4)
+    np.testing.assert_array_equal(partial.train_images, expected.train_images)
+    np.testing.assert_array_equal(partial.train_labels, expected.train_labels)
+
+
+def test_folder_skip_bad_images_on_a_clean_folder_changes_nothing(tmp_path, capsys):
+    root = _make_folder(tmp_path)
+    plain = data.load_dataset('folder', data_dir=root)
+    checked = data.load_dataset('folder', data_dir=root, skip_bad_images=True)
+    np.testing.assert_array_equal(checked.train_images, plain.train_images)
+    np.testing.assert_array_equal(checked.test_images, plain.test_images)
+    assert plain.skipped_images is None
+    assert checked.skipped_images.report()['train'] == 0 and not capsys.readouterr().out
+
+
+def test_folder_skip_bad_images_needs_a_training_image_left(tmp_path):
+    root = _make_folder(tmp_path, classes=('cat',), train_per_class=1)
+    _write_bytes(os.path.join(root, 'train', 'cat', '00.png'), b'')
+    with pytest.raises(data.DataError, match='none of the 1 training images'):
+        data.load_dataset('folder', data_dir=root, skip_bad_images=True)
+
+
+def test_skip_bad_images_is_refused_where_there_are_no_image_files():
+    with pytest.raises(data.DataError, match='drop --skip_bad_images'):
+        data.load_dataset('digits', skip_bad_images=True)
+
+
+def test_train_with_bad_images_fails_in_one_line_or_skips_them(tmp_path):
+    root = _make_folder(tmp_path / 'images', train_per_class=8)
+    _add_bad_files(root)
+    command = [sys.executable, '-m', 'tfdp.train', '--dataset=folder', f'--data_dir={root}',
+               '--model=linear', '--epochs=1', '--batch_size=8', '--noise_multiplier=1',
+               '--noexport', f'--output_dir={tmp_path}/run']
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    failed = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    assert failed.returncode != 0 and not os.path.exists(tmp_path / 'run')
+    assert 'tfdp.train: error: folder: 3 of the 33 image files' in failed.stderr, failed.stderr
+    done = subprocess.run(command + ['--skip_bad_images'], env=env, cwd=cwd, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'folder: skipped 3 of the 33 image files' in done.stdout
+    with open(tmp_path / 'run' / 'metrics.json') as f:
+        metrics = json.load(f)
+    assert metrics['train_examples'] == 24  # 3 classes of 8; the 2 bad training files left out.
+    assert (metrics['skipped_images']['train'], metrics['skipped_images']['test']) == (2, 1)
+    assert 'skipped_images' in model_card.build(metrics)['not_covered']
 
 # cifar10 through tensorflow_datasets.
 

@@ -42,7 +42,7 @@ def test_folder_first_training_image_of_another_size_is_refused_by_name(tmp_path
   first = os.path.join(root, "train", "a", "00.png")
   _write_png(first, np.zeros((7, 6, 3), np.uint8))
   with pytest.raises(data.DataError,
-                     match=r"folder: \S*train/a/00\.png has shape \(7, 6, 3\) but the first test"):
+                     match=r"\S*train/a/00\.png \(shape \(7, 6, 3\) where the first test image"):
     data.load_dataset("folder", data_dir=root)
 
 

@@ -89,7 +89,7 @@ LAYERS = [
     ("experiments", ("tfdp.experiments.",)),
     ("entry points", ("tfdp.train", "tfdp.export", "tfdp.pretrain", "tfdp.audit", "tfdp.evaluate",
                       "tfdp.predict", "tfdp.sweep", "tfdp.bench", "tfdp.baselines",
-                      "tfdp.privacy.__main__")),
+                      "tfdp.privacy.__main__", "tfdp.cli_reference")),
 ]
 
 # (importer, imported) pairs that may point up, each with the reason; at most one.
@@ -152,11 +152,16 @@ def test_the_layer_check_sees_an_upward_import():
   assert _layers_of("p.elsewhere", layers) == set()
 
 
-@pytest.mark.parametrize("command, own_flag", [
+# Every `python -m tfdp.<command>`, with a flag of its own (tests/test_docs.py checks that the docs
+# name no other command).
+COMMANDS = [
     ("train", "--epsilon"), ("export", "--checkpoint_dir"), ("predict", "--top"),
     ("evaluate", "--model_dir"), ("sweep", "--grid"), ("bench", "--modes"),
     ("pretrain", "--model_kwargs"), ("privacy", "--num_examples"), ("audit", "--run_dir"),
-    ("baselines", "--epsilons")])
+    ("baselines", "--epsilons"), ("cli_reference", "--out")]
+
+
+@pytest.mark.parametrize("command, own_flag", COMMANDS)
 def test_every_command_still_runs_by_its_name(command, own_flag):
   result = subprocess.run([sys.executable, "-m", f"tfdp.{command}", "--helpshort"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)

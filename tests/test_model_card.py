@@ -65,6 +65,13 @@ def test_timing_is_listed_as_not_covered():
   assert card["not_covered"] == ["timing"] and "timing" not in card["covered_fields"]
 
 
+def test_skipped_images_are_listed_as_not_covered():
+  """Which training files were unusable is a fact about the private data, released without noise."""
+  card = _card(dp_guarantee="proven", skipped_images={"train": 2, "test": 0, "examples": ["a.jpg"]})
+  assert card["not_covered"] == ["skipped_images"]
+  assert "skipped_images" not in card["covered_fields"]
+
+
 def test_the_card_carries_what_the_guarantee_rests_on():
   for field in ("randomness", "dp_guarantee", "l1_norm_clip", "epsilon_if_dp_sgd", "weights_file",
                 "train_subset", "dice_error_clip"):

@@ -42,7 +42,7 @@ def _progress_lines(output):
 
 
 def test_a_private_run_releases_no_training_batch_figures(tmp_path, capsys):
-  metrics = _run(tmp_path)
+  metrics = _run(tmp_path, progress="verbose")  # Per-step progress lines: --progress=verbose.
   output = capsys.readouterr().out
   state = (tmp_path / "state.json").read_text()
   for figure in _TRAIN_FIGURES:
@@ -74,7 +74,7 @@ def test_speed_comes_from_the_expected_batch_not_the_drawn_sizes(tmp_path, monke
 
 
 def test_monitoring_on_request_is_labelled_not_private_everywhere(tmp_path, capsys):
-  metrics = _run(tmp_path, monitor_private_metrics=True)
+  metrics = _run(tmp_path, monitor_private_metrics=True, progress="verbose")
   output = capsys.readouterr().out
   monitoring = metrics["not_private_monitoring"]
   assert set(monitoring) == {"note", "train_loss", "train_accuracy"}

@@ -331,3 +331,84 @@ def test_a_rerun_of_a_finished_run_says_so_and_exports_nothing_again(tmp_path, t
   assert _versions(str(tmp_path) + "-export") == ["1"]
   with open(os.path.join(str(tmp_path) + "-export", "model_card.json")) as f:
     assert "timing" in json.load(f)["not_covered"]  # Wall time follows the private batch sizes.
+
+
+# Issue 29: what a newcomer meets on the quickstart.
+
+
+def test_a_second_ctrl_c_says_where_the_run_was_and_what_its_checkpoint_holds(tmp_path, taken):
+  def twice(count):
+    if count == 8:  # Step 2 of epoch 2: the first sets the stop, the second stops at once.
+      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), signal.SIGINT)
+  taken.after = twice
+  with pytest.raises(stopping.Interrupted) as interrupted:
+    training.train_and_evaluate(_config(tmp_path))
+  assert str(interrupted.value) == (
+      "stopped at once by a second Ctrl-C in epoch 2/3; the last checkpoint holds epoch 1/3; run "
+      "the same command to resume")
+  assert interrupted.value.exit_code == 130 and isinstance(interrupted.value, KeyboardInterrupt)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Put back.
+
+
+def test_a_stop_after_the_last_epoch_leaves_metrics_and_export_to_the_rerun(tmp_path, taken):
+  taken.after = lambda count: count == 18 and os.kill(os.getpid(), signal.SIGTERM)
+  with pytest.raises(stopping.Stopped, match="after its last epoch, before writing metrics.json "
+                     "and the export, saved in .*: the last checkpoint holds epoch 3/3"):
+    training.train_and_evaluate(_config(tmp_path, export=True))
+  assert not (tmp_path / "metrics.json").exists()
+  assert not os.path.exists(str(tmp_path) + "-export")
+  metrics = training.train_and_evaluate(_config(tmp_path, export=True))
+  assert len(taken) == metrics["steps"] == 3 * STEPS_PER_EPOCH  # No step taken again.
+  assert _versions(str(tmp_path) + "-export") == ["1"]
+
+
+def test_ctrl_c_while_the_command_starts_ends_in_one_line_with_130(tmp_path):
+  # The flagfile is a FIFO: the command waits on it while parsing its flags, after TensorFlow's
+  # import, so the signal arrives at a known point of the start with no sleep to tune.
+  fifo = str(tmp_path / "flags.fifo")
+  os.mkfifo(fifo)
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  process = subprocess.Popen([sys.executable, "-m", "tfdp.train", f"--flagfile={fifo}"], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  writer = os.open(fifo, os.O_WRONLY)  # Returns once the command opened the flagfile.
+  process.send_signal(signal.SIGINT)
+  _, errors = process.communicate(timeout=300)
+  os.close(writer)
+  assert process.returncode == 130, errors
+  assert errors.strip() == ("tfdp.train: stopped by SIGINT before training started; run the "
+                            "same command to start again")
+
+
+def test_tensorboard_of_a_killed_and_resumed_run_holds_each_epoch_once(tmp_path, taken):
+  with pytest.MonkeyPatch.context() as patch:  # Killed after epoch 2's events, before its state.
+    _fail_write_at_epoch(patch, _Killed(), "state.json", 12)
+    with pytest.raises(_Killed):
+      training.train_and_evaluate(_config(tmp_path))
+  assert _tensorboard_steps(tmp_path)["epsilon"] == [1, 2]  # Epoch 2: logged, not checkpointed.
+  training.train_and_evaluate(_config(tmp_path))
+  steps = _tensorboard_steps(tmp_path)
+  assert steps["epsilon"] == steps["test_accuracy"] == [1, 2, 3]
+
+
+def _tensorboard_steps(run_dir):
+  """{tag: the steps it has, in the order TensorBoard reads the event files}."""
+  steps = {}
+  for path in sorted((run_dir / "tensorboard").iterdir()):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        steps.setdefault(value.tag, []).append(event.step)
+  return steps
+
+
+def test_a_rerun_of_a_finished_run_names_its_epochs_epsilon_metrics_and_export(tmp_path, taken,
+                                                                                capsys):
+  training.train_and_evaluate(_config(tmp_path, epochs=1, export=True))
+  capsys.readouterr()
+  training.train_and_evaluate(_config(tmp_path, epochs=1, export=True))
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith(f"{tmp_path} is a finished run: 1/1 epochs, ε = ")
+  assert lines[0].endswith("nothing to train or export.")
+  assert lines[1:3] == [f"Metrics: {tmp_path}/metrics.json", f"Export: {tmp_path}-export/1"]
+  assert lines[3].startswith("To export it again: python -m tfdp.export") and len(lines) == 4
+  assert len(taken) == STEPS_PER_EPOCH

@@ -130,3 +130,11 @@ def test_epoch_plot_shows_train_accuracy_only_where_runs_released_it(tmp_path, m
   assert labels == ["optimizer=dp_sgd test", "optimizer=monitored test",
                     "optimizer=monitored train (NOT PRIVATE)", "optimizer=sgd test",
                     "optimizer=sgd train"]
+
+
+def test_progress_lines_show_epsilon_to_three_decimals():
+  run = sweep.Run((("epsilon", "1"),), 0)
+  line = sweep._progress(1, 2, 0.0, run, {"test_accuracy": 0.9, "epsilon": 0.9940724981399401})
+  assert "ε 0.994;" in line and "0.99407" not in line
+  assert "ε ∞ (non-private)" in sweep._progress(1, 2, 0.0, run, {"test_accuracy": 0.9,
+                                                                  "epsilon": None})

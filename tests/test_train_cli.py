@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,3 +242,81 @@ def test_each_dp_variant_trains_within_its_budget(tmp_path, variant):
     assert metrics["test_accuracy"] > MIN_ACCURACY.get(variant, 0.3), metrics  # Chance is 0.1.
   for key, value in expected.items():
     assert metrics[key] == value, (key, metrics[key])
+
+
+# Issue 29: the quickstart as a newcomer meets it.
+
+
+def test_the_quickstart_prints_one_line_per_epoch_and_no_tensorflow_log_lines(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # A user's shell.
+  run = tmp_path / "run"
+  done = subprocess.run([sys.executable, "-m", "tfdp.train", *_quick_flags(run, "--epochs=2")],
+                        cwd=ROOT, env=dict(env, PYTHONUNBUFFERED="1"), capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stdout + done.stderr
+  assert done.stderr == "", done.stderr  # TensorFlow's C++ and Python log lines go to stderr.
+  lines = done.stdout.splitlines()
+  epochs = [line for line in lines if line.startswith("Epoch ")]
+  assert len(epochs) == 2 and re.fullmatch(
+      r"Epoch 1/2: test accuracy \d\.\d{4} on 360 test examples, ε = \d\.\d{3}; "
+      r"(about \d+ s|under a second) left \(wall clock: not private\)", epochs[0]), epochs
+  assert re.fullmatch(r"Epoch 2/2: test accuracy \d\.\d{4} on 360 test examples, ε = \d\.\d{3}",
+                      epochs[1]), epochs
+  statement = "sampling and noise drawn from a secure random source"
+  start, end = [line for line in lines if statement in line]  # The plan, and what was spent.
+  assert start.startswith("  after every planned step: ε = ") and lines.index(start) < 6
+  assert end.startswith("Privacy: ε = ") and end == lines[-5]
+  assert lines[-4:] == [f"Run directory: {run}", f"Metrics: {run}/metrics.json",
+                        f"Curves: {run}/curves.png", f"Export: {run}/export/1"]
+  assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _command(args):
+  """tfdp.train's main on `args` in this process: its exit status or message (None: success)."""
+  from absl import flags
+  from tfdp import train
+  flags.FLAGS(["tfdp.train", *args])
+  try:
+    train.main(["tfdp.train"])
+  except SystemExit as exit_info:
+    return exit_info.code
+  finally:
+    flags.FLAGS.unparse_flags()
+  return None
+
+
+@pytest.mark.parametrize("flag, shown", [
+    ("--export_dir=/proc/tfdp-export", "/proc/tfdp-export: cannot be created in /proc"),
+    ("--output_dir={tmp}/file/run", "{tmp}/file/run: is under {tmp}/file, which is a file"),
+])
+def test_paths_the_run_cannot_write_are_refused_before_loading_data(tmp_path, monkeypatch, flag,
+                                                                    shown):
+  from tfdp.training import loop
+  monkeypatch.setattr(loop, "load_training_data", lambda config: pytest.fail("data loaded"))
+  (tmp_path / "file").write_text("")
+  message = _command(["--epsilon=3", f"--output_dir={tmp_path}/run", flag.format(tmp=tmp_path)])
+  assert message.startswith(f"tfdp.train: error: {shown.format(tmp=tmp_path)}") and (
+      "\n" not in message), message
+  assert sorted(os.listdir(tmp_path)) == ["file"]  # Nothing created.
+
+
+def test_an_output_dir_of_another_model_is_refused_in_one_line(tmp_path):
+  base = ["--epsilon=3", "--epochs=1", "--noexport", f"--output_dir={tmp_path}/run"]
+  assert _command([*base, "--model=linear"]) is None
+  message = _command([*base, "--model=cnn"])
+  assert message.startswith(f"tfdp.train: error: {tmp_path}/run holds a run of another model or "
+                            "optimizer (recorded --model=linear --optimizer=dp_sgd)")
+  assert "\n" not in message and message.endswith("use a new --output_dir, or that run's flags "
+                                                  "to resume it")
+
+
+def test_help_lists_every_flag_by_topic_and_no_developer_notes():
+  from absl import flags
+  from tfdp import train
+  index = train.__doc__[train.__doc__.index("Flags by topic"):]
+  own = [flag.name for flag in flags.FLAGS.get_flags_for_module(train.__name__)]
+  for name in own:
+    assert len(re.findall(rf"--{name}(?![\w])", index)) == 1, name
+  assert "nothing below reads FLAGS" not in train.__doc__
+  for flag in flags.FLAGS.get_flags_for_module(train.__name__):
+    assert not re.search(r"\(tfdp\.[\w.]+\)", flag.help), (flag.name, flag.help)

@@ -2,8 +2,9 @@
 
 from tfdp import cpu as _cpu
 
-# Before anything of tfdp imports TensorFlow, which reads it once (tfdp.cpu says why).
+# Before anything of tfdp imports TensorFlow, which reads them once (tfdp.cpu says why).
 _cpu.default_onednn_on()
+_cpu.default_quiet_logs()
 
 __version__ = "0.1.0"
 

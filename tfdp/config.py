@@ -36,6 +36,9 @@ ACCOUNTANTS = ("rdp", "pld")
 # The keys of tfdp.training.distribution.STRATEGIES (tests/test_distribution.py checks): training
 # builds the strategies and sits above the configs, so the configs keep the names they check.
 STRATEGY_NAMES = ("mirrored", "multi_worker", "none")
+# How much a run prints (--progress), least first (tfdp.training.reporting.Console says what each
+# adds). The flag is not --verbosity: absl.logging defines that one, for its own log lines.
+PROGRESS_LEVELS = ("quiet", "normal", "verbose")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -98,6 +101,14 @@ class DataConfig:
   audit_seed: Optional[int] = _flag(
       None, "Seed of the canaries and their inclusion (tests); default: drawn from a secure "
       "source and kept only in output_dir/audit/ until the audit.")
+  # Which training files are unusable is a fact about the private data: skipping them releases
+  # how many (and the first names) in metrics.json, outside the guarantee; failing releases nothing.
+  skip_bad_images: bool = _flag(
+      False, "--dataset=folder: leave out image files that cannot be used (empty, not an image, "
+      "truncated, a size or channel count that does not convert), print how many, and record "
+      "the count and first names in metrics.json (skipped_images). Which training files are bad "
+      "is a fact about the private data: that record is NOT covered by the privacy guarantee; N "
+      "counts the images kept. Default: the run stops before training, naming every bad file.")
 
   def __post_init__(self):
     local_dp_lib.check_name(self.local_dp)
@@ -115,6 +126,9 @@ class DataConfig:
     sampling_lib.check_name(self.sampling)
     _require(self.train_examples is None or self.train_examples > 0,
              f"train_examples must be > 0, got {self.train_examples}")
+    _require(not self.skip_bad_images or self.dataset == "folder",
+             f"--skip_bad_images applies to --dataset=folder (the one that reads image files one "
+             f"by one), not --dataset={self.dataset}: drop it")
 
 
 def _parse_value(text: str):
@@ -369,11 +383,22 @@ class RunConfig:
   distribution: str = _flag(
       "none", "Data parallelism: 'mirrored' deals each step's chunks out to every visible GPU (or "
       "--cpu_replicas CPU devices); 'multi_worker' runs one replica per process of the TF_CONFIG "
-      "cluster, each drawing its shard. Clipped sums are all-reduced and the noise added once "
-      "(tfdp.training.distribution): same mechanism and ε.", choices=lambda: STRATEGY_NAMES)
+      "cluster, each drawing its shard. Clipped sums are all-reduced and the noise added once: "
+      "same mechanism and ε.", choices=lambda: STRATEGY_NAMES)
   cpu_replicas: Optional[int] = _flag(
       None, "With --distribution=mirrored: this many logical CPU devices instead of the GPUs (for "
       "testing on a CPU machine).")
+  # Evaluation reads only the test split, never the private training set: how often and on how
+  # much changes speed and what is shown, never the privacy of the run.
+  eval_every: int = _flag(
+      1, "Evaluate on the test split every this many epochs (the last epoch always).")
+  eval_examples: Optional[int] = _flag(  # None: the whole test split.
+      None, "Evaluate on the first this many test examples; default: all. metrics.json records "
+      "how many each evaluation used (test_examples).")
+  progress: str = _flag(
+      "normal", "What the run prints. quiet: only the result; normal: one line per epoch and the "
+      "privacy statement at the start and the end; verbose: also per-step progress, the full "
+      "statement every epoch and TensorFlow's warnings.", choices=lambda: PROGRESS_LEVELS)
 
   @property
   def distributed(self) -> bool:
@@ -392,6 +417,10 @@ class RunConfig:
              f"physical_batch_size must be > 0, got {self.physical_batch_size}")
     _require(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
     _require(bool(self.output_dir), "output_dir must not be empty")
+    _require(self.eval_every >= 1, f"eval_every must be >= 1 (epochs), got {self.eval_every}")
+    _require(self.eval_examples is None or self.eval_examples >= 1,
+             f"eval_examples must be >= 1 (or unset: all), got {self.eval_examples}")
+    names.check("progress", self.progress, PROGRESS_LEVELS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -82,6 +82,13 @@ def make_flags(config_class) -> List[flags.Flag]:
   return [make_flag(field, annotation) for field, annotation in flag_fields(config_class)]
 
 
+def topics(config_class) -> List[Tuple[str, List[str]]]:
+  """(the field's name, its flags' names) for each config that `config_class` holds, in field
+  order: the flags by topic, for a command's --help."""
+  return [(field.name, [flag_name(inner) for inner, _ in flag_fields(annotation)])
+          for field, annotation in _fields(config_class) if dataclasses.is_dataclass(annotation)]
+
+
 def build(config_class, flag_values: flags.FlagValues,
           given: Optional[Mapping[str, Any]] = None) -> Any:
   """A `config_class` from parsed flags.

@@ -2,10 +2,15 @@
 
 TensorFlow 2.15 turns its oneDNN CPU kernels on by default only on CPUs with AVX-512-class
 features (AVX512_VNNI, AVX512_BF16, AMX); on AVX2-only CPUs they stay off, and turning them on makes
-every model here about 1.5x faster (README, "Speed"). TensorFlow reads TF_ENABLE_ONEDNN_OPTS once,
+every model here about 1.5x faster (docs/speed.md). TensorFlow reads TF_ENABLE_ONEDNN_OPTS once,
 when it is first imported, so `import tfdp` sets it to 1 unless the user set it, before anything of
 tfdp imports TensorFlow. A program that imported TensorFlow before tfdp keeps TensorFlow's default;
 `onednn_status` says which happened.
+
+TensorFlow's C++ log lines are read from TF_CPP_MIN_LOG_LEVEL at the same moment. On a machine
+without a GPU, TensorFlow 2.15 prints a dozen of them at import (CUDA stubs, a "cuDNN factory"
+registered twice, TensorRT not found) at ERROR level, about nothing the user can act on; so
+`import tfdp` sets the level to 3 (fatal only) unless the user set it, like oneDNN.
 
 This module imports no TensorFlow at load time.
 """
@@ -15,6 +20,8 @@ import sys
 from typing import Dict, List, MutableMapping
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
+QUIET_LOG_LEVEL = "3"  # Fatal only: TensorFlow's C++ ERROR lines at import are noise (see above).
 # Features that decide speed here: AVX2 (every supported CPU), AVX-512 and its neural-network
 # extensions (TensorFlow's oneDNN default), AMX (Intel Sapphire Rapids and newer).
 FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
@@ -40,6 +47,18 @@ def default_onednn_on(environ: MutableMapping[str, str] = os.environ,
     origin = "tfdp"
   _ORIGIN.setdefault("origin", origin)
   return origin
+
+
+def default_quiet_logs(environ: MutableMapping[str, str] = os.environ,
+                       modules=sys.modules) -> str:
+  """Sets TF_CPP_MIN_LOG_LEVEL=3 unless the user set it; returns who decided, as
+  default_onednn_on does ('user', 'tfdp' or 'tensorflow')."""
+  if LOG_LEVEL_VARIABLE in environ:
+    return "user"
+  if "tensorflow" in modules:
+    return "tensorflow"
+  environ[LOG_LEVEL_VARIABLE] = QUIET_LOG_LEVEL
+  return "tfdp"
 
 
 def onednn_enabled() -> bool:

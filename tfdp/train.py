@@ -1,16 +1,27 @@
 """Train an image classifier with differential privacy.
 
-  python -m tfdp.train --flagfile=flags/quickstart.flags
-  python -m tfdp.train --model=resnet20 --dataset=folder --data_dir=/tmp/cifar10 \
-      --optimizer=dp_adagrad --epsilon=3 --epochs=1 --train_examples=2000
+  python -m tfdp.train --flagfile=flags/quickstart.flags     # digits at ε = 3: about a minute
+  python -m tfdp.train --flagfile=flags/quickstart.flags --epochs=2 --output_dir=runs/try
+  python -m tfdp.train --dataset=folder --data_dir=/data/pets --model=resnet20 --epsilon=3
 
-Flags are parsed here, once, into tfdp.config dataclasses; nothing below reads FLAGS. A config
-field's flag is made from the field (name, default, help, choices: tfdp.config_flags); the
-flags defined below fill the two fields that several flags make up.
+The run writes --output_dir (checkpoints, metrics.json, curves.png, TensorBoard) and exports the
+model to --export_dir. Ctrl-C stops it after the step in flight, saved; the same command resumes
+it, and says so when the run is already finished. Exit status: 0 done; 1 bad input (one line,
+"tfdp.train: error: ..."); 130 or 143 stopped by SIGINT or SIGTERM (resumable).
 """
+# For developers: flags are parsed here, once, into tfdp.config dataclasses; nothing below reads
+# FLAGS. A config field's flag is made from the field (name, default, help, choices:
+# tfdp.config_flags); the flags defined below fill the two fields that several flags make up.
 
 import sys
+import textwrap
 
+from tfdp.training import stopping  # Imports no TensorFlow.
+
+if __name__ == "__main__":  # TensorFlow takes seconds to import: a Ctrl-C then ends in one line.
+  stopping.exit_at_once_on_signals("tfdp.train")
+
+# pylint: disable=wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -21,7 +32,7 @@ from tfdp import config_flags
 from tfdp import run_lock
 from tfdp.training import checkpointing
 from tfdp.training import distribution
-from tfdp.training import stopping
+# pylint: enable=wrong-import-position
 
 
 def _define_config_flags():
@@ -38,7 +49,7 @@ _GROUPNORM_GROUPS = flags.DEFINE_integer("groupnorm_groups", None,
                                          "GroupNorm groups (models with GroupNorm).")
 _ACTIVATION = flags.DEFINE_string("activation", None, "Activation (e.g. relu, tanh, silu).")
 _WEIGHT_STANDARDIZATION = flags.DEFINE_bool("weight_standardization", None,
-                                            "Weight-standardized convolutions (WSConv2D).")
+                                            "Weight-standardized convolutions.")
 _WEIGHTS = flags.DEFINE_string(
     "weights", None, "Local pretrained weights file (models that take one). Assumed public and "
     "independent of the private training data; its path and sha256 go into the metrics and model "
@@ -55,6 +66,24 @@ _HYPERPARAMETERS = {
     "initial_accumulator_value": flags.DEFINE_float("initial_accumulator_value", None,
                                                     "Adagrad's initial accumulator."),
 }
+# The topic of each flag defined above, for --help's index.
+_EXTRA_TOPICS = {"model": ["model_kwargs", "groupnorm_groups", "activation",
+                           "weight_standardization", "weights"],
+                 "optimizer": ["epsilon_adam", "beta_1", "beta_2", "rho",
+                               "initial_accumulator_value"]}
+
+
+def _flag_index() -> str:
+  """The flags by topic, one paragraph each, for the usage text (absl prints it above the flags)."""
+  lines = ["", "Flags by topic (each is described below, in alphabetical order):"]
+  for topic, names in config_flags.topics(config_lib.Config):
+    listed = " ".join(f"--{name}" for name in names + _EXTRA_TOPICS.get(topic, []))
+    lines.append(textwrap.fill(listed, width=100, initial_indent=f"  {topic + ':':11}",
+                               subsequent_indent=" " * 13))
+  return "\n".join(lines) + "\n"
+
+
+__doc__ += _flag_index()  # absl's --help and --helpshort print the main module's __doc__.
 
 
 def config_from_flags() -> config_lib.Config:
@@ -68,15 +97,24 @@ def config_from_flags() -> config_lib.Config:
       "model.options": options, "optimizer.hyperparameters": hyperparameters})
 
 
+# Python log levels of absl and TensorFlow by --progress. Verbose keeps their warnings (as before
+# --progress: TF's INFO lines, SavedModel writing, drown the progress); below it, errors only:
+# TensorFlow's warnings at the end of a run (unrestored checkpoint values, retracing) are for
+# developers. TensorFlow's C++ lines are set apart, before it is imported (tfdp.cpu).
+_LOG_LEVELS = {"quiet": "error", "normal": "error", "verbose": "warning"}
+
+
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # TF's INFO lines (SavedModel writing) drown the progress.
+  logging.set_verbosity(_LOG_LEVELS[flags.FLAGS.progress])
+  tf.get_logger().setLevel(_LOG_LEVELS[flags.FLAGS.progress].upper())
   from tfdp.training import loop  # pylint: disable=import-outside-toplevel
   try:
     config = config_from_flags()
     prepared = loop.prepare(config)
   except ValueError as error:  # data.DataError included: bad input, named in one line.
     sys.exit(f"tfdp.train: error: {error}")
+  stopping.hand_over()  # From here the run saves before it stops (tfdp.training.stopping).
   try:
     loop.train_and_evaluate(config, prepared)
   except (run_lock.DirectoryInUse, checkpointing.RunStateError) as error:  # Before any step.
@@ -84,6 +122,9 @@ def main(argv):
   except stopping.Stopped as stop:
     print(f"tfdp.train: {stop}", file=sys.stderr)
     sys.exit(stop.exit_code)
+  except KeyboardInterrupt as interrupt:  # A second Ctrl-C, or one where signals are left alone.
+    print(f"tfdp.train: {str(interrupt) or _interrupted(config)}", file=sys.stderr)
+    sys.exit(stopping.Interrupted.exit_code)
   except OSError as error:  # A full disk, a lost mount: spent.json is written before results.
     sys.exit(f"tfdp.train: error: {error}; every step whose results were written is counted in "
              f"{config.run.output_dir}/spent.json: fix the cause and run the same command to "
@@ -93,6 +134,11 @@ def main(argv):
     if failure is None:
       raise
     sys.exit(f"tfdp.train: error: {failure}")
+
+
+def _interrupted(config: config_lib.Config) -> str:
+  return (f"stopped at once by SIGINT; {config.run.output_dir} keeps its last checkpoint; run the "
+          "same command to resume")
 
 
 if __name__ == "__main__":

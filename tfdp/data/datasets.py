@@ -9,6 +9,10 @@ an .npz's `class_names`) or from the test split, which is evaluated but never tr
     dataset = load_dataset('digits')                      # 1,437 train / 360 test, 8x8x1
     dataset = load_dataset('folder', data_dir='/tmp/cifar10', train_examples=5000, seed=1)
     dataset = subset(dataset, train_examples=1000, seed=1)
+
+The folder loader decodes every image once before anything trains and names every file it cannot
+use in one error; with skip_bad_images=True it leaves them out instead and records how many in
+`Dataset.skipped_images` (released without noise: see SKIPPED_NOTE).
 """
 
 import dataclasses
@@ -33,12 +37,43 @@ FASHION_MNIST_CLASSES = ('t-shirt/top', 'trouser', 'pullover', 'dress', 'coat', 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
                    'truck')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+NAMED_BAD_FILES = 5  # Bad files named in the error and in metrics.json; the count covers them all.
+SKIPPED_NOTE = ('which training files could not be used is a property of the private training '
+                'data: these counts are released without noise and are NOT covered by the privacy '
+                'guarantee (the files are named on the console only, never in what a run '
+                'releases); N counts the images kept and is public as usual')
 
 DATASETS: dict[str, Callable[..., 'Dataset']] = {}
 
 
 class DataError(ValueError):
   """Bad input data; the message names the offending file or value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedImages:
+  """The image files of a folder dataset left out because they cannot be used.
+
+  Attributes:
+      root: the folder's data_dir; `report` names files relative to it.
+      train: paths of the training files left out, in listing order.
+      test: paths of the test files left out, in listing order.
+  """
+
+  root: str
+  train: tuple = ()
+  test: tuple = ()
+
+  def report(self) -> dict:
+    """metrics.json's `skipped_images`: the counts and SKIPPED_NOTE. Which training files were
+    bad is a fact about the private data, and a file's name can itself be private (a patient's
+    name), so no name is released: the console line names them to the user alone."""
+    return {'train': len(self.train), 'test': len(self.test), 'not_private': SKIPPED_NOTE}
+
+  def names(self) -> list:
+    """The first NAMED_BAD_FILES paths, relative to root, for the console."""
+    named = (self.train + self.test)[:NAMED_BAD_FILES]
+    return [os.path.relpath(path, self.root) for path in named]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: `==` on numpy fields is ambiguous.
@@ -56,6 +91,8 @@ class Dataset:
           computed from the (private) training images.
       std: per-channel standard deviation in [0, 1] pixel units, public like `mean`.
       augment: default training augmentation, a key of `preprocess.AUGMENTATIONS`.
+      skipped_images: the unusable files a folder loader with skip_bad_images=True left out
+          (none: empty tuples); None when no loader skipped anything by request.
   """
 
   name: str
@@ -67,6 +104,7 @@ class Dataset:
   mean: tuple
   std: tuple
   augment: str
+  skipped_images: SkippedImages | None = None
 
   def __post_init__(self):
     for split in ('train', 'test'):
@@ -131,12 +169,15 @@ def check_name(name: str) -> None:
   names.check('dataset', name, sorted(DATASETS))
 
 
-def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> Dataset:
+def load_dataset(name: str, data_dir: str | None = None, skip_bad_images: bool = False,
+                 **kwargs) -> Dataset:
   """Loads a registered dataset.
 
   Args:
       name: a key of `DATASETS`.
       data_dir: where the loader reads its files; loaders with built-in data ignore it.
+      skip_bad_images: leave out image files that cannot be used instead of failing (the folder
+          loader, the one that reads image files one by one).
       **kwargs: loader options (see each loader's docstring). Every loader takes
           `train_examples` (None: all) and `seed`, which keep
           `subset(dataset, train_examples, seed)` of the training split.
@@ -146,10 +187,16 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> Dataset:
 
   Raises:
       ValueError: `name` is not registered (the message lists the valid names).
-      DataError: the data could not be found, read or decoded.
+      DataError: the data could not be found, read or decoded, or skip_bad_images was asked of
+          a loader that does not read image files.
   """
   if name not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r}; valid names: {sorted(DATASETS)}.')
+  if skip_bad_images:
+    if name != 'folder':
+      raise DataError(f'skip_bad_images applies to the folder dataset, which reads image files '
+                      f'one by one; {name!r} has none to skip: drop --skip_bad_images.')
+    kwargs['skip_bad_images'] = True
   return DATASETS[name](data_dir=data_dir, **kwargs)
 
 
@@ -271,43 +318,56 @@ def load_synthetic(data_dir: str | None = None, num_train: int = 512, num_test: 
 
 @register('folder')
 def load_folder(data_dir: str | None = None, train_examples: int | None = None,
-                seed: int = 0) -> Dataset:
+                seed: int = 0, skip_bad_images: bool = False) -> Dataset:
   """Images in `data_dir/{train,test}/<class>/*.{jpg,jpeg,png,bmp,gif}`, one folder per class.
 
   Classes are the sorted subdirectory names of train/; test/ must hold the same ones. Every
-  image must decode to the shape of the first test image (channels are converted to its channel
-  count), so the input shape, the normalization and the augmentation never depend on a training
-  image. CIFAR-10-like data (10 classes of 32x32x3) gets the published CIFAR-10 normalization,
-  anything else 0.5 per channel; 3-channel images get flip_crop augmentation.
+  image must decode to the shape of the first test image that decodes (channels are converted to
+  its channel count), so the input shape, the normalization and the augmentation never depend on a
+  training image. CIFAR-10-like data (10 classes of 32x32x3) gets the published CIFAR-10
+  normalization, anything else 0.5 per channel; 3-channel images get flip_crop augmentation.
+
+  Every file is decoded once before the dataset is returned, and a file that cannot be used
+  (empty, not an image, truncated, a size or channel count that cannot be converted) is found
+  then, with every other such file.
 
   Args:
       data_dir: the directory holding train/ and test/.
-      train_examples: if given, decode only this many training images, the same ones
-          `subset(full_dataset, train_examples, seed)` would keep.
+      train_examples: if given, keep only this many training images, the same ones
+          `subset(full_dataset, train_examples, seed)` would keep; the others are checked but
+          their pixels are not kept.
       seed: picks the training subset when train_examples is given.
+      skip_bad_images: leave unusable files out (printing how many, recorded in
+          `Dataset.skipped_images`) instead of failing. The subset is drawn from the usable files.
 
   Returns:
       Dataset named 'folder'.
 
   Raises:
-      DataError: a directory is missing or empty, the class sets differ, or a file cannot be
-          decoded or has the wrong shape; the message names the path.
+      DataError: a directory is missing or empty, the class sets differ, no training or test
+          image can be used, or (without skip_bad_images) any file cannot be used: one message
+          with their count, the first NAMED_BAD_FILES paths and why, and the flag that skips them.
   """
   class_names, (train_files, train_labels), (test_files, test_labels) = _scan_folder(data_dir)
-  if train_examples is not None:
-    keep = _choose_subset(len(train_files), train_examples, seed)
-    train_files, train_labels = train_files[keep], train_labels[keep]
-  first = test_files[0]  # Not a training file: the shape must not depend on training data.
-  shape = _decode_file(first, channels=0).shape
-  train_images = _decode_files(train_files, shape, first)
-  test_images = _decode_files(test_files, shape, first)
+  first, shape = _first_test_image(test_files)
+  train_images, train_ok = _decode_files(train_files, shape, keep=train_examples is None)
+  test_images, test_ok = _decode_files(test_files, shape)
+  skipped = SkippedImages(root=data_dir, train=tuple(train_files[~train_ok].tolist()),
+                          test=tuple(test_files[~test_ok].tolist()))
+  _check_usable(skipped, len(train_files) + len(test_files), shape, first, skip_bad_images)
+  # N counts the images kept and is public as usual; how many were left out is a fact about the
+  # private data, released only by skipped.report() and labelled as not covered (SKIPPED_NOTE).
+  train_images, train_labels = _usable_training_images(
+      train_files, train_labels, train_images, train_ok, shape, train_examples, seed)
   cifar_like = shape == (32, 32, 3) and len(class_names) == 10  # Names vary by extraction tool.
   channels = shape[-1]
   return Dataset(name='folder', train_images=train_images, train_labels=train_labels,
-                 test_images=test_images, test_labels=test_labels, class_names=class_names,
+                 test_images=test_images[test_ok], test_labels=test_labels[test_ok],
+                 class_names=class_names,
                  mean=CIFAR10_MEAN if cifar_like else (0.5,) * channels,
                  std=CIFAR10_STD if cifar_like else (0.5,) * channels,
-                 augment='flip_crop' if channels == 3 else 'none')
+                 augment='flip_crop' if channels == 3 else 'none',
+                 skipped_images=skipped if skip_bad_images else None)
 
 
 @register('npz')
@@ -429,34 +489,69 @@ def _list_images(split_dir: str, class_names: tuple) -> tuple[np.ndarray, np.nda
   return np.array(paths), np.array(labels, dtype=np.int64)
 
 
-def _decode_file(path: str, channels: int) -> np.ndarray:
-  """Decodes one image eagerly to [H, W, C] uint8; DataError naming the file if it cannot."""
+def _usable_training_images(files: np.ndarray, labels: np.ndarray, images: np.ndarray | None,
+                            usable: np.ndarray, shape: tuple, train_examples: int | None,
+                            seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """The usable training images and labels, or the seeded subset of them.
+
+  A subset is decoded again from its files: the check of every file kept no pixels (`images` is
+  None), so that memory holds the subset only.
+  """
+  if not usable.any():  # Reached with skip_bad_images only: otherwise _check_usable raised.
+    raise DataError(f'folder: none of the {len(files)} training images can be used; nothing is '
+                    'left to train on.')
+  files, labels = files[usable], labels[usable]
+  if train_examples is None:
+    return (images if usable.all() else images[usable]), labels
+  keep = _choose_subset(len(files), train_examples, seed)
+  images, decoded = _decode_files(files[keep], shape)
+  if not decoded.all():
+    raise DataError(f'folder: {files[keep][~decoded][0]} changed while loading; run again.')
+  return images, labels[keep]
+
+
+def _try_decode(path: str, channels: int) -> np.ndarray | str:
+  """One image decoded eagerly to [H, W, C] uint8, or why it cannot be, in one line."""
   try:
+    if os.path.getsize(path) == 0:
+      return 'empty file, 0 bytes'
     image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
                                expand_animations=False)
+  except OSError as err:
+    return f'cannot read it: {err.strerror}'
   except tf.errors.OpError as err:
     # Keep TF's reason, drop its '{{function_node ...}}' and '[Op:DecodeImage]' wrapping.
-    reason = err.message.split('}}')[-1].split('[Op:')[0].strip()
-    raise DataError(f'folder: cannot decode {path} as an image: {reason}') from err
+    reason = err.message.split('}}')[-1].split('[Op:')[0]
+    return 'cannot decode it as an image: ' + ' '.join(reason.split())
   return image.numpy()
 
 
-def _decode_files(paths: np.ndarray, shape: tuple, first: str) -> np.ndarray:
-  """Decodes every path to [len(paths), *shape] uint8, in parallel.
+def _first_test_image(paths: np.ndarray) -> tuple[str, tuple]:
+  """The first test file that decodes, and its (H, W, C): the shape every image must have.
 
-  The fast path decodes in a tf.data pipeline and silently drops failing files; if any were
-  dropped, the first of them is decoded again on its own to raise an error that names it.
+  A test file, never a training file, so that the shape does not depend on the private data;
+  test files before it that do not decode are found again, and named, by the full check.
+  """
+  for path in paths:
+    image = _try_decode(path, channels=0)
+    if not isinstance(image, str):
+      return path, image.shape
+  raise DataError(f'folder: none of the {len(paths)} test images decodes (the first, {paths[0]}: '
+                  f'{_try_decode(paths[0], channels=0)}); the test images fix the input shape.')
+
+
+def _decode_files(paths: np.ndarray, shape: tuple,
+                  keep: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+  """Decodes every path once, in parallel, to find which are usable images of `shape`.
 
   Args:
       paths: [K] image file paths.
       shape: the (H, W, C) every image must have; C also sets the decoded channel count.
-      first: the file `shape` came from (the first test image), named in shape errors.
+      keep: whether to return the pixels; False only checks (memory for one batch).
 
   Returns:
-      [K, H, W, C] uint8 images in the order of `paths`.
-
-  Raises:
-      DataError: naming the first file that does not decode or has another shape.
+      (images, usable): [K, H, W, C] uint8 images in the order of `paths` (zeros where not
+      usable; None unless keep) and the [K] bool mask of the files that decoded to `shape`.
   """
 
   def decode(index, path):
@@ -464,22 +559,46 @@ def _decode_files(paths: np.ndarray, shape: tuple, first: str) -> np.ndarray:
                                expand_animations=False)
     return index, tf.ensure_shape(image, shape)
 
-  images = np.zeros((len(paths), *shape), np.uint8)
-  decoded = np.zeros(len(paths), bool)
+  images = np.zeros((len(paths), *shape), np.uint8) if keep else None
+  usable = np.zeros(len(paths), bool)
   pipeline = (tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), paths))
               .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-              .ignore_errors()  # Diagnosed below, one file at a time, to name the file.
+              .ignore_errors()  # A dropped file is unusable; _why_unusable says why.
               .batch(1024))
   for index, batch in pipeline.as_numpy_iterator():
-    images[index], decoded[index] = batch, True
-  if not decoded.all():
-    bad = paths[np.flatnonzero(~decoded)[0]]
-    image = _decode_file(bad, channels=shape[-1])
-    if image.shape == shape:  # Decodes alone but failed in the pipeline: say so, not guess.
-      raise DataError(f'folder: {bad} failed to decode in the tf.data pipeline.')
-    raise DataError(f'folder: {bad} has shape {image.shape} but the first test image {first} '
-                    f'has shape {shape}; all images must share one shape.')
-  return images
+    usable[index] = True
+    if keep:
+      images[index] = batch
+  return images, usable
+
+
+def _why_unusable(path: str, shape: tuple, first: str) -> str:
+  """Why the file at `path` is not an image of `shape`, in a few words."""
+  image = _try_decode(path, channels=shape[-1])
+  if isinstance(image, str):
+    return image
+  if image.shape != shape:
+    return f'shape {image.shape} where the first test image {first} has {shape}'
+  return 'failed to decode in the tf.data pipeline'  # Decodes alone: say so, not guess.
+
+
+def _check_usable(skipped: SkippedImages, total: int, shape: tuple, first: str,
+                  skip: bool) -> None:
+  """Raises one DataError naming the unusable files, unless there are none or `skip`; with
+  `skip`, prints their number in one line instead."""
+  bad = skipped.train + skipped.test
+  if not bad:
+    return
+  named = '; '.join(f'{path} ({_why_unusable(path, shape, first)})'
+                    for path in bad[:NAMED_BAD_FILES])
+  more = f'; and {len(bad) - NAMED_BAD_FILES} more' if len(bad) > NAMED_BAD_FILES else ''
+  counts = (f'{len(bad)} of the {total} image files under {skipped.root} '
+            f'({len(skipped.train)} train, {len(skipped.test)} test)')
+  if not skip:
+    raise DataError(f'folder: {counts} cannot be used: {named}{more}. Fix or remove them, or pass '
+                    '--skip_bad_images to train without them (their number is then released in '
+                    'metrics.json, not covered by the privacy guarantee).')
+  print(f'folder: skipped {counts}: {named}{more}.')
 
 
 def _tfds_loader(tfds_name: str, description: str, class_names: tuple, mean: tuple, std: tuple,

@@ -15,7 +15,7 @@ non-private runs, or labelled not private for runs with --monitor_private_metric
 
 Every run of a sweep trains on the same private data, so choosing among them costs privacy: the ε of
 a run picked by looking at these tables is higher than its own ε. summary.md and summary.csv say so
-(SELECTION_NOTE); the README's "Choosing among runs" gives the accounted alternative
+(SELECTION_NOTE); "Choosing among runs" in docs/guarantee.md gives the accounted alternative
 (tfdp.privacy.tuning).
 """
 
@@ -43,8 +43,8 @@ _SWEEP_DIR = flags.DEFINE_string("sweep_dir", "sweeps/default", "Where runs and 
 SUMMARY_METRICS = ("test_accuracy", "test_balanced_accuracy", "test_auc", "epsilon", "epsilon_pld",
                    "epsilon_if_dp_sgd", "examples_per_second")
 SELECTION_NOTE = ("selection among {runs} runs on the same private data: the ε of a run chosen by "
-                  "looking at these results is higher than its own ε; see README, \"Choosing among "
-                  "runs\"")
+                  "looking at these results is higher than its own ε; see docs/guarantee.md, "
+                  "\"Choosing among runs\"")
 _NOT_TABULATED = ("history", "ledger_history")  # Per-epoch lists: in the plots, not the CSV.
 
 
@@ -194,8 +194,17 @@ def _progress(done: int, total: int, started: float, run: Run, metrics: dict) ->
   elapsed = time.monotonic() - started
   left = elapsed / done * (total - done) if done else float("nan")
   return (f"[{done}/{total}] {run.cell_name} seed {run.seed}: test accuracy "
-          f"{metrics['test_accuracy']:.4f}, ε {metrics.get('epsilon')}; {elapsed / 60:.1f} min "
+          f"{metrics['test_accuracy']:.4f}, {_run_epsilon_text(metrics)}; {elapsed / 60:.1f} min "
           f"elapsed, about {left / 60:.1f} min left")
+
+
+def _run_epsilon_text(metrics: dict) -> str:
+  """A run's ε to 3 decimals, labelled when no proven guarantee stands behind it."""
+  if metrics.get("epsilon") is not None:
+    return f"ε {metrics['epsilon']:.3f}"
+  if metrics.get("epsilon_if_dp_sgd") is not None:
+    return f"no proven ε (DP-SGD's would be {metrics['epsilon_if_dp_sgd']:.3f})"
+  return "ε ∞ (non-private)"
 
 
 def run_sweep(base: Dict[str, str], grid, seeds: int, sweep_dir: str) -> Dict[Run, dict]:

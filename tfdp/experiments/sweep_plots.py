@@ -53,19 +53,22 @@ _TRAIN_CURVES = (("train_accuracy", "train"),
 
 
 def accuracy_vs_epoch(sweep_dir: str, runs, metrics) -> str:
-  """Test accuracy per epoch (median over seeds); train accuracy where the runs released it."""
+  """Test accuracy per evaluated epoch (median over seeds; --eval_every may skip epochs); train
+  accuracy where the runs released it."""
   figure, axes = pyplot.subplots(figsize=(6, 4))
   for cell, members in _cells(runs).items():
     histories = [metrics[r]["history"] for r in members]
     epochs = min(len(h) for h in histories)
-    x = list(range(1, epochs + 1))
+    shown = [e for e in range(epochs) if all("test_accuracy" in h[e] for h in histories)]
+    x = [e + 1 for e in shown]
     name = ",".join(f"{n}={v}" for n, v in cell) or "base"
-    test = [statistics.median([h[e]["test_accuracy"] for h in histories]) for e in range(epochs)]
+    test = [statistics.median([h[e]["test_accuracy"] for h in histories]) for e in shown]
     line, = axes.plot(x, test, label=f"{name} test")
     for key, label in _TRAIN_CURVES:
       if all(key in h[e] for h in histories for e in range(epochs)):
         trained = [statistics.median([h[e][key] for h in histories]) for e in range(epochs)]
-        axes.plot(x, trained, linestyle="--", color=line.get_color(), label=f"{name} {label}")
+        axes.plot(range(1, epochs + 1), trained, linestyle="--", color=line.get_color(),
+                  label=f"{name} {label}")
   axes.set_xlabel("epoch")
   axes.set_ylabel("accuracy (median over seeds)")
   axes.legend(fontsize=6)

@@ -26,9 +26,9 @@ _SCOPE = (
     "It does not cover groups of examples (for instance several images of one person) beyond "
     "group privacy; the test data (the test metrics are computed on it without privacy); "
     "hyperparameters or runs chosen by looking at results on the private data (each such choice "
-    "spends privacy that this ε does not count; see the README); or, with --train_examples, which "
-    "examples are in the training subset: the public seed chose it, so the subset is public and "
-    "the guarantee covers the examples in it.")
+    "spends privacy that this ε does not count; see docs/guarantee.md); or, with --train_examples, "
+    "which examples are in the training subset: the public seed chose it, so the subset is public "
+    "and the guarantee covers the examples in it.")
 _PROVEN = (
     "Example-level (ε, δ)-differential privacy under add/remove-one adjacency: for any single "
     "training example, the released artifacts listed in covered_fields (the model weights in "
@@ -68,16 +68,17 @@ FIELDS = ("epsilon", "epsilon_pld", "epsilon_if_dp_sgd", "delta", "delta_float_t
           "parameters", "optimizer",
           "learning_rate", "ema_decay", "augmult", "test_accuracy", "test_balanced_accuracy",
           "test_auc", "test_loss", "privacy_statement", "seed", "not_private_monitoring",
-          "local_dp", "timing", *AUDIT_FIELDS)
+          "local_dp", "timing", "skipped_images", *AUDIT_FIELDS)
 # Fields computed from the training data through the weights or the mechanism: covered by a
 # guarantee when there is one, not covered otherwise.
 _DATA_DEPENDENT = ("test_accuracy", "test_balanced_accuracy", "test_auc", "test_loss",
                    "final_clip_norm", "linear_probe",  # The probe's figures include its accuracy.
                    "feature_statistics")
 # Computed from the private data without noise (--monitor_private_metrics): never covered.
-# So are the audit's figures (the canaries' losses without noise) and the timing (wall time grows
-# with the chunks each step's drawn batch needed, and the drawn sizes are private).
-_NEVER_COVERED = ("not_private_monitoring", "timing", *AUDIT_FIELDS)
+# So are the audit's figures (the canaries' losses without noise), the timing (wall time grows
+# with the chunks each step's drawn batch needed, and the drawn sizes are private) and the count of
+# unusable image files --skip_bad_images left out (which training files are bad is private).
+_NEVER_COVERED = ("not_private_monitoring", "timing", "skipped_images", *AUDIT_FIELDS)
 
 
 def guarantee_kind(metrics: Dict[str, Any]) -> str:

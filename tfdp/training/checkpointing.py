@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from tfdp import atomic
 from tfdp.privacy import ledger as ledger_lib
+from tfdp.serving import release
 
 
 class Restored(NamedTuple):
@@ -78,7 +79,7 @@ class RunState:
       return None
     state = _read_state(self._state_path)
     prefix = os.path.join(self._directory, state["checkpoint"])
-    self._checkpoint.restore(prefix).assert_existing_objects_matched()
+    _restore(self._checkpoint, prefix, output_dir)
     epoch_steps = state.get("epoch_steps", 0)
     _check_counts(self._state_path, state, epoch_steps, _iterations(prefix))
     return Restored(state["epoch"], _spent_ledger(output_dir, state["ledger"]), state["history"],
@@ -148,6 +149,38 @@ SPENT = "spent.json"
 
 class RunStateError(ValueError):
   """A run directory whose state cannot be trusted: named, with what to do."""
+
+
+def _restore(checkpoint: tf.train.Checkpoint, prefix: str, output_dir: str) -> None:
+  """Restores `prefix` into `checkpoint`; RunStateError when it cannot (in one line)."""
+  try:
+    checkpoint.restore(prefix).assert_existing_objects_matched()
+  except (ValueError, AssertionError) as error:  # Another shape, or objects it does not hold.
+    raise RunStateError(
+        f"{output_dir} holds a run of another model or optimizer ({_recorded(output_dir)}): its "
+        f"checkpoint does not fit this one ({_first_sentence(error)}); use a new --output_dir, "
+        "or that run's flags to resume it") from None
+  except tf.errors.OpError as error:  # A checkpoint file missing or damaged.
+    raise RunStateError(f"{prefix} cannot be read ({_first_sentence(error.message)}); the run "
+                        "cannot resume from it: use a new --output_dir") from None
+
+
+def _recorded(output_dir: str) -> str:
+  """The model and optimizer flags the run in `output_dir` recorded (release.RUN_SPEC)."""
+  try:
+    with open(os.path.join(output_dir, release.RUN_SPEC)) as f:
+      config = json.load(f)["config"]
+    options = ",".join(f"{key}={value}" for key, value in config["model"]["options"])
+    return (f"recorded --model={config['model']['name']}"
+            + (f" --model_kwargs={options}" if options else "")
+            + f" --optimizer={config['optimizer']['name']}")
+  except (OSError, ValueError, KeyError, TypeError):  # No spec, or another layout: say so.
+    return f"its {release.RUN_SPEC} says which"
+
+
+def _first_sentence(error) -> str:
+  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  return text.split(". ")[0].rstrip(".")[:200]
 
 
 def _read_json(path: str) -> dict:

@@ -40,9 +40,11 @@ from tfdp.training import canary_audit
 from tfdp.training import checkpointing
 from tfdp.training import distribution
 from tfdp.training import ema
+from tfdp.training import event_files
 from tfdp.training import linear_probe
 from tfdp.training import planning
 from tfdp.training import reporting
+from tfdp.training import run_paths
 from tfdp.training import steps as steps_lib
 from tfdp.training import stopping
 
@@ -50,6 +52,7 @@ from tfdp.training import stopping
 def load_training_data(config: config_lib.Config) -> data.Dataset:
   """The dataset with its seeded training subset; checks what depends on N."""
   dataset = data.load_dataset(config.data.dataset, config.data.data_dir,
+                              skip_bad_images=config.data.skip_bad_images,
                               train_examples=config.data.train_examples, seed=config.run.seed)
   if config.data.audit_canaries:
     dataset = _with_canaries(config, dataset)
@@ -123,23 +126,22 @@ def _restore_or_start(state: checkpointing.RunState,
         f"{'; '.join(changes)}); use a new --output_dir")
   reset = list(state.not_checkpointed)
   ledger.record("resume", epoch=epoch, **({"reset": reset} if reset else {}))
-  within = f" and {epoch_steps} steps of epoch {epoch + 1}" if epoch_steps else ""
-  print(f"Resumed after epoch {epoch}{within} from its checkpoint: {ledger.describe()}")
   for note in reset:
     print(f"  {note}")
   return restored
 
 
 def _run_epoch(step_fn, sampler, trained, ledger, max_steps, monitor: Optional[str] = None,
-               first_step: int = 0, stop: Optional[stopping.StopRequest] = None):
+               first_step: int = 0, stop: Optional[stopping.StopRequest] = None, progbar=None):
   """The steps of one epoch from its `first_step` over `trained`'s training inputs, until the
-  budget or a `stop` request ends it; progress lines show ε and the monitoring `monitor` allows.
+  budget or a `stop` request ends it; `progbar` (reporting.progress, by default verbose) shows ε
+  and the monitoring `monitor` allows.
 
   Returns:
     (the epoch's stats, whether the budget ended it).
   """
   stats = reporting.EpochStats()
-  progbar = reporting.progress(sampler.steps_per_epoch)
+  progbar = progbar or reporting.progress(sampler.steps_per_epoch)
   for i in range(first_step, sampler.steps_per_epoch):
     if max_steps is not None and ledger.steps >= max_steps:
       return stats, True
@@ -160,22 +162,19 @@ def _run_epoch(step_fn, sampler, trained, ledger, max_steps, monitor: Optional[s
   return stats, False
 
 
-def _export_dir(config: config_lib.Config) -> str:
-  if config.run.export_dir:
-    return config.run.export_dir
-  return os.path.join("saved_models", os.path.basename(os.path.normpath(config.run.output_dir)))
-
-
 def prepare(config: config_lib.Config):
   """Loads the data and plans privacy: every check that can reject the run, before any training.
 
   Returns:
     (dataset, ledger). Raises ValueError (or data.DataError) naming the problem, including
-    --weights from an earlier private run (release.weights_provenance).
+    a directory the run could not write (run_paths) and --weights from an earlier private run
+    (release.weights_provenance).
   """
-  release.weights_provenance(config.model.kwargs.get("weights"))
+  chief = True
   if config.run.distribution == "multi_worker":
-    distribution.cluster_spec()
+    chief = distribution.cluster_spec()["task"]["index"] == 0  # Only the chief writes the run.
+  run_paths.check(config, chief)
+  release.weights_provenance(config.model.kwargs.get("weights"))
   dataset = load_training_data(config)
   _check_augmentation(config)
   if config.model.init_from:
@@ -278,15 +277,22 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
       _prepare_run_dir(state)
     start_epoch, ledger, history, epoch_steps = _restore_or_start(state, ledger)
   ledger.coordinates = models.count_params(model)  # Sizes the float noise's tail in δ.
-  finished = _finished(config, ledger, start_epoch)
+  console = reporting.Console(config.run.progress)
+  finished = _finished(config, ledger, start_epoch, history)
   if finished is not None:
     return finished
+  resumed = ledger.history[-1]["event"] == "resume"
+  if resumed:
+    _say_resumed(console, config, ledger, start_epoch, epoch_steps)
+    stop.saved = _saved_text(start_epoch, epoch_steps, config.run.epochs)
   if chief:
     release.write_run_spec(config, dataset)
-  evaluate = release.with_weights(
-      steps_lib.make_evaluate(trained.model, trained.test_preprocess, loss_fn=loss_fn),
-      weight_average)
-  reporting.print_summary(config, dataset, model, ledger, sampler, step_fn.engine, strategy)
+    _cut_tensorboard_back(config, start_epoch if resumed else 0, console)
+  evaluate = _test_evaluation(config, trained, loss_fn, weight_average)
+  reporting.print_summary(config, dataset, model, ledger, sampler, step_fn.engine, strategy,
+                          console)
+  if stop.requested:  # Arrived while setting up: nothing of this command to save.
+    raise _stopped(stop, config, ledger, "before its first step", saved=False)
   if scatter.statistics_layer(model) is not None:
     _set_statistics(model, dataset, trained, test_preprocess, ledger, coins, start_epoch, state,
                     history)
@@ -295,59 +301,159 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
     if weight_average:  # It began at the initial head; the probed one is where training starts.
       weight_average.restart()
     state.save(0, ledger, history)  # All of the probe or none of it is on disk.
+    stop.saved = "the last checkpoint holds the linear probe, before epoch 1"
+  if stop.requested:
+    raise _stopped(stop, config, ledger, "before its first epoch", saved=False)
 
   writer = (tf.summary.create_file_writer(os.path.join(config.run.output_dir, "tensorboard"))
             if chief else tf.summary.create_noop_writer())
-  max_steps = ledger.max_steps()
-  train_seconds, train_examples_seen, budget_exhausted = 0.0, 0.0, False
-  final_evaluation = None  # The last epoch's evaluation, when this invocation trained.
-  for epoch in range(start_epoch, config.run.epochs):
-    if max_steps is not None and ledger.steps >= max_steps:
-      budget_exhausted = True
-      break
-    first_step = epoch_steps if epoch == start_epoch else 0
-    print(f"Epoch {epoch + 1}/{config.run.epochs}"
-          + (f", from step {first_step + 1}" if first_step else ""))
-    stats, budget_exhausted = _run_epoch(step_fn, sampler, trained, ledger, max_steps,
-                                         reporting.monitor_prefix(config), first_step, stop)
-    if chief:
-      state.record_spent(ledger)  # Before anything computed from these steps is written.
-    taken = first_step + stats.steps
-    if stop.requested and not budget_exhausted and taken < sampler.steps_per_epoch:
-      state.save(epoch, ledger, history, epoch_steps=taken)
-      raise _stopped(stop, config, ledger, f"step {taken} of epoch {epoch + 1}")
-    train_seconds += stats.seconds
-    train_examples_seen += stats.steps * config.run.batch_size  # Expected: drawn sizes are private.
-    final_evaluation = evaluate(trained.test_images, trained.test_labels)
-    record = reporting.epoch_record(epoch + 1, ledger, stats, final_evaluation,
-                                    reporting.monitor_prefix(config))
-    history.append(record)
-    reporting.log_epoch(writer, record)
-    state.save(epoch + 1, ledger, history)
-    if budget_exhausted:
-      break
-    if stop.requested and epoch + 1 < config.run.epochs:
-      raise _stopped(stop, config, ledger, f"epoch {epoch + 1}")
+  epochs = _Epochs(config, step_fn, sampler, trained, state, writer, stop, console, chief,
+                   evaluate)
+  trained_epochs = _train_epochs(epochs, ledger, history, start_epoch, epoch_steps)
+  budget_exhausted, final_evaluation, examples_per_second = trained_epochs
   if budget_exhausted:
-    print(f"Stopped after {ledger.steps} steps: the next would spend more than "
-          f"ε = {ledger.target_epsilon}.")
+    console.say(f"Stopped after {ledger.steps} steps: the next would spend more than "
+                f"ε = {ledger.target_epsilon}.", "quiet")
 
+  stop.where = "while evaluating and exporting"
+  unwritten = ("its last epoch, before writing metrics.json"
+               + (" and the export" if config.run.export else ""))
+  if stop.requested:
+    raise _stopped(stop, config, ledger, unwritten)
   if final_evaluation is None:
-    final_evaluation = evaluate(trained.test_images, trained.test_labels)
+    final_evaluation = evaluate()
   metrics = reporting.final_metrics(config, dataset, model, ledger, optimizer, final_evaluation,
-                                    train_examples_seen / train_seconds if train_seconds else None,
-                                    budget_exhausted, history, augment)
+                                    examples_per_second, budget_exhausted, history, augment)
   if config.data.audit_canaries:
     with release.released_weights(weight_average):
       metrics.update(canary_audit.audit_run(config.run.output_dir, model, test_preprocess,
                                              loss_fn, metrics))
+  if stop.requested:  # Arrived during the audit: the export is the next write.
+    raise _stopped(stop, config, ledger, unwritten)
   if config.run.export and chief:
     metrics.update(_export(config, model, test_preprocess, dataset.class_names, weight_average,
                            model_card.build(metrics)))
-  if chief:
-    reporting.write_metrics(config.run.output_dir, metrics)
-  reporting.print_result(metrics, ledger)
+  files = _write_results(config, metrics, history, ledger) if chief else {}
+  reporting.print_result(metrics, ledger, files, console)
   return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class _Epochs:
+  """What the epochs of a run use, besides its ledger and history."""
+  config: config_lib.Config
+  step_fn: object
+  sampler: object
+  trained: _Trained
+  state: checkpointing.RunState
+  writer: object  # tf.summary writer (a no-op one on workers other than the chief).
+  stop: stopping.StopRequest
+  console: reporting.Console
+  chief: bool
+  evaluate: object  # _test_evaluation's.
+
+
+def _train_epochs(epochs: _Epochs, ledger, history, start_epoch: int, epoch_steps: int):
+  """The epochs from `start_epoch` (its first `epoch_steps` steps taken), each saved; raises
+  stopping.Stopped, having saved, when a signal asked for a stop.
+
+  Returns:
+    (whether the budget ended them, the last epoch's evaluation or None when this command trained
+    none, the expected examples per second of its steps or None).
+  """
+  config, stop = epochs.config, epochs.stop
+  max_steps = ledger.max_steps()
+  train_seconds, examples_seen, budget_exhausted, evaluation = 0.0, 0.0, False, None
+  started = time.monotonic()
+  for epoch in range(start_epoch, config.run.epochs):
+    if max_steps is not None and ledger.steps >= max_steps:
+      return True, evaluation, _speed(examples_seen, train_seconds)
+    first_step = epoch_steps if epoch == start_epoch else 0
+    stop.where = f"in epoch {epoch + 1}/{config.run.epochs}"
+    epochs.console.say(f"Epoch {epoch + 1}/{config.run.epochs}"
+                       + (f", from step {first_step + 1}" if first_step else ""), "verbose")
+    progbar = reporting.progress(epochs.sampler.steps_per_epoch, epochs.console,
+                                 f"Epoch {epoch + 1}/{config.run.epochs}")
+    stats, budget_exhausted = _run_epoch(epochs.step_fn, epochs.sampler, epochs.trained, ledger,
+                                         max_steps, reporting.monitor_prefix(config), first_step,
+                                         stop, progbar)
+    if epochs.chief:
+      epochs.state.record_spent(ledger)  # Before anything computed from these steps is written.
+    taken = first_step + stats.steps
+    if stop.requested and not budget_exhausted and taken < epochs.sampler.steps_per_epoch:
+      epochs.state.save(epoch, ledger, history, epoch_steps=taken)
+      stop.saved = _saved_text(epoch, taken, config.run.epochs)
+      raise _stopped(stop, config, ledger, f"step {taken} of epoch {epoch + 1}/{config.run.epochs}")
+    train_seconds += stats.seconds
+    examples_seen += stats.steps * config.run.batch_size  # Expected: drawn sizes are private.
+    at_budget = budget_exhausted or (max_steps is not None and ledger.steps >= max_steps)
+    due = (epoch + 1) % config.run.eval_every == 0 or epoch + 1 == config.run.epochs
+    evaluation = epochs.evaluate() if due or at_budget else None  # The last epoch: always.
+    record = reporting.epoch_record(epoch + 1, ledger, stats, evaluation or {},
+                                    reporting.monitor_prefix(config))
+    history.append(record)
+    reporting.log_epoch(epochs.writer, record)
+    epochs.state.save(epoch + 1, ledger, history)
+    stop.saved = _saved_text(epoch + 1, 0, config.run.epochs)
+    seconds = time.monotonic() - started
+    reporting.print_epoch(epochs.console, record, ledger, config.run.epochs,
+                          seconds / (epoch + 1 - start_epoch) * (config.run.epochs - epoch - 1))
+    if budget_exhausted:
+      break
+    if stop.requested and epoch + 1 < config.run.epochs:
+      raise _stopped(stop, config, ledger, f"epoch {epoch + 1}")
+  return budget_exhausted, evaluation, _speed(examples_seen, train_seconds)
+
+
+def _speed(examples: float, seconds: float) -> Optional[float]:
+  return examples / seconds if seconds else None
+
+
+def _test_evaluation(config: config_lib.Config, trained: _Trained, loss_fn, weight_average):
+  """evaluate() -> the test metrics of the released weights (the EMA's when used) on the first
+  --eval_examples test examples (all by default), with test_examples: how many it used."""
+  count = min(config.run.eval_examples or len(trained.test_labels), len(trained.test_labels))
+  images, labels = trained.test_images[:count], trained.test_labels[:count]
+  evaluate = release.with_weights(
+      steps_lib.make_evaluate(trained.model, trained.test_preprocess, loss_fn=loss_fn),
+      weight_average)
+  return lambda: {**evaluate(images, labels), "test_examples": int(count)}
+
+
+def _write_results(config: config_lib.Config, metrics: dict, history, ledger) -> dict:
+  """metrics.json, then curves.png; returns {what: path} of the run's results, for its last
+  lines."""
+  reporting.write_metrics(config.run.output_dir, metrics)
+  # matplotlib is slow to import: only a run that ends needs it.
+  from tfdp.training import curves  # pylint: disable=import-outside-toplevel
+  files = {"Run directory": config.run.output_dir,
+           "Metrics": os.path.join(config.run.output_dir, "metrics.json"),
+           "Curves": curves.write(config.run.output_dir, history,
+                                  reporting.epsilon_key(ledger) if ledger.private else None)}
+  files["Export"] = metrics.get("export_dir") or "none (--noexport)"
+  return files
+
+
+def _say_resumed(console, config, ledger, epoch: int, epoch_steps: int) -> None:
+  within = f" and {epoch_steps} steps of epoch {epoch + 1}" if epoch_steps else ""
+  console.say(f"Resumed after epoch {epoch}{within} from its checkpoint in "
+              f"{config.run.output_dir}: {reporting.epsilon_text(ledger)} so far", "normal")
+  console.say(f"  {ledger.describe()}", "verbose")
+
+
+def _saved_text(epoch: int, epoch_steps: int, epochs: int) -> str:
+  """What a checkpoint after `epoch` epochs and `epoch_steps` steps holds, for a stop's message."""
+  within = f" and {epoch_steps} steps of epoch {epoch + 1}" if epoch_steps else ""
+  return f"the last checkpoint holds epoch {epoch}/{epochs}{within}"
+
+
+def _cut_tensorboard_back(config: config_lib.Config, epoch: int, console) -> None:
+  """Drops the TensorBoard points after the checkpoint's `epoch` that a killed command logged
+  (tfdp.training.event_files): the epochs taken again log them once more."""
+  dropped = event_files.truncate(os.path.join(config.run.output_dir, "tensorboard"), epoch)
+  if dropped:
+    console.say(f"TensorBoard: dropped {dropped} points after epoch {epoch} that an interrupted "
+                "command logged; the epochs taken again log them anew", "verbose")
 
 
 def _prepare_run_dir(state: checkpointing.RunState) -> None:
@@ -360,10 +466,11 @@ def _prepare_run_dir(state: checkpointing.RunState) -> None:
           f"{', '.join(os.path.basename(path) for path in swept)}")
 
 
-def _finished(config: config_lib.Config, ledger, start_epoch: int) -> Optional[dict]:
+def _finished(config: config_lib.Config, ledger, start_epoch: int, history) -> Optional[dict]:
   """The recorded metrics of a run that already ended (all epochs, or the budget) and wrote
-  them; None when there is training or writing left. A rerun of a finished run exports nothing
-  again: `python -m tfdp.export` does, when asked."""
+  them; None when there is training or writing left. A rerun of a finished run trains and
+  exports nothing: it says so and where the results are; `python -m tfdp.export` exports again,
+  when asked."""
   metrics_path = os.path.join(config.run.output_dir, "metrics.json")
   max_steps = ledger.max_steps()
   ended = start_epoch >= config.run.epochs or (max_steps is not None and ledger.steps >= max_steps)
@@ -371,19 +478,28 @@ def _finished(config: config_lib.Config, ledger, start_epoch: int) -> Optional[d
     return None
   with open(metrics_path) as f:
     metrics = json.load(f)
-  print(f"{config.run.output_dir} is a finished run ({ledger.describe()}); nothing to train or "
-        f"export. Its export: {metrics.get('export_dir', 'none (--noexport)')}. To export it "
-        f"again: python -m tfdp.export --checkpoint_dir={config.run.output_dir} "
-        f"--export_dir={_export_dir(config)}. More epochs resume it only at the same σ "
-        "(--noise_multiplier; --epsilon calibrates σ to --epochs) and within the budget.")
+  done = history[-1]["epoch"] if history else start_epoch
+  print(f"{config.run.output_dir} is a finished run: {done}/{config.run.epochs} epochs, "
+        f"{reporting.epsilon_text(ledger)} at δ = {ledger.delta:g}; nothing to train or export.\n"
+        f"Metrics: {metrics_path}\n"
+        f"Export: {metrics.get('export_dir') or 'none (--noexport)'}\n"
+        f"To export it again: python -m tfdp.export --checkpoint_dir={config.run.output_dir} "
+        f"--export_dir={run_paths.export_dir(config)}. More epochs resume it only at the same σ "
+        "(--noise_multiplier; --epsilon calibrates σ to --epochs) and within the budget.",
+        flush=True)
   return metrics
 
 
-def _stopped(stop: stopping.StopRequest, config: config_lib.Config, ledger,
-             where: str) -> stopping.Stopped:
+def _stopped(stop: stopping.StopRequest, config: config_lib.Config, ledger, where: str,
+             saved: bool = True) -> stopping.Stopped:
+  """The Stopped of a run that `stop` ended `where` (after its last save, when `saved`)."""
+  if saved:
+    return stopping.Stopped(stop.signum, (
+        f"stopped by {stop.name} after {where}, saved in {config.run.output_dir}: "
+        f"{stop.saved}, {reporting.epsilon_text(ledger)} so far; run the same command to "
+        "resume"))
   return stopping.Stopped(stop.signum, (
-      f"stopped by {stop.name} after {where}, saved in {config.run.output_dir} "
-      f"({ledger.describe()}); the same command resumes at the next step"))
+      f"stopped by {stop.name} {where}: {stop.saved}; run the same command to resume"))
 
 
 def _set_statistics(model, dataset, trained, preprocess, ledger, coins, start_epoch, state,
@@ -440,5 +556,5 @@ def _export(config, model, preprocess, class_names, weight_average, card) -> dic
                 model, os.path.join(config.run.output_dir, "saved_model"), preprocess=preprocess,
                 class_names=class_names, model_card=card),
             "export_dir": saved_model.export_versioned(
-                model, _export_dir(config), preprocess=preprocess, class_names=class_names,
+                model, run_paths.export_dir(config), preprocess=preprocess, class_names=class_names,
                 model_card=card)}

@@ -8,9 +8,14 @@ What it reports, and how private each part is:
 - The training batches' loss and accuracy: computed from the private data without noise. A
   private run releases them only with --monitor_private_metrics, and then only under the
   NOT_PRIVATE prefix with NOT_PRIVATE_NOTE; `monitor_prefix` decides.
-- Wall-clock speed: released without noise and not covered (TIMING_NOTE).
+- Wall-clock speed and the time left: released without noise and not covered (TIMING_NOTE).
+
+How much it prints follows --progress (Console): quiet, the result; normal, a short opening, one
+line per epoch and the privacy statement at the start and the end; verbose, also per-step progress
+and the full statement every epoch.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -31,12 +36,30 @@ from tfdp.privacy import ledger as ledger_lib
 from tfdp.serving import release
 from tfdp.training import distribution
 
-TIMING_NOTE = ("wall-clock figures (examples_per_second, the progress lines' seconds) grow with "
-               "the number of chunks each step's Poisson batch needed, so they depend on the "
-               "private batch sizes; they are released without noise and not covered")
+TIMING_NOTE = ("wall-clock figures (examples_per_second, the progress lines' seconds and time "
+               "left) grow with the number of chunks each step's Poisson batch needed, so they "
+               "depend on the private batch sizes; they are released without noise and not "
+               "covered")
 NOT_PRIVATE = "not_private/"  # Prefix of the training-batch figures of --monitor_private_metrics.
 NOT_PRIVATE_NOTE = ("computed from the private training batches without noise "
                     "(--monitor_private_metrics): NOT covered by the privacy guarantee")
+
+
+class Console:
+  """Prints a run's lines at its --progress level (config.PROGRESS_LEVELS, least first)."""
+
+  def __init__(self, level: str = "normal"):
+    self.level = level
+    self._rank = config_lib.PROGRESS_LEVELS.index(level)
+
+  def shows(self, least: str) -> bool:
+    """Whether lines of level `least` are shown (every level shows the levels below it)."""
+    return self._rank >= config_lib.PROGRESS_LEVELS.index(least)
+
+  def say(self, text: str, least: str = "normal") -> None:
+    """Prints `text` when the level is `least` or more."""
+    if self.shows(least):
+      print(text, flush=True)
 
 
 def monitor_prefix(config: config_lib.Config) -> Optional[str]:
@@ -96,61 +119,153 @@ class _LogLines:
     print(f"  {current}/{self._target} - {now - self._start:.0f}s - {shown}", flush=True)
 
 
-def progress(target: int):
-  """A progress display of `target` steps: a Keras Progbar on a terminal, else _LogLines."""
-  if sys.stdout.isatty():
+class _StepCounter:
+  """Progress within an epoch on a terminal, on one line that the next line overwrites."""
+
+  def __init__(self, target: int, label: str):
+    self._target, self._label = target, label
+
+  def update(self, current: int, values) -> None:
+    del values  # The epoch's line says what it ended at.
+    text = f"{self._label}: step {current}/{self._target}"
+    end = "\r" + " " * len(text) + "\r" if current >= self._target else ""
+    sys.stdout.write(f"\r{text}{end}")
+    sys.stdout.flush()
+
+
+class _NoProgress:
+  def update(self, current: int, values) -> None:
+    del current, values
+
+
+def progress(target: int, console: Optional[Console] = None, label: str = ""):
+  """A progress display of `target` steps. Verbose: a Keras Progbar on a terminal, else _LogLines;
+  normal: a step counter on a terminal, nothing in a log; quiet: nothing."""
+  console = console or Console("verbose")
+  terminal = sys.stdout.isatty()
+  if console.shows("verbose") and terminal:
     shown = [p + k for p in ("", NOT_PRIVATE) for k in ("train_loss", "train_accuracy")]
     return tf.keras.utils.Progbar(target, stateful_metrics=shown + ["epsilon", "epsilon_if_dp_sgd"])
-  return _LogLines(target)
+  if console.shows("verbose"):
+    return _LogLines(target)
+  if console.shows("normal") and terminal:
+    return _StepCounter(target, label)
+  return _NoProgress()
 
 
 def epoch_record(epoch, ledger, stats, evaluation, monitor: Optional[str] = None) -> dict:
-  """The epoch's history entry: test metrics, ε, and the monitoring `monitor` allows."""
+  """The epoch's history entry: ε, the test metrics and test_examples (the test examples they
+  used) when the epoch was `evaluation`'s ({} when it was not evaluated), and the monitoring
+  `monitor` allows."""
   record = {"epoch": epoch, "steps": ledger.steps,
             **{k: v for k, v in evaluation.items() if v is not None}, **stats.monitoring(monitor)}
-  test_accuracy = evaluation["test_accuracy"]
   if ledger.private:
     record.update({k: v for k, v in ledger.epsilon_fields().items() if v is not None})
-    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; {ledger.describe()}")
-  else:
-    print(f"  epoch {epoch}: test accuracy {test_accuracy:.4f}; non-private")
   return record
+
+
+# The short lines' ε, by what stands behind it (ledger.guarantee()); the full statement says why.
+_EPSILON_FORMS = {"proven": "ε = {:.3f}",
+                  "shuffle": "ε = {:.3f} (shuffled batches: an approximation, not a proof)",
+                  "reproducible": "ε = {:.3f} (reproducible noise: NO guarantee)",
+                  "unproven": "ε = {:.3f} if this were DP-SGD (no proven guarantee)"}
+
+
+def epsilon_text(ledger, epsilon: Optional[float] = None) -> str:
+  """ε so far (or `epsilon`) in a few words, qualified when no proof stands behind it."""
+  if not ledger.private:
+    return "non-private (ε = ∞)"
+  return _EPSILON_FORMS[ledger.guarantee()].format(
+      ledger.epsilon() if epsilon is None else epsilon)
+
+
+def print_epoch(console: Console, record: dict, ledger, epochs: int,
+                seconds_left: Optional[float]) -> None:
+  """The epoch's line. Normal: epoch i/n, test accuracy, ε so far and the time left for the run
+  (labelled not private: wall clock); verbose: the full statement (as before --progress)."""
+  evaluated = ("test accuracy {:.4f} on {} test examples".format(
+      record["test_accuracy"], record["test_examples"]) if "test_accuracy" in record
+               else "not evaluated (--eval_every)")
+  if console.shows("verbose"):
+    console.say(f"  epoch {record['epoch']}: {evaluated}; "
+                f"{ledger.describe() if ledger.private else 'non-private'}", "verbose")
+    return
+  epsilon = record.get("epsilon", record.get("epsilon_if_dp_sgd"))
+  monitored = "".join(f"; {_MONITOR_LABELS[key]} {record[key]:.4f}" for key in _MONITOR_LABELS
+                      if key in record)
+  left = (f"; {_duration(seconds_left)} left (wall clock: not private)"
+          if seconds_left is not None and record["epoch"] < epochs else "")
+  console.say(f"Epoch {record['epoch']}/{epochs}: {evaluated}, {epsilon_text(ledger, epsilon)}"
+              f"{monitored}{left}")
+
+
+# The training-batch figures a record may hold (monitor_prefix), as the epoch's line names them.
+_MONITOR_LABELS = {"train_accuracy": "train accuracy",
+                   f"{NOT_PRIVATE}train_accuracy": "NOT PRIVATE train accuracy (no noise)"}
+
+
+def _duration(seconds: float) -> str:
+  """'about 12 s', 'about 5 min', 'about 2 h 10 min', or 'under a second'."""
+  if seconds < 0.5:
+    return "under a second"
+  if seconds < 90:
+    return f"about {seconds:.0f} s"
+  if seconds < 90 * 60:
+    return f"about {seconds / 60:.0f} min"
+  return f"about {seconds // 3600:.0f} h {seconds % 3600 / 60:.0f} min"
+
+
+_NOT_LOGGED = ("epoch", "test_examples")  # The step itself, and a count (metrics.json has it).
 
 
 def log_epoch(writer, record: dict) -> None:
   """Writes the epoch's `record` to TensorBoard at its epoch."""
   with writer.as_default(step=record["epoch"]):
     for key, value in record.items():
-      if key != "epoch" and value is not None:
+      if key not in _NOT_LOGGED and value is not None:
         tf.summary.scalar(key, value)
   writer.flush()
 
 
-def print_summary(config, dataset, model, ledger, sampler, engine, strategy=None) -> None:
-  """The run's opening lines: machine, model, data, optimizer, local DP, the privacy plan (σ,
-  clip, planned ε and budget; nothing from the data) and the replicas, when distributed."""
-  print(cpu.describe())
-  print(f"Model {config.model.name}: {models.count_params(model):,} trainable parameters")
+def print_summary(config, dataset, model, ledger, sampler, engine, strategy=None,
+                  console: Optional[Console] = None) -> None:
+  """The run's opening lines: machine (verbose), model, data, optimizer, local DP, the privacy plan
+  (σ, clip, planned ε and budget; nothing from the data) with the statement it would make after
+  every planned step, and the replicas, when distributed. Quiet: none."""
+  console = console or Console()
+  console.say(cpu.describe(), "verbose")
+  console.say(f"Model {config.model.name}: {models.count_params(model):,} trainable parameters")
   if hasattr(engine, "fast_layers"):
     fallback = [layer.name for layer in engine.fallback_layers]
-    print(f"Fast clipping covers {len(engine.fast_layers)} layers; vectorized fallback for: "
-          f"{', '.join(fallback) or 'none'}")
-  print(f"Data {config.data.dataset}: {dataset.num_train} training / {len(dataset.test_labels)} "
-        f"test examples, {dataset.num_classes} classes, input {dataset.input_shape}")
-  print(f"Optimizer {config.optimizer.name}, lr {config.optimizer.step_size}; "
-        f"{sampler.steps_per_epoch} steps per epoch of expected batch {config.run.batch_size} "
-        f"({config.data.sampling} sampling, chunks of {config.chunk_size})")
+    console.say(f"Fast clipping covers {len(engine.fast_layers)} layers; vectorized fallback for: "
+                f"{', '.join(fallback) or 'none'}", "normal" if fallback else "verbose")
+  console.say(f"Data {config.data.dataset}: {dataset.num_train} training / "
+              f"{len(dataset.test_labels)} test examples, {dataset.num_classes} classes, input "
+              f"{dataset.input_shape}")
+  console.say(f"Optimizer {config.optimizer.name}, lr {config.optimizer.step_size}; "
+              f"{sampler.steps_per_epoch} steps per epoch of expected batch "
+              f"{config.run.batch_size} ({config.data.sampling} sampling, chunks of "
+              f"{config.chunk_size})")
   if config.data.local_dp != "none":
     report = local_dp.report(config.data.local_dp, config.data.local_dp_scale,
                              dataset.input_shape)
-    print(f"Local DP: training images perturbed once by {report['mechanism']} noise of scale "
-          f"{report['scale']:g}: ε = {report['epsilon_per_image']:.6g} per image (replace-one, "
-          f"δ = {report['delta_per_image']:.3g}); {report['epsilon_per_pixel']:.4g} per pixel "
-          "value alone")
-  if ledger.private:
+    console.say(f"Local DP: training images perturbed once by {report['mechanism']} noise of "
+                f"scale {report['scale']:g}: ε = {report['epsilon_per_image']:.6g} per image "
+                f"(replace-one, δ = {report['delta_per_image']:.3g}); "
+                f"{report['epsilon_per_pixel']:.4g} per pixel value alone")
+  if ledger.private and console.shows("normal"):
     _print_privacy_plan(config, model, ledger)
+  elif not ledger.private:
+    console.say(f"Privacy: {ledger.describe()}")
   if strategy:
-    print(distribution.describe(config.run.distribution, strategy))
+    console.say(distribution.describe(config.run.distribution, strategy))
+
+
+def planned_statement(ledger) -> str:
+  """The privacy statement the run makes once it has taken every planned step."""
+  return dataclasses.replace(
+      ledger, steps=ledger.history[0]["planned_steps"], probe_steps=ledger.probe.get("steps", 0),
+      normalization_released=bool(ledger.normalization)).statement()
 
 
 def _print_privacy_plan(config, model, ledger) -> None:
@@ -168,6 +283,7 @@ def _print_privacy_plan(config, model, ledger) -> None:
                                dp_groups.variable_groups(model, config.privacy.clip_groups),
                                config.privacy.layer_noise)
     print(f"  group noise stds: {', '.join(f'{s:.4g}' for s in stds)}")
+  print(f"  after every planned step: {planned_statement(ledger)}")
 
 
 def _statistics_text(ledger) -> str:
@@ -216,7 +332,11 @@ def final_metrics(config, dataset, model, ledger, optimizer, evaluation,
       "batch_size": config.run.batch_size,
       "physical_batch_size": config.chunk_size,
       "train_examples": dataset.num_train,
-      "test_examples": int(len(dataset.test_labels)),
+      "test_examples": evaluation["test_examples"],  # Those the final evaluation used.
+      "test_split_examples": int(len(dataset.test_labels)),
+      "eval_every": config.run.eval_every,
+      "skipped_images": (dataset.skipped_images.report()  # Not covered: see its not_private.
+                         if dataset.skipped_images is not None else None),
       "examples_per_second": examples_per_second,
       "timing": {"examples_per_second": examples_per_second, "not_private": TIMING_NOTE}
                 if private else None,
@@ -300,8 +420,14 @@ def write_metrics(output_dir: str, metrics: dict) -> None:
                     json.dumps(metrics, indent=2, sort_keys=True))
 
 
-def print_result(metrics: dict, ledger) -> None:
-  """The run's last line: test accuracy, balanced accuracy and loss, and the privacy statement."""
-  print(f"Test accuracy {metrics['test_accuracy']:.4f}, balanced "
-        f"{metrics['test_balanced_accuracy']:.4f}, loss {metrics['test_loss']:.4f}; "
-        f"{ledger.statement()}")
+def print_result(metrics: dict, ledger, files: Optional[dict] = None,
+                 console: Optional[Console] = None) -> None:
+  """The run's last lines, at every --progress level: test accuracy on how many test examples,
+  balanced accuracy and loss; the privacy statement; then where `files` ({what: path}) are."""
+  console = console or Console()
+  console.say(f"Test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_examples']} test "
+              f"examples (balanced {metrics['test_balanced_accuracy']:.4f}, loss "
+              f"{metrics['test_loss']:.4f})", "quiet")
+  console.say(f"Privacy: {ledger.statement()}", "quiet")
+  for what, path in (files or {}).items():
+    console.say(f"{what}: {path}", "quiet")

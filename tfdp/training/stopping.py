@@ -9,13 +9,19 @@ of every step taken, mid-epoch included, and the next command resumes at the nex
 The handler only sets a flag: the step in flight (a TensorFlow call, which Python's signal handling
 does not interrupt) finishes, the loop sees the flag, saves, and raises `Stopped`, whose message the
 command prints before it exits with 128 + the signal's number. A second Ctrl-C stops at once
-(KeyboardInterrupt), as a user who presses it twice expects; the steps then count as after a kill.
+(`Interrupted`, a KeyboardInterrupt that says where the run was and what its last save holds), as a
+user who presses it twice expects; the steps then count as after a kill.
+
+Before the run installs its handlers (while the command imports TensorFlow, parses its flags and
+loads the data) nothing is being trained or saved, so a command may `exit_at_once_on_signals`: a
+signal then ends it at once in one line, with no traceback, until it `hand_over`s to the run.
 """
 
 import contextlib
 import signal
+import sys
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -28,11 +34,25 @@ class Stopped(Exception):
     self.exit_code = 128 + signum
 
 
+class Interrupted(KeyboardInterrupt):
+  """A second Ctrl-C stopped the run at once; the message says where, and what its last save
+  holds."""
+
+  exit_code = 128 + signal.SIGINT
+
+
 class StopRequest:
-  """Whether a stop was asked for: `signum` is None until a handled signal arrives."""
+  """Whether a stop was asked for: `signum` is None until a handled signal arrives.
+
+  `where` (what the run is doing, e.g. 'in epoch 3/15') and `saved` (what its last complete save
+  holds, e.g. 'the last checkpoint holds epoch 2/15') are the run's to keep current: a second
+  Ctrl-C reports them.
+  """
 
   def __init__(self):
     self.signum: Optional[int] = None
+    self.where = "while setting up"
+    self.saved = "no checkpoint yet"
 
   @property
   def requested(self) -> bool:
@@ -44,8 +64,9 @@ class StopRequest:
 
   def handle(self, signum, frame) -> None:
     del frame
-    if self.requested and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # The second Ctrl-C.
+    if self.requested and signum == signal.SIGINT:  # The second Ctrl-C.
+      raise Interrupted(f"stopped at once by a second Ctrl-C {self.where}; {self.saved}; run the "
+                        "same command to resume")
     self.signum = signum
     print(f"\n{self.name}: stopping after the step in flight, then saving "
           "(Ctrl-C again stops at once)", flush=True)
@@ -66,3 +87,35 @@ def on_signals(install: bool = True) -> Iterator[StopRequest]:
   finally:
     for signum, handler in previous.items():
       signal.signal(signum, handler)
+
+
+# The handlers exit_at_once_on_signals replaced, by signal: hand_over puts them back.
+_BEFORE_EXIT_AT_ONCE: Dict[int, object] = {}
+
+
+def _exit_at_once(program: str) -> Callable:
+  def handle(signum, frame):
+    del frame
+    print(f"\n{program}: stopped by {signal.Signals(signum).name} before training started; run "
+          "the same command to start again", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)  # Not KeyboardInterrupt: nothing is left to report.
+  return handle
+
+
+def exit_at_once_on_signals(program: str) -> None:
+  """Until `hand_over`, SIGTERM and SIGINT end the process at once: one line on stderr naming
+  `program` and the signal, exit status 128 + its number, no traceback.
+
+  For a command's start only (imports, flags, data), where no step is taken and nothing is half
+  saved; call it in the main thread, before the slow imports.
+  """
+  for signum in SIGNALS:
+    _BEFORE_EXIT_AT_ONCE.setdefault(signum, signal.signal(signum, _exit_at_once(program)))
+
+
+def hand_over() -> None:
+  """Puts back the handlers exit_at_once_on_signals replaced: from here the run handles signals
+  (on_signals), or leaves them alone (multi-worker runs)."""
+  while _BEFORE_EXIT_AT_ONCE:
+    signum, handler = _BEFORE_EXIT_AT_ONCE.popitem()
+    signal.signal(signum, handler)
