@@ -14,9 +14,8 @@ unnoised figures of the private data. Validation data is public here (the held-o
 import os
 import tempfile
 
-import tensorflow as tf
-
-import tfdp
+import tfdp  # Before TensorFlow loads: tfdp quiets its C++ log and turns oneDNN on.
+import tensorflow as tf  # pylint: disable=wrong-import-order
 
 # Setup: units in the comments.
 EPSILON, DELTA = 3.0, 1e-5  # The budget; δ < 1 / N.

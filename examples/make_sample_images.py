@@ -15,9 +15,9 @@ import os
 
 from absl import app
 from absl import flags
-import tensorflow as tf
 
-import tfdp
+import tfdp  # Before TensorFlow loads: tfdp quiets its C++ log and turns oneDNN on.
+import tensorflow as tf  # pylint: disable=wrong-import-order
 
 
 def write_samples(out_dir: str, count: int = 4) -> dict:
