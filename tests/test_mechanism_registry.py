@@ -16,7 +16,9 @@ import tfdp
 from tests import dp_reference as ref
 from tfdp import config as config_lib
 from tfdp.dp import groups as groups_lib
+from tfdp.dp import noise
 from tfdp.dp import randomness
+from tfdp import optimizers
 from tfdp.privacy import mechanisms
 from tfdp.training import planning
 
@@ -137,3 +139,25 @@ def test_every_mechanism_setting_is_a_privacy_config_field_of_the_same_name():
   assert settings <= fields, settings - fields
   privacy = config_lib.PrivacyConfig(noise="discrete_gaussian", discrete_rounding_inflation=0.02)
   assert privacy.settings().discrete_rounding_inflation == 0.02  # Carried by name.
+
+
+def test_an_optimizer_instance_is_refused_for_another_mechanism():
+  instance = optimizers.build_optimizer(
+      "dp_sgd", 1.0, dp_query=noise.SecretGaussianSumQuery(CLIP, CLIP * 1.0))
+  with pytest.raises(ValueError, match="discrete_gaussian mechanism"):
+    tfdp.keras.make_private(ref.small_conv_model(), optimizer=instance, l2_norm_clip=CLIP,
+                            target_delta=DELTA, epochs=EPOCHS, train_size=N, batch_size=BATCH,
+                            noise_multiplier=1.0, noise="discrete_gaussian")
+
+
+def test_a_noise_schedule_sets_each_steps_noise_from_the_ledger():
+  images, labels = ref.batch(size=N)
+  private = _keras(noise_multiplier=1.0, noise_schedule="linear_decay",
+                   noise_schedule_end_factor=0.5)
+  dataset = tfdp.data.poisson_dataset(images, labels, batch_size=BATCH, seed=5)
+  private.fit(dataset, epochs=EPOCHS, verbose=0, callbacks=[tfdp.keras.PrivacyBudget(pld=False)])
+  ledger = private.privacy_ledger
+  assert ledger.epoch_factors[-1] == pytest.approx(0.5)
+  scale = private._dp.optimizer.noise_scale.numpy()  # pylint: disable=protected-access
+  last = ledger.noise_multiplier_at(ledger.steps - 1) / ledger.noise_multiplier
+  assert last == pytest.approx(0.5) and scale == pytest.approx(last)  # The last step's σ.

@@ -258,10 +258,11 @@ def test_the_quickstart_prints_one_line_per_epoch_and_no_tensorflow_log_lines(tm
   lines = done.stdout.splitlines()
   epochs = [line for line in lines if line.startswith("Epoch ")]
   assert len(epochs) == 2 and re.fullmatch(
-      r"Epoch 1/2: test accuracy \d\.\d{4} on 360 test examples, ε = \d\.\d{3}; "
+      r"Epoch 1/2: test accuracy \d\.\d{4} on 360 test examples, "
+      r"ε = \d\.\d{3} \(RDP, Poisson sampling\); "
       r"(about \d+ s|under a second) left \(wall clock: not private\)", epochs[0]), epochs
-  assert re.fullmatch(r"Epoch 2/2: test accuracy \d\.\d{4} on 360 test examples, ε = \d\.\d{3}",
-                      epochs[1]), epochs
+  assert re.fullmatch(r"Epoch 2/2: test accuracy \d\.\d{4} on 360 test examples, "
+                      r"ε = \d\.\d{3} \(RDP, Poisson sampling\)", epochs[1]), epochs
   statement = "sampling and noise drawn from a secure random source"
   start, end = [line for line in lines if statement in line]  # The plan, and what was spent.
   assert start.startswith("  after every planned step: ε = ") and lines.index(start) < 6

@@ -102,11 +102,12 @@ class DataConfig:
       None, "Seed of the canaries and their inclusion (tests); default: drawn from a secure "
       "source and kept only in output_dir/audit/ until the audit.")
   # Which training files are unusable is a fact about the private data: skipping them releases
-  # how many (and the first names) in metrics.json, outside the guarantee; failing releases nothing.
+  # how many in metrics.json, outside the guarantee (names only on the console, as a file's name
+  # can itself be private); failing releases nothing.
   skip_bad_images: bool = _flag(
       False, "--dataset=folder: leave out image files that cannot be used (empty, not an image, "
-      "truncated, a size or channel count that does not convert), print how many, and record "
-      "the count and first names in metrics.json (skipped_images). Which training files are bad "
+      "truncated, a size or channel count that does not convert), name them on the console "
+      "and record their count in metrics.json (skipped_images). Which training files are bad "
       "is a fact about the private data: that record is NOT covered by the privacy guarantee; N "
       "counts the images kept. Default: the run stops before training, naming every bad file.")
 

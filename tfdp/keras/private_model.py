@@ -47,6 +47,7 @@ from tfdp.keras import plan as plan_lib
 from tfdp.keras import validation
 from tfdp.keras import weights_ledger
 from tfdp import optimizers
+from tfdp.privacy import mechanisms
 from tfdp.privacy import ledger as ledger_lib
 from tfdp import config as config_lib
 from tfdp.training import distribution
@@ -326,6 +327,11 @@ def _dp_optimizer(optimizer, learning_rate, momentum, settings, sigma, model):
   if not hasattr(optimizer, "noised_mean") or getattr(optimizer, "needs_plain_sum", False):
     raise ValueError("optimizer must be a DP optimizer name or an instance built by "
                      f"tfdp.optimizers.build_optimizer, got {type(optimizer).__name__}")
+  mechanism = mechanisms.select(settings)
+  if mechanism.name != "gaussian":  # The instance's query is DP-SGD's, not this mechanism's.
+    raise ValueError(f"a DP optimizer instance carries its own Gaussian noise query, but these "
+                     f"settings select the {mechanism.name} mechanism: pass the optimizer's "
+                     "name (e.g. 'dp_sgd') so make_private builds the mechanism's query")
   if abs(optimizer.noise_multiplier - sigma) > 1e-9 * sigma or optimizer.adaptive or \
       abs(optimizer.l2_norm_clip - settings.l2_norm_clip) > 1e-12:
     raise ValueError(f"the optimizer's noise_multiplier {optimizer.noise_multiplier:g} and clip "

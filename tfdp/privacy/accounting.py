@@ -82,7 +82,11 @@ class Release(NamedTuple):
 
 def _epsilon_rdp(releases: Sequence[Release], delta: float) -> float:
   kinds = [mechanisms.of_noise(r.noise) for r in releases]
-  orders = {kind.rdp_orders() for kind in kinds if kind.accountants.count("rdp")} or {None}
+  for kind in kinds:
+    if "rdp" not in kind.accountants:
+      raise ValueError(f"the RDP accountant has no bound for Poisson-subsampled {kind.family} "
+                       "noise; use the PLD accountant")
+  orders = {kind.rdp_orders() for kind in kinds}
   if len(orders) > 1:
     raise ValueError(f"the RDP accountant cannot compose {sorted({r.noise for r in releases})} "
                      "releases: their Rényi curves are at different orders")

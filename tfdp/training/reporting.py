@@ -165,10 +165,12 @@ def epoch_record(epoch, ledger, stats, evaluation, monitor: Optional[str] = None
 
 
 # The short lines' ε, by what stands behind it (ledger.guarantee()); the full statement says why.
-_EPSILON_FORMS = {"proven": "ε = {:.3f}",
-                  "shuffle": "ε = {:.3f} (shuffled batches: an approximation, not a proof)",
-                  "reproducible": "ε = {:.3f} (reproducible noise: NO guarantee)",
-                  "unproven": "ε = {:.3f} if this were DP-SGD (no proven guarantee)"}
+# Each names the accountant ({accountant}) and the sampling behind the ε.
+_EPSILON_FORMS = {
+    "proven": "ε = {epsilon:.3f} ({accountant}, Poisson sampling)",
+    "shuffle": "ε = {epsilon:.3f} ({accountant}; shuffled batches: an approximation, not a proof)",
+    "reproducible": "ε = {epsilon:.3f} ({accountant}; reproducible noise: NO guarantee)",
+    "unproven": "ε = {epsilon:.3f} if this were DP-SGD ({accountant}; no proven guarantee)"}
 
 
 def epsilon_text(ledger, epsilon: Optional[float] = None) -> str:
@@ -176,7 +178,8 @@ def epsilon_text(ledger, epsilon: Optional[float] = None) -> str:
   if not ledger.private:
     return "non-private (ε = ∞)"
   return _EPSILON_FORMS[ledger.guarantee()].format(
-      ledger.epsilon() if epsilon is None else epsilon)
+      epsilon=ledger.epsilon() if epsilon is None else epsilon,
+      accountant=ledger.accountant.upper())
 
 
 def print_epoch(console: Console, record: dict, ledger, epochs: int,

@@ -96,8 +96,8 @@ class Mechanism:
     raise NotImplementedError
 
   def rdp_of_step(self, sigma: float, sampling_probability: float) -> np.ndarray:
-    raise ValueError(f"the RDP accountant has no bound for Poisson-subsampled {self.family} "
-                     "noise; use the PLD accountant")
+    """One step's RDP at rdp_orders(); only for mechanisms whose accountants include 'rdp'."""
+    raise NotImplementedError
 
   def float_tail(self, grid_scale: Optional[int] = None) -> float:
     raise NotImplementedError
