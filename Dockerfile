@@ -1,5 +1,6 @@
 # tfdp for GPU training: TensorFlow 2.15 with CUDA and cuDNN from the official image, then tfdp with
-# the exact dependency set of constraints.txt (TF Privacy 0.9.0 needs Keras 2, i.e. TF <= 2.15).
+# the exact dependency set of constraints.txt, the pinned default (constraints-tf2.21.txt is the
+# newest tested set, TF 2.21 with tf_keras as Keras 2; it has not been built into an image here).
 #
 #   docker build -t tfdp .
 #   docker run --gpus all -v /data/cifar10:/data/cifar10:ro -v "$PWD/runs:/tfdp/runs" \

@@ -25,7 +25,7 @@ def test_epsilon_equals_direct_dp_accounting_composition(accountant, sigma, q, s
 
 
 def test_mnist_setting_agrees_with_tf_privacy_and_is_pinned():
-  from tensorflow_privacy.privacy.analysis import compute_dp_sgd_privacy_lib
+  from tfdp.compat.tf_privacy import compute_dp_sgd_privacy_lib
   tf_privacy_eps, _ = compute_dp_sgd_privacy_lib.compute_dp_sgd_privacy(
       n=60000, batch_size=256, noise_multiplier=1.1, epochs=60, delta=1e-5)
   steps = math.ceil(60 * 60000 / 256)

@@ -36,6 +36,7 @@ def test_inputs_stay_within_the_bounds_the_guarantees_assume(pixels):
   assert baselines.for_model(pixels, "dp_gaussian_nb") is pixels
 
 
+@pytest.mark.newest_stack  # diffprivlib follows the newest TensorFlow's NumPy too.
 @pytest.mark.parametrize("model", baselines.DIFFPRIVLIB_MODELS)
 @pytest.mark.parametrize("epsilon", [0.5, 3.0])
 def test_diffprivlib_models_report_the_epsilon_their_accountant_spent(pixels, model, epsilon):

@@ -24,7 +24,8 @@ def _tiny_config(modes, **kwargs):
 
 def _assert_record_shape(record):
   assert set(record) == {"model", "model_options", "batch_size", "cpu", "cpu_features", "onednn",
-                         "examples_per_second", "peak_memory_mb"}
+                         "stack", "examples_per_second", "peak_memory_mb"}
+  assert record["stack"].startswith("TensorFlow ") and "Keras 2 as tf.keras" in record["stack"]
   for key in ("examples_per_second", "peak_memory_mb"):
     assert set(FIXED_MODES) <= set(record[key]), record[key]
 

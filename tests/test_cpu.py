@@ -75,3 +75,21 @@ def test_cpu_features_read_from_cpuinfo(tmp_path):
   assert cpu.cpu_features(str(tmp_path / "missing")) == []
   assert cpu.cpu_model(str(tmp_path / "missing")) == "unknown CPU"
   assert "oneDNN o" in cpu.describe()
+
+
+@pytest.mark.parametrize("argv,is_command", [
+    (["python", "-m", "tfdp.train", "--flagfile=f"], True),
+    (["python", "-m", "tfdp.privacy", "--epsilon=3"], False),  # Imports no TensorFlow.
+    (["python", "script.py"], False), (["python", "-m"], False)])
+def test_only_tfdp_commands_import_tensorflow_at_import_tfdp(argv, is_command):
+  assert cpu.tfdp_command(argv) is is_command
+
+
+@pytest.mark.parametrize("line,dropped", [
+    ("I0000 00:00:1796269321.943339   26299 port.cc:153] oneDNN custom operations are on.", True),
+    ("E0000 00:00:1796269321.944180   26299 cuda_dnn.cc:8310] Unable to register cuDNN", True),
+    ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+     True),
+    ("Traceback (most recent call last):", False), ("I0000 is not a log line", False)])
+def test_a_quiet_import_drops_only_tensorflows_cpp_log_lines(line, dropped):
+  assert bool(cpu._CPP_LOG_LINE.match(line)) is dropped  # pylint: disable=protected-access

@@ -18,6 +18,8 @@ from tfdp.training import loop as training
 from tfdp.training import planning
 from tfdp.training import steps
 
+pytestmark = pytest.mark.newest_stack  # Also run on the newest TensorFlow (setup.cfg).
+
 C1, C2, LEARNING_RATE, BATCH = 0.05, 0.1, 0.5, 4.0
 
 

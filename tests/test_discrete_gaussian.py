@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from dp_accounting.rdp import rdp_privacy_accountant
-from tensorflow_privacy.privacy.dp_query import discrete_gaussian_utils
+from tfdp.compat.tf_privacy import discrete_gaussian_utils
 
 from tests import dp_reference as ref
 from tfdp.dp import noise

@@ -318,12 +318,16 @@ def test_every_readme_block_is_run_here_or_says_what_it_needs():
 def test_readme_setup_commands_are_what_ci_runs():
   ci = (ROOT / ".ci" / "run").read_text()
   setup = [code.strip() for marker, code in _readme_blocks().items() if "needs: long" in marker]
-  install = "pip install -c constraints.txt -e '.[test]'"
-  assert all(command.startswith("python3.11 -m venv .venv && .venv/bin/" + install)
-             for command in setup) and len(setup) == 2
-  assert "python3.11 -m venv .venv" in ci and install.replace("install", "install -q") in ci
-  pytest_command = setup[1].rsplit(" && ", 1)[1]
-  assert pytest_command in ci
+  pinned = "python3.11 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[test]'"
+  newest = ("python3.11 -m venv .venv-tf2.21 && .venv-tf2.21/bin/pip install "
+            "-c constraints-tf2.21.txt -e '.[test]'")
+  assert [command.startswith(pinned) for command in setup] == [True, True, False]
+  assert setup[2].startswith(newest)
+  for venv, constraints in ((".venv", "constraints.txt"), (".venv-tf2.21", "constraints-tf2.21.txt")):
+    assert f"python3.11 -m venv {venv}\n" in ci
+    assert f"{venv}/bin/pip install -q -c {constraints} -e '.[test]'" in ci
+  for command in setup[1:]:  # The test commands, as CI runs them.
+    assert command.rsplit(" && ", 1)[1] in ci, command
   assert setup[0].endswith(".venv/bin/python -m tfdp.train --flagfile=flags/quickstart.flags")
 
 

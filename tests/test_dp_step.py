@@ -10,6 +10,8 @@ from tfdp.dp import randomness
 from tfdp import optimizers
 from tfdp.training import steps
 
+pytestmark = pytest.mark.newest_stack  # Also run on the newest TensorFlow (setup.cfg).
+
 # DiceSGD also needs the unclipped sum and has its own tests (tests/test_dice_sgd.py).
 DP_OPTIMIZERS = sorted(n for n in optimizers.OPTIMIZERS
                        if optimizers.is_private(n) and n != "dice_sgd")

@@ -13,6 +13,8 @@ from tfdp import config as config_lib
 from tfdp import data
 from tfdp.training import loop as training
 
+pytestmark = pytest.mark.newest_stack  # Also run on the newest TensorFlow (setup.cfg).
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -13,6 +13,8 @@ from tfdp.models import layers as model_layers
 from tfdp import optimizers
 from tfdp.training import steps
 
+pytestmark = pytest.mark.newest_stack  # Also run on the newest TensorFlow (setup.cfg).
+
 
 def _model_around(layer_factory, input_shape, num_classes=3, seed=0):
   """Input -> conv (so the layer's input depends on weights) -> layer -> flatten -> dense."""

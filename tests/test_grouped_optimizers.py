@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
+from tfdp.compat.tf_privacy import dp_optimizer_keras
 
 from tests import dp_reference as ref
 from tfdp.dp import groups as groups_lib

@@ -14,6 +14,8 @@ from tfdp.dp import randomness
 from tfdp.training import loop
 from tfdp.training import planning
 
+pytestmark = pytest.mark.newest_stack  # Also run on the newest TensorFlow (setup.cfg).
+
 CLIP = 0.5  # Small enough that the reference batch's gradients are clipped (checked below).
 _LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

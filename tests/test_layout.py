@@ -75,8 +75,9 @@ def test_the_cycle_finder_finds_a_cycle():
 # The package's layers, bottom to top, each with the modules it holds: a name ending in "." is a
 # package and all under it, any other name is that one module; the longest matching name decides.
 LAYERS = [
-    ("base", ("tfdp", "tfdp.atomic", "tfdp.cpu", "tfdp.names", "tfdp.run_lock")),
+    ("base", ("tfdp", "tfdp.atomic", "tfdp.cpu", "tfdp.names", "tfdp.run_lock", "tfdp.stack")),
     ("privacy", ("tfdp.privacy.",)),  # Accounting imports no TensorFlow, so nothing above it.
+    ("compat", ("tfdp.compat.",)),  # Dependencies' modules on every TensorFlow (TF Privacy's).
     ("models", ("tfdp.models.",)),
     ("dp", ("tfdp.dp.",)),
     ("data", ("tfdp.data.",)),

@@ -22,6 +22,8 @@ from tfdp import optimizers
 from tfdp.privacy import mechanisms
 from tfdp.training import planning
 
+pytestmark = pytest.mark.newest_stack  # Also run on the newest TensorFlow (setup.cfg).
+
 CLIP, N, BATCH, EPOCHS, DELTA = 0.5, 12, 6, 3, 1e-3
 _LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 

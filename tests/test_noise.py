@@ -18,6 +18,8 @@ from tfdp import optimizers
 from tfdp.privacy import mechanisms
 from tfdp.training import steps
 
+pytestmark = pytest.mark.newest_stack  # Also run on the newest TensorFlow (setup.cfg).
+
 SIZE = 200_000  # Sample std of 200k draws: relative error ~0.16% (Gaussian), ~0.3% (Laplace).
 
 

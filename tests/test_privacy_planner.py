@@ -11,6 +11,8 @@ from tfdp.privacy import accounting
 from tfdp.privacy import planner
 from tfdp.training import planning
 
+pytestmark = pytest.mark.newest_stack  # Also run on the newest TensorFlow (setup.cfg).
+
 PLAN = dict(num_examples=50000, batch_size=1024, epochs=4, delta=1e-5)
 
 

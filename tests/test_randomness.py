@@ -49,7 +49,7 @@ def test_noise_outside_a_keyed_step_is_refused():
 
 
 def test_optimizers_refuse_queries_that_draw_from_the_public_seed():
-  from tensorflow_privacy.privacy.dp_query import gaussian_query  # pylint: disable=import-outside-toplevel
+  from tfdp.compat.tf_privacy import gaussian_query  # pylint: disable=import-outside-toplevel
   with pytest.raises(ValueError, match="GaussianSumQuery.*secret coins"):
     optimizers.build_optimizer("dp_sgd", 0.1,
                                dp_query=gaussian_query.GaussianSumQuery(1.0, 1.0))

@@ -77,6 +77,7 @@ def test_lr_schedules_start_end_and_warm_up(name):
     lr_schedules.make_schedule("triangle", 0.1, 10)
 
 
+@pytest.mark.newest_stack  # keras-cv follows the newest TensorFlow too.
 @pytest.mark.parametrize("augment", ["randaugment", "augmix"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_keras_cv_augmentations_keep_shape_and_range_eagerly_and_compiled(augment, channels):

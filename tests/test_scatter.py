@@ -34,6 +34,7 @@ def test_feature_shapes_and_parameter_counts(shape, features, linear, cnn):
     assert models.count_params(model) == models.count_params(head) == parameters
 
 
+@pytest.mark.newest_stack  # kymatio's scattering on the newest TensorFlow too.
 def test_scattering_depends_on_each_image_alone_and_is_not_trivial():
   front = scatter.Scattering()
   images = tf.random.stateless_uniform((3, 16, 16, 3), [0, 2])
@@ -45,6 +46,7 @@ def test_scattering_depends_on_each_image_alone_and_is_not_trivial():
     scatter.Scattering()(tf.zeros((1, 10, 12, 1)))
 
 
+@pytest.mark.newest_stack
 def test_fast_engine_covers_the_head_and_matches_brute_force():
   model = models.build_model("scatter_cnn", 3, (16, 16, 3))
   _, head = scatter.split(model)

@@ -36,6 +36,7 @@ def _quick_flags(output_dir, *extra):
           f"--export_dir={output_dir}/export", *extra]
 
 
+@pytest.mark.newest_stack
 def test_quick_digits_run_learns_within_budget(tmp_path):
   code, output = _run(*_quick_flags(tmp_path / "run"))
   assert code == 0, output
@@ -66,6 +67,7 @@ def _assert_export_reproduces_accuracy(saved_model_dir, accuracy):
   assert exported_accuracy == pytest.approx(accuracy, abs=1e-9)
 
 
+@pytest.mark.newest_stack
 def test_budget_stops_training_before_it_is_exceeded(tmp_path):
   code, output = _run(*_quick_flags(tmp_path / "run", "--noise_multiplier=2", "--epsilon=1",
                                     "--epochs=30"))
@@ -231,6 +233,7 @@ VARIANTS = {
 MIN_ACCURACY = {"laplace": 0.15}
 
 
+@pytest.mark.newest_stack  # Every mechanism through the command line.
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_each_dp_variant_trains_within_its_budget(tmp_path, variant):
   extra, expected = VARIANTS[variant]
@@ -247,6 +250,7 @@ def test_each_dp_variant_trains_within_its_budget(tmp_path, variant):
 # Issue 29: the quickstart as a newcomer meets it.
 
 
+@pytest.mark.newest_stack
 def test_the_quickstart_prints_one_line_per_epoch_and_no_tensorflow_log_lines(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # A user's shell.
   run = tmp_path / "run"

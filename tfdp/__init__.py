@@ -1,10 +1,15 @@
 """tfdp: differentially private training of image classifiers with TensorFlow/Keras."""
 
 from tfdp import cpu as _cpu
+from tfdp import stack as _stack
 
-# Before anything of tfdp imports TensorFlow, which reads them once (tfdp.cpu says why).
+# Before anything of tfdp imports TensorFlow, which reads them once (tfdp.cpu and tfdp.stack say
+# why): oneDNN on, quiet C++ logs, and Keras 2 as tf.keras where TF >= 2.16 brings Keras 3.
 _cpu.default_onednn_on()
 _cpu.default_quiet_logs()
+_stack.default_keras_2()
+if _cpu.tfdp_command():  # python -m tfdp.train etc.: TensorFlow's import-time lines dropped.
+  _cpu.import_tensorflow_quietly()
 
 __version__ = "0.1.0"
 

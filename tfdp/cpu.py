@@ -10,14 +10,20 @@ tfdp imports TensorFlow. A program that imported TensorFlow before tfdp keeps Te
 TensorFlow's C++ log lines are read from TF_CPP_MIN_LOG_LEVEL at the same moment. On a machine
 without a GPU, TensorFlow 2.15 prints a dozen of them at import (CUDA stubs, a "cuDNN factory"
 registered twice, TensorRT not found) at ERROR level, about nothing the user can act on; so
-`import tfdp` sets the level to 3 (fatal only) unless the user set it, like oneDNN.
+`import tfdp` sets the level to 3 (fatal only) unless the user set it, like oneDNN. TensorFlow
+2.18 and later print a few more through absl before its log is set up, which no variable
+silences; so a tfdp command (`python -m tfdp.<command>`) imports TensorFlow with its import-time
+C++ lines dropped (`import_tensorflow_quietly`), where tfdp chose the level, keeping any other
+line it printed.
 
 This module imports no TensorFlow at load time.
 """
 
 import os
+import re
 import sys
-from typing import Dict, List, MutableMapping
+import tempfile
+from typing import Dict, List, MutableMapping, Sequence
 
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
@@ -28,6 +34,12 @@ FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", 
 
 # How the variable came to hold its value: recorded once, at `import tfdp`.
 _ORIGIN: Dict[str, str] = {}
+# TensorFlow's C++ log lines ('I0000 00:00:1796269321.943339   26299 port.cc:153] ...') and absl's
+# notice before its log is set up: what a quiet import drops.
+_CPP_LOG_LINE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|"
+                           r"[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] )")
+# Commands that import no TensorFlow (the accountant's command line).
+_COMMANDS_WITHOUT_TENSORFLOW = ("tfdp.privacy",)
 
 
 def default_onednn_on(environ: MutableMapping[str, str] = os.environ,
@@ -54,11 +66,46 @@ def default_quiet_logs(environ: MutableMapping[str, str] = os.environ,
   """Sets TF_CPP_MIN_LOG_LEVEL=3 unless the user set it; returns who decided, as
   default_onednn_on does ('user', 'tfdp' or 'tensorflow')."""
   if LOG_LEVEL_VARIABLE in environ:
-    return "user"
-  if "tensorflow" in modules:
-    return "tensorflow"
-  environ[LOG_LEVEL_VARIABLE] = QUIET_LOG_LEVEL
-  return "tfdp"
+    origin = "user"
+  elif "tensorflow" in modules:
+    origin = "tensorflow"
+  else:
+    environ[LOG_LEVEL_VARIABLE] = QUIET_LOG_LEVEL
+    origin = "tfdp"
+  _ORIGIN.setdefault("log_level", origin)
+  return origin
+
+
+def tfdp_command(argv: Sequence[str] = getattr(sys, "orig_argv", ())) -> bool:
+  """Whether this process is `python -m tfdp.<command>` of a command that imports TensorFlow."""
+  argv = list(argv)
+  if "-m" not in argv or argv.index("-m") + 1 >= len(argv):
+    return False
+  module = argv[argv.index("-m") + 1]
+  return module.startswith("tfdp.") and not module.startswith(_COMMANDS_WITHOUT_TENSORFLOW)
+
+
+def import_tensorflow_quietly(modules=sys.modules) -> None:
+  """Imports TensorFlow, dropping the C++ log lines it prints on stderr while it loads, where
+  tfdp chose the quiet level; every other line it printed is written back to stderr."""
+  if "tensorflow" in modules or _ORIGIN.get("log_level") != "tfdp":
+    import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    return
+  with tempfile.TemporaryFile() as captured:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # noqa: F401,F811  pylint: disable=import-outside-toplevel,unused-import
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+    captured.seek(0)
+    printed = captured.read().decode("utf-8", errors="replace")
+  kept = [line for line in printed.splitlines() if not _CPP_LOG_LINE.match(line)]
+  if kept:
+    sys.stderr.write("\n".join(kept) + "\n")
 
 
 def onednn_enabled() -> bool:

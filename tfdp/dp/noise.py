@@ -23,12 +23,12 @@ from typing import List, Sequence
 
 import dp_accounting
 import tensorflow as tf
-from tensorflow_privacy.privacy.dp_query import dp_query
-from tensorflow_privacy.privacy.dp_query import gaussian_query
-from tensorflow_privacy.privacy.dp_query import nested_query
-from tensorflow_privacy.privacy.dp_query import normalized_query
-from tensorflow_privacy.privacy.dp_query import quantile_adaptive_clip_sum_query
-from tensorflow_privacy.privacy.dp_query import quantile_estimator_query
+from tfdp.compat.tf_privacy import dp_query
+from tfdp.compat.tf_privacy import gaussian_query
+from tfdp.compat.tf_privacy import nested_query
+from tfdp.compat.tf_privacy import normalized_query
+from tfdp.compat.tf_privacy import quantile_adaptive_clip_sum_query
+from tfdp.compat.tf_privacy import quantile_estimator_query
 
 from tfdp.dp import randomness
 from tfdp.privacy import mechanisms

@@ -43,6 +43,7 @@ from tfdp import config as config_lib
 from tfdp import cpu
 from tfdp import models
 from tfdp import optimizers
+from tfdp import stack
 from tfdp.training import steps
 
 # Each mode is the keyword arguments it passes to tfdp.training.steps.TrainStep, unchanged.
@@ -293,16 +294,18 @@ def summary(config: BenchConfig, results: Dict[str, ModeResult]) -> dict:
   return {"model": config.model, "model_options": dict(config.model_options),
           "batch_size": config.batch_size, "cpu": cpu.cpu_model(),
           "cpu_features": cpu.cpu_features(), "onednn": cpu.onednn_enabled(),
+          "stack": stack.describe(),
           "examples_per_second": {m: r.examples_per_second for m, r in results.items()},
           "peak_memory_mb": {m: r.peak_rss_mb for m, r in results.items()}}
 
 
 def provenance(command: str) -> str:
-  """One line: CPU (model, cores, features, oneDNN), GPUs, TensorFlow version, UTC date, command."""
+  """One line: CPU (model, cores, features, oneDNN), GPUs, TensorFlow, Keras and TF Privacy
+  versions (tfdp.stack), UTC date, command."""
   gpus = len(tf.config.list_physical_devices("GPU"))
   date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   return (f"Machine: {cpu.describe()}, GPUs={gpus}, "
-          f"TensorFlow {tf.__version__}; {date}; command: `{command}`")
+          f"{stack.describe()}; {date}; command: `{command}`")
 
 
 def _number(value: Optional[float], spec: str) -> str:

@@ -42,6 +42,7 @@ from tfdp.data import fit_input
 from tfdp.dp import clipping
 from tfdp.dp import randomness
 from tfdp.keras import callbacks as callbacks_lib
+from tfdp.keras import keras3
 from tfdp.keras import losses as losses_lib
 from tfdp.keras import plan as plan_lib
 from tfdp.keras import validation
@@ -94,6 +95,7 @@ class PrivateModel(tf.keras.Model):
         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     self._noise_keys = [randomness.SecretKeyStream()]  # In a list: untracked, never saved.
     self._private_step = None
+    self._mirrors = []  # Callbacks that copy the weights out (keras3.MirrorWeights).
 
   @property
   def privacy_ledger(self) -> ledger_lib.PrivacyLedger:
@@ -116,6 +118,9 @@ class PrivateModel(tf.keras.Model):
       raise ValueError("use make_private(jit_compile=True): it compiles each chunk's clipped "
                        "sum with XLA, while the step itself stays a graph")
     kwargs.pop("jit_compile", None)
+    loss = keras3.keras_2_object(loss, "losses")  # A Keras 3 user's loss and metric objects.
+    metrics = [keras3.keras_2_object(m, "metrics") for m in metrics] if isinstance(
+        metrics, (list, tuple)) else metrics
     super().compile(optimizer=self._dp.optimizer, loss=loss, metrics=metrics,
                     jit_compile=False, **kwargs)
     dp = self._dp
@@ -142,6 +147,7 @@ class PrivateModel(tf.keras.Model):
     callbacks = list(callbacks or [])
     if not any(isinstance(c, callbacks_lib.PrivacyBudget) for c in callbacks):
       callbacks.insert(0, callbacks_lib.PrivacyBudget())  # First: later callbacks see ε.
+    callbacks.extend(self._mirrors)
     drawn = fit_input.sampling_plan(x)
     if drawn is not None and kwargs.get("steps_per_epoch") is None:
       # One iterator for the whole fit: Keras would otherwise start the dataset anew each epoch
@@ -366,7 +372,9 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
 
   Args:
     model: a functional or Sequential Keras model, one input and one output (logits or
-      probabilities, as its loss expects). tfdp.keras.check runs first and refuses, by name,
+      probabilities, as its loss expects): a `tf.keras` (Keras 2) model, or a Keras 3 model
+      (`import keras`, TensorFlow backend) of Keras's own layers, which trains through its Keras 2
+      twin and receives the trained weights after every epoch (tfdp.keras.keras3). tfdp.keras.check runs first and refuses, by name,
       every layer that mixes the examples of a batch or keeps state fit updates (BatchNorm:
       tfdp.keras.fix replaces it) and every layer it cannot prove per-example.
     optimizer: a DP optimizer name ('dp_sgd', 'dp_adam', 'dp_rmsprop', 'dp_adagrad') or an
@@ -406,6 +414,9 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
   when the target leaves no room for a step after them.
   """
   _refuse_multi_worker()
+  keras_3_model = model if keras3.is_keras_3_model(model) else None
+  if keras_3_model is not None:  # Trained through its Keras 2 twin (tfdp.keras.keras3).
+    model = keras3.twin(keras_3_model)
   validation.check(model)  # Before anything else: every layer per-example, no BatchNorm.
   plan = plan_lib.PrivacyPlan(l2_norm_clip=l2_norm_clip, target_delta=target_delta,
                               epochs=epochs, train_size=train_size, batch_size=batch_size,
@@ -437,6 +448,8 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
                           physical_batch_size=physical_batch_size, scaling=privacy.scaling,
                           norm=privacy.norm)
   weights_ledger.track(private)  # A later make_private of these variables sees its live ledger.
+  if keras_3_model is not None:
+    private._mirrors.append(keras3.MirrorWeights(keras_3_model))  # pylint: disable=protected-access
   return private
 
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 from tfdp.dp import fast  # noqa: F401  pylint: disable=unused-import  (registers the fast rules)
 from tfdp.dp.fast import rules
 from tfdp.dp.fast import vectorized
+from tfdp.keras import keras3
 from tfdp.models import layers as model_layers
 from tfdp.models import scatter
 from tfdp.models import vit
@@ -180,14 +181,22 @@ def inspect(model: tf.keras.Model) -> List[LayerVerdict]:
   is there only if it is refused: a subclassed top model, or more than one input or output.
 
   Args:
-    model: a tf.keras.Model.
+    model: a tf.keras.Model, or a Keras 3 model, judged through its Keras 2 twin
+      (tfdp.keras.keras3): the layers keep their names. One with no faithful twin gets a
+      single refused verdict saying why.
 
   Returns:
     One LayerVerdict per layer; never raises for a refused layer.
 
   Raises:
-    TypeError: if `model` is not a tf.keras.Model.
+    TypeError: if `model` is neither.
   """
+  if keras3.is_keras_3_model(model):
+    try:
+      model = keras3.twin(model)
+    except keras3.TwinError as error:
+      return [LayerVerdict(model.name, type(model).__name__, "refused", str(error),
+                           "build it from Keras's own layers as a Sequential or functional model")]
   if not isinstance(model, tf.keras.Model):
     raise TypeError(f"inspect takes a tf.keras.Model, got {type(model).__name__}: {model!r}")
   top = _model_verdicts(model)
@@ -238,7 +247,8 @@ def fix(model: tf.keras.Model) -> tf.keras.Model:
   keeps model.name and is not compiled. Prints one line per replacement and a summary.
 
   Args:
-    model: a built functional or Sequential tf.keras.Model.
+    model: a built functional or Sequential tf.keras.Model, or a Keras 3 one, fixed as its Keras 2
+      twin (tfdp.keras.keras3): the result is then a tf.keras model, which make_private takes.
 
   Returns:
     The new model. Layers fix does not replace (a BatchNorm inside a wrapper, custom layers)
@@ -248,6 +258,8 @@ def fix(model: tf.keras.Model) -> tf.keras.Model:
     ValueError: if `model`, or a model inside it, is subclassed, or a BatchNorm is not built or
       normalizes more than one axis.
   """
+  if keras3.is_keras_3_model(model):
+    model = keras3.twin(model)
   _require_graph(model, model.name)
   replaced = []
   fixed = _clone(model, prefix="", replaced=replaced)

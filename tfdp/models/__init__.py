@@ -5,8 +5,13 @@
     sorted(models.MODELS)  # ['cnn', 'convnet', 'densenet121', 'efficientnet_b0', 'linear', ...]
 """
 
-from tfdp.models import layers
-from tfdp.models import registry
+from tfdp import stack as _stack
+
+_stack.require_keras_2()  # The models are Keras 2 code: refuse Keras 3 as tf.keras by name.
+
+# pylint: disable=wrong-import-position
+from tfdp.models import layers  # noqa: E402
+from tfdp.models import registry  # noqa: E402
 
 # Imported for their @register side effect, which fills MODELS.
 from tfdp.models import convnet  # noqa: F401  pylint: disable=unused-import

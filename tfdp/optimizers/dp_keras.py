@@ -10,8 +10,8 @@ logical step on the clipped sum it accumulated over all chunks. The query decide
 from typing import Optional, Sequence
 
 import tensorflow as tf
-from tensorflow_privacy.privacy.dp_query import quantile_adaptive_clip_sum_query
-from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
+from tfdp.compat.tf_privacy import quantile_adaptive_clip_sum_query
+from tfdp.compat.tf_privacy import dp_optimizer_keras
 
 from tfdp.dp import noise as noise_lib
 from tfdp.dp import randomness

@@ -28,6 +28,7 @@ from tfdp import atomic
 from tfdp import config as config_lib
 from tfdp import cpu
 from tfdp import models
+from tfdp import stack
 from tfdp.data import local_dp
 from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
@@ -237,6 +238,7 @@ def print_summary(config, dataset, model, ledger, sampler, engine, strategy=None
   every planned step, and the replicas, when distributed. Quiet: none."""
   console = console or Console()
   console.say(cpu.describe(), "verbose")
+  console.say(stack.describe(), "verbose")
   console.say(f"Model {config.model.name}: {models.count_params(model):,} trainable parameters")
   if hasattr(engine, "fast_layers"):
     fallback = [layer.name for layer in engine.fallback_layers]

@@ -1,0 +1,1 @@
+"""Bridges to dependencies whose releases differ across the TensorFlow versions tfdp runs on."""
