@@ -1,5 +1,9 @@
 """tfdp.stack: Keras 2 as tf.keras on every TensorFlow, chosen before TensorFlow is imported."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tfdp import stack
@@ -46,3 +50,15 @@ def test_tf_privacy_is_a_plain_import_on_2_15_only(version, bodiless):
 def test_versions_parse():
   assert stack.release("2.21.0") == (2, 21) and stack.major("3.15.1") == 3
   assert stack.release(None) == () and stack.major(None) == 0
+
+
+@pytest.mark.skipif(not stack.keras_3_installed(), reason="Keras 3 comes with TensorFlow >= 2.16")
+def test_keras_2_is_chosen_even_when_the_user_imported_keras_3_first():
+  """`import keras` (Keras 3) imports TensorFlow, but tf.keras is resolved on first use: tfdp's
+  choice still holds."""
+  code = ("import keras; import tfdp; import tensorflow as tf; "
+          "print(tf.keras.layers.Dense.__module__.split('.')[0], keras.__version__[0])")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                        check=True, env={k: v for k, v in os.environ.items()
+                                         if k != stack.LEGACY_KERAS_VARIABLE})
+  assert done.stdout.split() == ["tf_keras", "3"]
