@@ -17,7 +17,12 @@ from tfdp.compat import tf_privacy
 pytestmark = pytest.mark.newest_stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = ["tensorflow", "tf_keras", "tfdp.compat.tf_privacy", "dp_accounting", "keras_cv",
+# tf_keras is Keras 2 as tf.keras only where Keras 3 is installed (TF >= 2.16); on TF 2.15 it is
+# installed but unused, and importing it beside TF 2.15's own Keras 2 re-registers Keras's public
+# names (`tf.keras.activations.tanh` then resolves to another function object), so it is not
+# imported there.
+MODULES = ["tensorflow", *(["tf_keras"] if stack.keras_3_installed() else []),
+           "tfdp.compat.tf_privacy", "dp_accounting", "keras_cv",
            "tensorflow_datasets", "tensorflow_metadata.proto.v0.schema_pb2", "absl.flags",
            "sklearn.datasets", "matplotlib", "numpy", "scipy", "kymatio", "kymatio.keras",
            "tfdp.train", "tfdp.priors.pretraining", "diffprivlib",

@@ -59,6 +59,19 @@ def residual_net():
   return keras.Model(inputs, layers.Dense(3)(x))
 
 
+def nested_net():
+  """A functional Keras 3 model around a nested functional backbone and a nested Sequential
+  built from an Input (Keras 2 numbers such models' calls from 1, Keras 3 from 0)."""
+  keras = _keras()
+  layers = keras.layers
+  inner_inputs = keras.Input((6, 6, 2))
+  backbone = keras.Model(inner_inputs, layers.Conv2D(4, 3, activation="tanh")(inner_inputs),
+                         name="backbone")
+  head = keras.Sequential([keras.Input((4, 4, 4)), layers.Flatten(), layers.Dense(3)], name="head")
+  inputs = keras.Input((6, 6, 2))
+  return keras.Model(inputs, head(backbone(inputs)))
+
+
 def _data(n, shape, classes, seed):
   rng = np.random.default_rng(seed)
   return (rng.random((n, *shape)).astype(np.float32),
@@ -100,6 +113,7 @@ def _path(name: str) -> str:
 @pytest.mark.parametrize("build,shape,classes,loss", [
     (mnist_convnet, (28, 28, 1), 10, "sparse_categorical_crossentropy"),
     (residual_net, (8, 8, 3), 3, "keras3_logits_loss"),
+    (nested_net, (6, 6, 2), 3, "keras3_logits_loss"),
 ])
 def test_keras_3_model_takes_the_fast_engine_and_matches_brute_force(build, shape, classes, loss):
   keras = _keras()

@@ -87,8 +87,14 @@ def to_keras_2_config(config: Any) -> Any:
   if config.get("class_name") in _DTYPE_POLICIES:
     return config["config"]["name"]
   out = {key: to_keras_2_config(value) for key, value in config.items()}
-  if "inbound_nodes" in config:
-    out["inbound_nodes"] = [_node(node) for node in config["inbound_nodes"]]
+  if isinstance(config.get("layers"), list):  # A model's config: its graph's nodes.
+    nested = _nested_graph_models(config["layers"])
+    for layer in out["layers"]:
+      if isinstance(layer, dict) and "inbound_nodes" in layer:
+        layer["inbound_nodes"] = [_node(node, nested) for node in layer["inbound_nodes"]]
+    for key in ("input_layers", "output_layers"):
+      if key in out:
+        out[key] = _endpoints(out[key], nested)
   if isinstance(out.get("config"), dict) and "class_name" in out:
     _check_module(out)
     REWRITES.get(out["class_name"], _keep_known_keywords)(out)
@@ -215,7 +221,29 @@ def _input_layer(spec: dict) -> None:
     raise TwinError(f"input {config.get('name')!r} is optional; Keras 2 has no optional inputs")
 
 
-def _node(node) -> List[list]:
+def _nested_graph_models(layers: list) -> set:
+  """The names of the layers that are models with their own inputs (functional, or Sequential
+  from an Input): Keras 2 gives such a model a node of its own (index 0) when it is built, so
+  its calls in the outer graph are numbered from 1, where Keras 3 numbers them from 0."""
+  names = set()
+  for layer in layers:
+    inner = layer.get("config", {}).get("layers") if isinstance(layer.get("config"), dict) else None
+    if layer.get("class_name") == "Functional" or (
+        layer.get("class_name") == "Sequential" and inner and inner[0].get("class_name") == "InputLayer"):
+      names.add(layer["config"].get("name", layer.get("name")))
+  return names
+
+
+def _endpoints(links: list, nested_models: set) -> list:
+  """A model's input or output layers, ['name', node, tensor] or a list of them, with the node
+  index of a nested model's call shifted as in _node."""
+  if links and isinstance(links[0], str):
+    name, node_index, tensor_index = links
+    return [name, node_index + (name in nested_models), tensor_index]
+  return [_endpoints(link, nested_models) for link in links]
+
+
+def _node(node, nested_models: frozenset = frozenset()) -> List[list]:
   """A Keras 3 graph node ({'args': [tensors], 'kwargs': {...}}) as Keras 2's list of
   [layer name, node index, tensor index, kwargs]."""
   if not isinstance(node, dict):
@@ -223,7 +251,11 @@ def _node(node) -> List[list]:
   first = node["args"][0] if node.get("args") else []
   tensors = first if isinstance(first, list) else [first]
   kwargs = {k: v for k, v in (node.get("kwargs") or {}).items() if v is not None}
-  return [[*t["config"]["keras_history"], kwargs] for t in tensors]
+  links = []
+  for tensor in tensors:
+    name, node_index, tensor_index = tensor["config"]["keras_history"]
+    links.append([name, node_index + (name in nested_models), tensor_index, kwargs])
+  return links
 
 
 REWRITES: Dict[str, Callable[[dict], None]] = {"InputLayer": _input_layer}
