@@ -11,8 +11,8 @@ TensorFlow's C++ log lines are read from TF_CPP_MIN_LOG_LEVEL at the same moment
 without a GPU, TensorFlow 2.15 prints a dozen of them at import (CUDA stubs, a "cuDNN factory"
 registered twice, TensorRT not found) at ERROR level, about nothing the user can act on; so
 `import tfdp` sets the level to 3 (fatal only) unless the user set it, like oneDNN. TensorFlow
-2.18 and later print a few more through absl before its log is set up, which no variable
-silences; so a tfdp command (`python -m tfdp.<command>`) imports TensorFlow with its import-time
+2.21 (seen here; the versions between were not tried) prints a few more through absl before its
+log is set up, which no variable silences; so a tfdp command (`python -m tfdp.<command>`) imports TensorFlow with its import-time
 C++ lines dropped (`import_tensorflow_quietly`), where tfdp chose the level, keeping any other
 line it printed.
 
