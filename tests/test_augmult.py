@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tests import dp_reference as ref
 from tfdp.dp import clipping
+from tfdp.models import layers as model_layers
 from tfdp import optimizers
 from tfdp.training import steps
 
@@ -79,3 +80,41 @@ def test_train_step_tiles_each_example_into_augmented_copies():
   assert count == 4 and 0 <= correct <= 4
   per_example = clipping.per_example_loss(labels, model(images))
   assert loss_sum == pytest.approx(float(tf.reduce_sum(per_example)), rel=1e-5)
+
+
+def _conv_model(conv_class, input_shape, filters, seed=0):
+  tf.keras.utils.set_random_seed(seed)
+  inputs = tf.keras.Input(input_shape)
+  x = conv_class(filters, 3, padding="same", name="tested")(inputs)
+  x = tf.keras.layers.Activation("tanh")(x)
+  outputs = tf.keras.layers.Dense(3)(tf.keras.layers.Flatten()(x))
+  return tf.keras.Model(inputs, outputs)
+
+
+# name: (input shape, filters): K copies of T positions each; the rule takes Gram matrices of the
+# K * T positions (ghost) when (K T)^2 < kernel size, else per-example kernel gradients.
+CONV_PATHS = {"ghost": ((4, 4, 16), 32), "materialized": ((6, 6, 2), 4)}
+
+
+@pytest.mark.parametrize("path", sorted(CONV_PATHS))
+@pytest.mark.parametrize("conv_class", [tf.keras.layers.Conv2D, model_layers.WSConv2D],
+                         ids=["conv", "ws_conv"])
+def test_conv_norms_of_copies_match_brute_force_on_both_paths(path, conv_class):
+  """The fast engine's Conv2D norms of the copies' summed gradient (all copies' positions as one
+  example's), on the Gram path and the materialized one, against one-row-at-a-time gradients."""
+  input_shape, filters = CONV_PATHS[path]
+  model = _conv_model(conv_class, input_shape, filters)
+  layer = model.get_layer("tested")
+  positions = K * input_shape[0] * input_shape[1]
+  assert (positions ** 2 < np.prod(layer.kernel.shape)) == (path == "ghost")
+  images, labels = ref.batch(size=4, input_shape=input_shape)
+  rows, mask = _copies(images), np.array([1, 1, 0, 1], np.float32)
+  wanted = _brute_force(model, rows, labels, mask, 0.05)
+  sums, norms = _engine_sum("fast", model, rows, labels, mask, 0.05)
+  for actual, expected in zip(sums, wanted):
+    np.testing.assert_allclose(actual, expected, rtol=5e-4, atol=1e-6)
+  for i in np.flatnonzero(mask):
+    grads = [ref.per_example_gradient(model, rows[i * K + k], labels[i]) for k in range(K)]
+    mean = [sum(parts) / K for parts in zip(*grads)]
+    assert norms[i] == pytest.approx(ref.global_norm(mean), rel=1e-3)
+    assert norms[i] > 0.05  # The clip binds, so the norms decide the sum.

@@ -207,10 +207,11 @@ def test_dilated_conv2d_matches_brute_force(name, monkeypatch):
   rule_class = fast_conv.Conv2DRule
   materialized = rule_class._materialized_kernel_squared_norms  # pylint: disable=protected-access
   monkeypatch.setattr(fast_conv, "_ghost_kernel_squared_norms",
-                      lambda lay, a, dz: taken.append((lay.name, "ghost")) or ghost(lay, a, dz))
+                      lambda lay, a, dz, *copies: taken.append((lay.name, "ghost"))
+                      or ghost(lay, a, dz, *copies))
   monkeypatch.setattr(rule_class, "_materialized_kernel_squared_norms",
-                      lambda self, lay, a, dz: taken.append((lay.name, "materialized"))
-                      or materialized(self, lay, a, dz))
+                      lambda self, lay, a, dz, *copies: taken.append((lay.name, "materialized"))
+                      or materialized(self, lay, a, dz, *copies))
 
   groups, grads, clip, engine = _fast_case(model, images, labels, mask)
   assert not engine.fallback_layers

@@ -89,21 +89,26 @@ def standardized_vjp_squared_norms(kernel: tf.Tensor, grads: tf.Tensor) -> tf.Te
   return tf.reduce_sum(per_channel * tf.reshape(inv_var, [-1]), axis=1)
 
 
-def _ghost_kernel_squared_norms(layer, a, dz):
+def _ghost_kernel_squared_norms(layer, a, dz, copies: int = 1):
   """[B] squared kernel-gradient norms from T x T Gram matrices, never forming the gradient.
 
   With P_i = patches(a_i) [T, K] and D_i = dz_i [T, C], example i's gradient is G_i = P_i^T D_i and
   ||G_i[:, c]||^2 = D_i[:, c]^T (P_i P_i^T) D_i[:, c]: cost T^2 (K + C) instead of T K C, chosen when
   T^2 < K C (late layers with small feature maps). For WSConv2D the closed form of
   `standardized_vjp_squared_norms` needs only per-channel means of G and of G * w_hat, which are
-  (sum_k P) D / n and (P w_hat) . D / n.
+  (sum_k P) D / n and (P w_hat) . D / n. With `copies` > 1, rows i*copies .. i*copies + copies - 1
+  of `a` and `dz` are example i's copies, whose gradient is the sum of theirs: their T positions
+  each are concatenated into example i's copies * T.
   """
-  patches = _patches(layer, a)  # [B, T, K]
-  d = tf.reshape(dz, [tf.shape(dz)[0], -1, dz.shape[-1]])  # [B, T, C]
-  gram = tf.linalg.matmul(patches, patches, transpose_b=True)  # [B, T, T]
+  d = tf.reshape(dz, [-1, copies * dz.shape[1] * dz.shape[2], dz.shape[-1]])  # [B, T', C]
+  if tuple(layer.strides) == (1, 1):
+    gram = _patch_gram_from_inputs(layer, a, dz.shape[1], dz.shape[2], copies)
+  else:
+    gram = _patch_gram(_example_patches(layer, a, copies))
   per_channel = tf.reduce_sum(tf.linalg.matmul(gram, d) * d, axis=1)  # [B, C] = ||G[:, c]||^2
   if not isinstance(layer, model_layers.WSConv2D):
     return tf.reduce_sum(per_channel, axis=1)
+  patches = _example_patches(layer, a, copies)
   kernel = layer.kernel
   mean, var = tf.nn.moments(kernel, axes=[0, 1, 2], keepdims=True)
   inv_var = 1.0 / (var + model_layers.WS_EPSILON)
@@ -114,6 +119,49 @@ def _ghost_kernel_squared_norms(layer, a, dz):
   ratio = tf.reduce_mean(tf.square(w_hat), axis=0)
   corrected = per_channel - n * tf.square(m1) - n * tf.square(m2) * (2.0 - ratio)
   return tf.reduce_sum(corrected * tf.reshape(inv_var, [-1]), axis=1)
+
+
+def _example_patches(layer, a, copies: int):
+  """[B, copies * T, K]: each example's patches, its copies' positions one after another."""
+  patches = _patches(layer, a)  # [R, T, K]
+  return tf.reshape(patches, [-1, copies * patches.shape[1], patches.shape[2]])
+
+
+def _patch_gram(patches):
+  return tf.linalg.matmul(patches, patches, transpose_b=True)
+
+
+def _patch_gram_from_inputs(layer, a, out_h: int, out_w: int, copies: int):
+  """[B, T', T'] = P P^T of each example's patches (stride 1), from its input positions' Gram.
+
+  A patch is the concatenation over kernel offsets o of the padded input at t + o, so
+  (P P^T)[t, s] = sum_o G[t + o, s + o] with G the Gram of the padded input positions (all of an
+  example's copies together; a copy's positions never reach another's). That costs Tp^2 cin for G
+  (Tp padded positions) instead of T'^2 kh kw cin, then kh kw slices of T'^2 entries.
+  """
+  (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation_rate
+  if layer.padding == "same":
+    pads = [_same_padding(a.shape[1], kh, 1, dh), _same_padding(a.shape[2], kw, 1, dw)]
+    a = tf.pad(a, [[0, 0], pads[0], pads[1], [0, 0]])
+  height, width, channels = a.shape[1], a.shape[2], a.shape[3]
+  tokens = tf.reshape(a, [-1, copies * height * width, channels])
+  gram = tf.reshape(tf.linalg.matmul(tokens, tokens, transpose_b=True),
+                    [-1, copies, height, width, copies, height, width])
+  total = None
+  for u in range(kh):
+    for v in range(kw):
+      rows, cols = slice(u * dh, u * dh + out_h), slice(v * dw, v * dw + out_w)
+      part = gram[:, :, rows, cols, :, rows, cols]  # [B, copies, out_h, out_w, copies, ...]
+      total = part if total is None else total + part
+  outputs = copies * out_h * out_w
+  return tf.reshape(total, [-1, outputs, outputs])
+
+
+def _bias_squared_norms(dz, copies: int = 1):
+  """[B] squared norms of each example's bias gradient: its rows' dz summed over positions."""
+  per_row = tf.reduce_sum(dz, axis=[1, 2])  # [R, C]
+  return tf.reduce_sum(tf.square(tf.reduce_sum(
+      tf.reshape(per_row, [-1, copies, per_row.shape[-1]]), axis=1)), axis=1)
 
 
 @rules.register(tf.keras.layers.Conv2D, model_layers.WSConv2D)
@@ -129,18 +177,23 @@ class Conv2DRule(rules.LayerRule):
     return kernel_grads
 
   def squared_norms(self, layer, a, dz):
-    positions = dz.shape[1] * dz.shape[2]
+    return self.squared_norms_of_copies(layer, a, dz, 1)
+
+  def squared_norms_of_copies(self, layer, a, dz, copies: int):
+    positions = copies * dz.shape[1] * dz.shape[2]  # Of one example, all its copies together.
     if positions * positions < np.prod(layer.kernel.shape):
-      kernel = _ghost_kernel_squared_norms(layer, a, dz)
+      kernel = _ghost_kernel_squared_norms(layer, a, dz, copies)
     else:
-      kernel = self._materialized_kernel_squared_norms(layer, a, dz)
+      kernel = self._materialized_kernel_squared_norms(layer, a, dz, copies)
     norms = [kernel]
     if layer.use_bias:
-      norms.append(tf.reduce_sum(tf.square(tf.reduce_sum(dz, axis=[1, 2])), axis=1))
+      norms.append(_bias_squared_norms(dz, copies))
     return norms
 
-  def _materialized_kernel_squared_norms(self, layer, a, dz):
+  def _materialized_kernel_squared_norms(self, layer, a, dz, copies: int):
     kernel_grads = _per_example_kernel_grads(layer, a, dz)
+    if copies > 1:
+      kernel_grads = rules._copy_sums(kernel_grads, copies)  # pylint: disable=protected-access
     if isinstance(layer, model_layers.WSConv2D):
       return standardized_vjp_squared_norms(layer.kernel, kernel_grads)
     return rules._row_squared_norms(kernel_grads)  # pylint: disable=protected-access

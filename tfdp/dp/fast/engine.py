@@ -27,8 +27,9 @@ class FastEngine:
     scaling: the per-example rule, clip or normalize (see tfdp.dp.groups).
     augmult: copies per example (augmentation multiplicity): rows i*augmult .. i*augmult +
       augmult - 1 of a batch are example i's augmented copies, and example i's gradient is the mean
-      of theirs, clipped as one. With augmult > 1 the norms come from materialized per-example
-      gradients, one layer at a time.
+      of theirs, clipped as one. With augmult > 1 the norms come from each rule's
+      squared_norms_of_copies (Conv2D: the copies' positions taken as one example's; other
+      layers: materialized per-row gradients, summed per example), one layer at a time.
   """
 
   def __init__(self, model: tf.keras.Model, clip_groups: groups_lib.ClipGroups = None,
@@ -107,8 +108,7 @@ class FastEngine:
     if self._augmult == 1:
       return rule.squared_norms(layer, a, dz)
     # dz already carries the 1/augmult of the mean, so an example's gradient is its rows' sum.
-    return [rules._row_squared_norms(groups_lib.example_means(g, self._augmult) * self._augmult)  # pylint: disable=protected-access
-            for g in rule.per_example_gradients(layer, a, dz)]
+    return rule.squared_norms_of_copies(layer, a, dz, self._augmult)
 
   def _squared_norms(self, inputs, output_grads, fallback_grads, materialized):
     per_layer = []

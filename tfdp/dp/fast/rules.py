@@ -5,6 +5,9 @@ gradient of the *summed* loss with respect to the layer's output; rows do not in
 model has no BatchNorm, so row i of dz is example i's own output gradient):
 - `squared_norms(layer, a, dz)`: per variable in `layer.trainable_weights` order, [B] squared norms
   of each example's gradient;
+- `squared_norms_of_copies(layer, a, dz, copies)`: with augmentation multiplicity, rows
+  i*copies .. i*copies + copies - 1 are example i's copies and its gradient is their rows' sum;
+  per variable, [B] squared norms of those sums (default: from materialized per-row gradients);
 - `weighted_sum(layer, a, dz, weights)`: per variable, sum_i weights[i] * (example i's gradient).
   The engine zeroes the rows of `a` and `dz` whose weight is 0 before calling it (they may hold inf
   or NaN from a dropped example), so a rule may contract over rows with plain products.
@@ -30,6 +33,10 @@ class LayerRule:
   def squared_norms(self, layer, a, dz) -> List[tf.Tensor]:
     return [_row_squared_norms(g) for g in self.per_example_gradients(layer, a, dz)]
 
+  def squared_norms_of_copies(self, layer, a, dz, copies: int) -> List[tf.Tensor]:
+    return [_row_squared_norms(_copy_sums(g, copies))
+            for g in self.per_example_gradients(layer, a, dz)]
+
   def weighted_sum(self, layer, a, dz, weights) -> List[tf.Tensor]:
     return [tf.tensordot(weights, g, axes=1) for g in self.per_example_gradients(layer, a, dz)]
 
@@ -44,6 +51,12 @@ class LayerRule:
 
 def _row_squared_norms(per_example: tf.Tensor) -> tf.Tensor:
   return tf.reduce_sum(tf.reshape(tf.square(per_example), [tf.shape(per_example)[0], -1]), axis=1)
+
+
+def _copy_sums(per_row: tf.Tensor, copies: int) -> tf.Tensor:
+  """[B * copies, ...] -> [B, ...], the sum over each example's consecutive rows."""
+  shape = tf.shape(per_row)
+  return tf.reduce_sum(tf.reshape(per_row, tf.concat([[-1, copies], shape[1:]], 0)), axis=1)
 
 
 RULES: Dict[Type[tf.keras.layers.Layer], List[LayerRule]] = {}
