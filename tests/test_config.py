@@ -6,6 +6,7 @@ import pytest
 
 from tfdp import config
 from tfdp import data
+from tfdp.data import feature_augment
 from tfdp import models
 from tfdp import optimizers
 
@@ -81,7 +82,10 @@ def _valid(names):
     (lambda: config.DataConfig(sampling="uniform"),
      lambda: "unknown sampling 'uniform'; valid: poisson, shuffle"),
     (lambda: config.DataConfig(augment="mixup"),
-     lambda: f"unknown augment 'mixup'; valid: {_valid(sorted(data.AUGMENTATIONS))}"),
+     lambda: f"unknown augment 'mixup'; valid: "
+             f"{_valid(sorted(data.AUGMENTATIONS) + sorted(feature_augment.POLICIES))}"),
+    (lambda: config.RunConfig(recipe="tuned"),
+     lambda: "unknown recipe 'tuned'; valid: none, auto"),
     (lambda: config.DataConfig(local_dp="gauss", local_dp_scale=1.0),
      lambda: "unknown local_dp 'gauss'; valid: none, laplace"),
     (lambda: config.DataConfig(audit_canary_type="blank"),

@@ -82,7 +82,8 @@ LAYERS = [
     ("dp", ("tfdp.dp.",)),
     ("data", ("tfdp.data.",)),
     ("optimizers", ("tfdp.optimizers.",)),
-    ("config", ("tfdp.config", "tfdp.config_flags")),  # The configs, and flags made from them.
+    # The configs, flags made from them, and the recipe that fills them from public facts.
+    ("config", ("tfdp.config", "tfdp.config_flags", "tfdp.recipes")),
     ("serving", ("tfdp.serving.",)),
     ("priors", ("tfdp.priors.",)),
     ("training", ("tfdp.training.",)),

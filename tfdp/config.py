@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 from tfdp.data import canaries
 from tfdp.data import datasets
+from tfdp.data import feature_augment
 from tfdp.data import local_dp as local_dp_lib
 from tfdp.data import preprocess
 from tfdp.data import sampling as sampling_lib
@@ -26,6 +27,7 @@ from tfdp.privacy import mechanisms
 from tfdp.privacy.mechanisms import linear_probe
 from tfdp.privacy.mechanisms import scatter_statistics
 from tfdp.privacy import schedules
+from tfdp import recipes
 
 # Rows per compiled chunk when --physical_batch_size is not given, per clipping engine. TF Privacy's
 # vectorized per-example gradients cost superlinearly in the chunk size on conv nets (pfor falls back
@@ -66,6 +68,11 @@ def _flag(default: Any, help_text: str, *, name: Optional[str] = None,
       "help": help_text, "flag_name": name, "choices": choices, "parse": parse})
 
 
+def _augment_names():
+  """--augment's names: image augmentations, then the cached-feature policies."""
+  return sorted(preprocess.AUGMENTATIONS) + sorted(feature_augment.POLICIES)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
   dataset: str = _flag("digits", "Dataset name.", choices=lambda: sorted(datasets.DATASETS))
@@ -78,8 +85,10 @@ class DataConfig:
       "poisson", "poisson (what the accountant assumes) or shuffle (reported as such).",
       choices=lambda: list(sampling_lib.SAMPLERS))
   augment: Optional[str] = _flag(
-      None, "Training augmentation (keras-cv for randaugment and augmix); default: the dataset's.",
-      choices=lambda: sorted(preprocess.AUGMENTATIONS))
+      None, "Training augmentation (keras-cv for randaugment and augmix); default: the dataset's. "
+      "ScatterNet models take the scatter_* policies, which augment the cached features (image "
+      "flips cached once, map translations per step; tfdp.data.feature_augment).",
+      choices=lambda: _augment_names())
   augmult: int = _flag(
       1, "Augmented copies of each sampled example; its gradient is the mean over the copies, "
       "clipped as one (De et al. 2022): no privacy cost, augmult times the compute.")
@@ -118,7 +127,7 @@ class DataConfig:
     _require(self.local_dp_scale is None or self.local_dp_scale > 0,
              f"local_dp_scale must be > 0, got {self.local_dp_scale}")
     if self.augment is not None:  # None: the dataset's own.
-      preprocess.check_name(self.augment)
+      names.check("augment", self.augment, _augment_names())
     _require(self.augmult >= 1, f"augmult must be >= 1, got {self.augmult}")
     _require(self.audit_canaries == 0 or self.audit_canaries >= 2,
              f"audit_canaries must be 0 (no audit) or >= 2, got {self.audit_canaries}")
@@ -396,6 +405,17 @@ class RunConfig:
   eval_examples: Optional[int] = _flag(  # None: the whole test split.
       None, "Evaluate on the first this many test examples; default: all. metrics.json records "
       "how many each evaluation used (test_examples).")
+  recipe: str = _flag(
+      "none", "auto: choose the model, batch size, epochs, learning rate, clip norm, noise split, "
+      "augmentation and EMA from public facts alone (N, image shape, classes, the kind of data, "
+      "ε, δ, --time_budget_minutes, the CPU kind) by the written rule of tfdp.recipes "
+      "(docs/recipes.md); the flags it chooses may not be given too. The card records it.",
+      choices=lambda: list(recipes.RECIPES))
+  time_budget_minutes: float = _flag(
+      60.0, "--recipe=auto: the wall-clock minutes the whole run may take, estimated from "
+      "measured speeds per CPU kind (tfdp.recipes.THROUGHPUT).")
+  # Set by tfdp.recipes.apply (no flag): the recipe's rule, facts and choices, for the card.
+  recipe_record: Tuple[Tuple[str, Any], ...] = ()
   progress: str = _flag(
       "normal", "What the run prints. quiet: only the result; normal: one line per epoch and the "
       "privacy statement at the start and the end; verbose: also per-step progress, the full "
@@ -407,6 +427,9 @@ class RunConfig:
 
   def __post_init__(self):
     names.check("distribution", self.distribution, STRATEGY_NAMES)
+    recipes.check_name(self.recipe)
+    _require(self.time_budget_minutes > 0,
+             f"time_budget_minutes must be > 0, got {self.time_budget_minutes}")
     _require(self.cpu_replicas is None or (self.distributed and self.cpu_replicas >= 1),
              f"cpu_replicas={self.cpu_replicas} needs --distribution=mirrored and a value >= 1")
     _require(not (self.distributed and self.jit_compile),
@@ -473,6 +496,9 @@ class Config:
     return self.run.physical_batch_size or min(self.run.batch_size, default)
 
   def __post_init__(self):
+    _require(self.run.recipe == "none" or self.privacy.epsilon is not None,
+             f"--recipe={self.run.recipe} plans a private run to a target: give --epsilon "
+             "(and --delta)")
     if self.optimizer.private:
       _require(self.privacy.epsilon is not None or self.privacy.noise_multiplier is not None,
                f"optimizer {self.optimizer.name} needs --epsilon (calibrate the noise) or "

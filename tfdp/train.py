@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfdp import config as config_lib
 from tfdp import config_flags
+from tfdp import recipes
 from tfdp import run_lock
 from tfdp.training import checkpointing
 from tfdp.training import distribution
@@ -111,7 +112,10 @@ def main(argv):
   from tfdp.training import loop  # pylint: disable=import-outside-toplevel
   try:
     config = config_from_flags()
-    prepared = loop.prepare(config)
+    if config.run.recipe != "none":
+      recipes.refuse_chosen_flags(name for name in recipes.CHOSEN_FLAGS if flags.FLAGS[name].present)
+    config, dataset = loop.with_recipe(config)
+    prepared = loop.prepare(config, dataset)
   except ValueError as error:  # data.DataError included: bad input, named in one line.
     sys.exit(f"tfdp.train: error: {error}")
   stopping.hand_over()  # From here the run saves before it stops (tfdp.training.stopping).

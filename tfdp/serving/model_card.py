@@ -66,7 +66,7 @@ FIELDS = ("epsilon", "epsilon_pld", "epsilon_if_dp_sgd", "delta", "delta_float_t
           "batch_size", "dataset", "train_examples", "train_subset", "test_examples", "model",
           "model_options", "weights_file", "prior", "linear_probe", "feature_statistics",
           "parameters", "optimizer",
-          "learning_rate", "ema_decay", "augmult", "test_accuracy", "test_balanced_accuracy",
+          "learning_rate", "ema_decay", "augment", "augmult", "recipe", "test_accuracy", "test_balanced_accuracy",
           "test_auc", "test_loss", "privacy_statement", "seed", "not_private_monitoring",
           "local_dp", "timing", "skipped_images", *AUDIT_FIELDS)
 # Fields computed from the training data through the weights or the mechanism: covered by a

@@ -22,6 +22,7 @@ from tfdp import atomic
 from tfdp import config as config_lib
 from tfdp import data
 from tfdp.data import canaries
+from tfdp.data import feature_augment
 from tfdp.data import feature_cache
 from tfdp.data import local_dp
 from tfdp.data import random_processes
@@ -32,6 +33,7 @@ from tfdp import models
 from tfdp.models import scatter
 from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
+from tfdp import recipes
 from tfdp import run_lock
 from tfdp.serving import model_card
 from tfdp.serving import release
@@ -47,6 +49,17 @@ from tfdp.training import reporting
 from tfdp.training import run_paths
 from tfdp.training import steps as steps_lib
 from tfdp.training import stopping
+
+
+def with_recipe(config: config_lib.Config):
+  """(config, dataset): under --recipe=auto, the config the recipe chooses from the loaded
+  dataset's public facts (tfdp.recipes) and that dataset; else `config` and None."""
+  if config.run.recipe == "none":
+    return config, None
+  dataset = load_training_data(config)
+  facts = recipes.facts(dataset, config.privacy.epsilon, config.privacy.delta,
+                        config.run.time_budget_minutes)
+  return recipes.apply(config, facts), dataset
 
 
 def load_training_data(config: config_lib.Config) -> data.Dataset:
@@ -162,8 +175,9 @@ def _run_epoch(step_fn, sampler, trained, ledger, max_steps, monitor: Optional[s
   return stats, False
 
 
-def prepare(config: config_lib.Config):
-  """Loads the data and plans privacy: every check that can reject the run, before any training.
+def prepare(config: config_lib.Config, dataset: Optional[data.Dataset] = None):
+  """Loads the data (unless given `dataset`, load_training_data's for this config) and plans
+  privacy: every check that can reject the run, before any training.
 
   Returns:
     (dataset, ledger). Raises ValueError (or data.DataError) naming the problem, including
@@ -175,7 +189,7 @@ def prepare(config: config_lib.Config):
     chief = distribution.cluster_spec()["task"]["index"] == 0  # Only the chief writes the run.
   run_paths.check(config, chief)
   release.weights_provenance(config.model.kwargs.get("weights"))
-  dataset = load_training_data(config)
+  dataset = dataset or load_training_data(config)
   _check_augmentation(config)
   if config.model.init_from:
     prior_files.check_path(config.model.init_from, config.model.name, config.model.kwargs,
@@ -184,18 +198,35 @@ def prepare(config: config_lib.Config):
 
 
 def _check_augmentation(config: config_lib.Config) -> None:
+  """Cached features take only the feature policies (tfdp.data.feature_augment); images only
+  image augmentations."""
+  augment = config.data.augment
   if config.model.name not in scatter.FRONT_MODELS:
+    if augment in feature_augment.POLICIES:
+      raise ValueError(f"--augment={augment} augments cached ScatterNet features; "
+                       f"--model={config.model.name} trains on images: use an image "
+                       f"augmentation ({', '.join(sorted(data.AUGMENTATIONS))})")
     return
-  if config.data.augment not in (None, "none") or config.data.augmult > 1:
+  if augment not in (None, "none") and augment not in feature_augment.POLICIES:
     raise ValueError(
         f"--model={config.model.name} trains on scattering features computed once per dataset, "
-        f"so augmentation (--augment={config.data.augment}, --augmult={config.data.augmult}), "
-        "applied to images before the transform, cannot vary per step: use --augment=none "
-        "and --augmult=1")
+        f"so an image augmentation (--augment={augment}) cannot vary per step: use --augment="
+        f"none or a cached-feature policy ({', '.join(sorted(feature_augment.POLICIES))})")
+  if config.data.augmult > 1 and augment in (None, "none"):
+    raise ValueError(
+        f"--augmult={config.data.augmult} without augmentation trains on {config.data.augmult} "
+        f"identical copies of each example's features: add --augment="
+        f"{sorted(feature_augment.POLICIES)[-1]} (or another cached-feature policy) or use "
+        "--augmult=1")
+
+
+def _feature_policy(config: config_lib.Config):
+  """The cached-feature augmentation policy of a ScatterNet run, or None."""
+  return feature_augment.POLICIES.get(config.data.augment)
 
 
 def _augment(config: config_lib.Config, dataset: data.Dataset) -> str:
-  """The training augmentation: the flag's, else the dataset's; none for cached features."""
+  """The image augmentation: the flag's, else the dataset's; none for cached features."""
   if config.model.name in scatter.FRONT_MODELS:
     return "none"
   return config.data.augment or dataset.augment
@@ -212,20 +243,34 @@ class _Trained:
   train_labels: object
   test_images: object
   test_labels: object
+  feature_policy: object = None  # A tfdp.data.feature_augment.Policy: train_images is [N, V, ...].
+
+  def identity_train_features(self):
+    """The training inputs without augmentation views: [N, ...]."""
+    return feature_augment.identity_features(self.train_images, self.feature_policy)
 
 
-def _trained_part(model, dataset, train_preprocess, test_preprocess) -> _Trained:
+def _trained_part(model, dataset, train_preprocess, test_preprocess, policy=None) -> _Trained:
+  """What the steps train: `model` on images, or a ScatterNet's head on cached features; with a
+  feature `policy`, the training features hold each image's views, [N, V, ...]."""
   parts = scatter.split(model)
   if parts is None:
     return _Trained(model, train_preprocess, test_preprocess, dataset.train_images,
                     dataset.train_labels, dataset.test_images, dataset.test_labels)
   front, head = parts
   standardization = [list(dataset.mean), list(dataset.std)]
-  train = feature_cache.features(dataset.train_images, front, test_preprocess, standardization)
+  if policy is None:
+    train = feature_cache.features(dataset.train_images, front, test_preprocess, standardization)
+    train_features_preprocess = lambda features: tf.cast(features, tf.float32)
+  else:
+    train = np.stack([feature_cache.features(images, front, test_preprocess, standardization)
+                      for images in policy.view_images(dataset.train_images)], axis=1)
+    train_features_preprocess = policy.make_train_preprocess()
   test = feature_cache.features(dataset.test_images, front, test_preprocess, standardization,
                                 dtype=feature_cache.EVALUATION_DTYPE)
   as_float = lambda features: tf.cast(features, tf.float32)
-  return _Trained(head, as_float, as_float, train, dataset.train_labels, test, dataset.test_labels)
+  return _Trained(head, train_features_preprocess, as_float, train, dataset.train_labels, test,
+                  dataset.test_labels, policy)
 
 
 def train_and_evaluate(config: config_lib.Config, prepared=None) -> dict:
@@ -263,7 +308,8 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
     augment = _augment(config, dataset)
     train_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=True)
     test_preprocess = data.make_preprocess(dataset.mean, dataset.std, augment, training=False)
-    trained = _trained_part(model, dataset, train_preprocess, test_preprocess)
+    trained = _trained_part(model, dataset, train_preprocess, test_preprocess,
+                             _feature_policy(config))
     optimizer = planning.build_optimizer(config, ledger, trained.model, sampler.steps_per_epoch)
     weight_average = (ema.WeightAverage(trained.model, config.run.ema_decay)
                       if config.run.ema_decay else None)
@@ -323,7 +369,8 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
   if final_evaluation is None:
     final_evaluation = evaluate()
   metrics = reporting.final_metrics(config, dataset, model, ledger, optimizer, final_evaluation,
-                                    examples_per_second, budget_exhausted, history, augment)
+                                    examples_per_second, budget_exhausted, history,
+                                    config.data.augment if trained.feature_policy else augment)
   if config.data.audit_canaries:
     with release.released_weights(weight_average):
       metrics.update(canary_audit.audit_run(config.run.output_dir, model, test_preprocess,
@@ -510,7 +557,7 @@ def _set_statistics(model, dataset, trained, preprocess, ledger, coins, start_ep
   layer, front = scatter.statistics_layer(model), scatter.split(model)[0]
   if not ledger.private:
     if start_epoch == 0:
-      layer.set_moments(feature_statistics.exact_moments(trained.train_images))
+      layer.set_moments(feature_statistics.exact_moments(trained.identity_train_features()))
     return
   if ledger.normalization_released:
     return
@@ -519,8 +566,8 @@ def _set_statistics(model, dataset, trained, preprocess, ledger, coins, start_ep
       feature_statistics.PUBLIC_SEED)
   clips = feature_statistics.public_clip_norms(front, preprocess, public)
   sigma = ledger.normalization["noise_multiplier"]
-  layer.set_moments(feature_statistics.private_moments(trained.train_images, dataset.num_train,
-                                                       clips, sigma, coins))
+  layer.set_moments(feature_statistics.private_moments(
+      trained.identity_train_features(), dataset.num_train, clips, sigma, coins))
   ledger.normalization_released = True
   ledger.record("feature_statistics", mean_clip=clips.first, square_clip=clips.second)
   print(f"DP feature statistics: each map's mean and variance from {dataset.num_train} examples, "

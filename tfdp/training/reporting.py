@@ -34,6 +34,7 @@ from tfdp.dp import groups as dp_groups
 from tfdp.dp import noise
 from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
+from tfdp import recipes
 from tfdp.serving import release
 from tfdp.training import distribution
 
@@ -357,6 +358,8 @@ def final_metrics(config, dataset, model, ledger, optimizer, evaluation,
       "augmult": config.data.augmult,
       "augment": augment,
       "ema_decay": config.run.ema_decay,
+      "recipe": (recipes.record_for_metrics(config.run.recipe_record)
+                 if config.run.recipe_record else None),
       "clipping": config.privacy.clipping if private else None,
       "dataset": config.data.dataset,
       "seed": config.run.seed,
