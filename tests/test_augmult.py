@@ -96,6 +96,7 @@ def _conv_model(conv_class, input_shape, filters, seed=0):
 CONV_PATHS = {"ghost": ((4, 4, 16), 32), "materialized": ((6, 6, 2), 4)}
 
 
+@pytest.mark.newest_stack
 @pytest.mark.parametrize("path", sorted(CONV_PATHS))
 @pytest.mark.parametrize("conv_class", [tf.keras.layers.Conv2D, model_layers.WSConv2D],
                          ids=["conv", "ws_conv"])

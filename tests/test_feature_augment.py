@@ -79,6 +79,7 @@ def _recording(preprocess, recorded):
   return record
 
 
+@pytest.mark.newest_stack
 def test_train_step_clips_the_mean_of_the_drawn_copies_of_each_example():
   """Through TrainStep with the policy: the clipped sum is the brute-force mean of each example's
   drawn copies (per-example gradients one row at a time), clipped, summed."""
@@ -114,6 +115,7 @@ def _digits_run(tmp_path, augment, augmult=1, model="scatter_linear", name="run"
                            export=False))
 
 
+@pytest.mark.newest_stack
 def test_a_run_caches_each_view_and_records_the_policy(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("TFDP_CACHE_DIR", str(tmp_path / "cache"))
   metrics = training.train_and_evaluate(_digits_run(tmp_path, "scatter_flip_shift", augmult=2))

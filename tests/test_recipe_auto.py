@@ -34,6 +34,12 @@ def test_a_small_set_gets_a_smaller_batch_and_a_smaller_learning_rate():
   assert chosen["optimizer.learning_rate"] == pytest.approx(4.0 * (512 / 8192) ** 0.5)
 
 
+@pytest.mark.parametrize("num_train,batch", [(200, 128), (300, 256), (4708, 512), (50000, 8192),
+                                             (10**6, 8192)])
+def test_the_batch_rule_at_its_bounds(num_train, batch):
+  assert recipes.batch_size(num_train) == batch
+
+
 def test_below_epsilon_3_the_statistics_get_proportionally_more_noise():
   noise = [recipes.choose(dataclasses.replace(CIFAR10, epsilon=e))[
       "privacy.normalization_noise_multiplier"] for e in (0.5, 1.0, 3.0, 8.0)]
@@ -92,6 +98,7 @@ def test_the_choice_depends_on_the_facts_not_on_the_pixels_or_labels(tmp_path):
   assert bigger.run.batch_size == 512
 
 
+@pytest.mark.newest_stack
 def test_a_recipe_run_trains_and_its_card_says_nothing_was_tuned_on_the_data(tmp_path,
                                                                             monkeypatch):
   monkeypatch.setenv("TFDP_CACHE_DIR", str(tmp_path / "cache"))

@@ -87,7 +87,7 @@ class DataConfig:
   augment: Optional[str] = _flag(
       None, "Training augmentation (keras-cv for randaugment and augmix); default: the dataset's. "
       "ScatterNet models take the scatter_* policies, which augment the cached features (image "
-      "flips cached once, map translations per step; tfdp.data.feature_augment).",
+      "flips cached once, map translations per step).",
       choices=lambda: _augment_names())
   augmult: int = _flag(
       1, "Augmented copies of each sampled example; its gradient is the mean over the copies, "
@@ -407,13 +407,13 @@ class RunConfig:
       "how many each evaluation used (test_examples).")
   recipe: str = _flag(
       "none", "auto: choose the model, batch size, epochs, learning rate, clip norm, noise split, "
-      "augmentation and EMA from public facts alone (N, image shape, classes, the kind of data, "
-      "ε, δ, --time_budget_minutes, the CPU kind) by the written rule of tfdp.recipes "
-      "(docs/recipes.md); the flags it chooses may not be given too. The card records it.",
+      "augmentation and EMA from public facts alone (N, image shape, number of classes, "
+      "ε, δ, --time_budget_minutes, the CPU kind) by the rule written in docs/recipes.md; the "
+      "flags it chooses may not be given too. The card records it.",
       choices=lambda: list(recipes.RECIPES))
   time_budget_minutes: float = _flag(
       60.0, "--recipe=auto: the wall-clock minutes the whole run may take, estimated from "
-      "measured speeds per CPU kind (tfdp.recipes.THROUGHPUT).")
+      "speeds measured per CPU kind (docs/recipes.md).")
   # Set by tfdp.recipes.apply (no flag): the recipe's rule, facts and choices, for the card.
   recipe_record: Tuple[Tuple[str, Any], ...] = ()
   progress: str = _flag(

@@ -18,7 +18,8 @@ and the rule (calibrated on CIFAR-10 and PneumoniaMNIST; see docs/recipes.md for
               composed into ε, with σ_n = NORMALIZATION_NOISE * max(1, 3 / ε), so that below
               ε = 3 they keep the share of the budget they have at ε = 3.
     optimizer DP-SGD, momentum 0.9, clip norm C = 0.1 (Tramèr & Boneh 2021).
-    batch     B = the largest power of two <= N / 6, within [MIN_BATCH, MAX_BATCH].
+    batch     B = the largest power of two <= N / 6, within [MIN_BATCH, MAX_BATCH], and at
+              most the largest power of two <= N.
     lr        BASE_LEARNING_RATE * sqrt(B / MAX_BATCH).
     epochs    round(BASE_EPOCHS * (ε / 3) ** EPOCH_EXPONENT), within [MIN_EPOCHS, MAX_EPOCHS],
               then cut until the estimated time fits the budget (estimated_minutes).
@@ -100,9 +101,14 @@ def facts(dataset, epsilon: float, delta: float, budget_minutes: float) -> Facts
                cores=len(os.sched_getaffinity(0)))
 
 
+def _power_of_two_at_most(value: float) -> int:
+  return 2 ** int(math.floor(math.log2(max(value, 1))))
+
+
 def batch_size(num_train: int) -> int:
-  largest = 2 ** int(math.floor(math.log2(max(num_train / EXAMPLES_PER_BATCH, 1))))
-  return int(min(max(largest, MIN_BATCH), MAX_BATCH))
+  """The largest power of two <= N / 6 within [MIN_BATCH, MAX_BATCH], and never above N."""
+  batch = min(max(_power_of_two_at_most(num_train / EXAMPLES_PER_BATCH), MIN_BATCH), MAX_BATCH)
+  return int(min(batch, _power_of_two_at_most(num_train)))
 
 
 def normalization_noise(epsilon: float) -> float:
