@@ -104,14 +104,14 @@ def test_train_step_clips_the_mean_of_the_drawn_copies_of_each_example():
     np.testing.assert_allclose(actual.numpy(), expected, rtol=2e-4, atol=1e-6)
 
 
-def _digits_run(tmp_path, augment, augmult=1, model="scatter_linear", name="run"):
+def _digits_run(tmp_path, augment, augmult=1, model="scatter_linear", name="run", epochs=4):
   return config.Config(
       data=config.DataConfig(dataset="digits", train_examples=512, augment=augment,
                              augmult=augmult),
       model=config.ModelConfig(name=model),
       privacy=config.PrivacyConfig(epsilon=3.0, delta=1e-3, l2_norm_clip=0.1),
       optimizer=config.OptimizerConfig(name="dp_sgd", learning_rate=2.0, momentum=0.9),
-      run=config.RunConfig(batch_size=128, epochs=2, output_dir=str(tmp_path / name),
+      run=config.RunConfig(batch_size=128, epochs=epochs, output_dir=str(tmp_path / name),
                            export=False))
 
 
@@ -122,7 +122,9 @@ def test_a_run_caches_each_view_and_records_the_policy(tmp_path, monkeypatch, ca
   assert capsys.readouterr().out.count("Computing scattering features of 512 images") == 2
   assert len(list((tmp_path / "cache").iterdir())) == 3  # Two training views and the test set.
   assert metrics["augment"] == "scatter_flip_shift" and metrics["augmult"] == 2
-  assert metrics["epsilon"] <= 3.0 and metrics["test_accuracy"] > 0.3  # Chance is 0.1.
+  # Chance is 0.1. Four epochs, not two: with two, six runs gave 0.29 to 0.41 (the noise is secure,
+  # so each run differs); with four, 0.43 to 0.54.
+  assert metrics["epsilon"] <= 3.0 and metrics["test_accuracy"] > 0.3
 
 
 @pytest.mark.parametrize("augment,augmult,model,match", [
