@@ -34,6 +34,17 @@ def test_feature_shapes_and_parameter_counts(shape, features, linear, cnn):
     assert models.count_params(model) == models.count_params(head) == parameters
 
 
+def test_width_multiplies_every_channel_of_the_cnn_head():
+  model = models.build_model("scatter_cnn", 10, (32, 32, 3), width=2)
+  conv1, conv2, logits = 243 * 9 * 128 + 128, 128 * 9 * 128 + 128, 128 * 4 * 4 * 10 + 10
+  assert models.count_params(model) == conv1 + conv2 + logits
+  gray = models.build_model("scatter_cnn", 10, (28, 28, 1), width=2)
+  assert gray.get_layer("head").get_layer("dense").units == 64
+  for width in (0, 1.5, True):
+    with pytest.raises(ValueError, match="width must be a positive int"):
+      models.build_model("scatter_cnn", 10, (32, 32, 3), width=width)
+
+
 @pytest.mark.newest_stack  # kymatio's scattering on the newest TensorFlow too.
 def test_scattering_depends_on_each_image_alone_and_is_not_trivial():
   front = scatter.Scattering()

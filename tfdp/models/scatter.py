@@ -14,7 +14,8 @@ Features"): a fixed wavelet scattering transform in front of a small trained hea
     head:   scatter_linear: flatten -> dense (logits);
             scatter_cnn: the paper's CNN on scattering features (RGB: conv3x3 64, tanh, maxpool,
             conv3x3 64, tanh; grayscale: conv3x3/2 16, tanh, conv3x3 32, tanh, dense 32, tanh),
-            flatten -> dense (logits).
+            flatten -> dense (logits). `width` (default 1) multiplies every channel count of
+            the head: a data-independent architecture choice, no privacy cost.
 
 The model is `Model(image -> head(front(image)))` with two parts, layers "scattering" (the front)
 and "head" (a model of its own). Training computes the front once per dataset and trains the head
@@ -150,22 +151,22 @@ def _linear_head(x, num_classes, image_channels):
   return tf.keras.layers.Dense(num_classes, name="logits")(x)
 
 
-def _cnn_head(x, num_classes, image_channels):
+def _cnn_head(x, num_classes, image_channels, width=1):
   # Activations are layers of their own: the fast engine's rules read the pre-activation output.
   def conv(x, filters, strides, name):
     x = tf.keras.layers.Conv2D(filters, 3, strides=strides, padding="same", name=name)(x)
     return tf.keras.layers.Activation("tanh", name=f"{name}_tanh")(x)
 
   if image_channels == 1:  # The paper's MNIST head: 7x7 maps -> 4x4.
-    x = conv(x, 16, 2, "conv1")
-    x = conv(x, 32, 1, "conv2")
+    x = conv(x, 16 * width, 2, "conv1")
+    x = conv(x, 32 * width, 1, "conv2")
     x = tf.keras.layers.Flatten(name="flatten")(x)
-    x = tf.keras.layers.Dense(32, name="dense")(x)
+    x = tf.keras.layers.Dense(32 * width, name="dense")(x)
     x = tf.keras.layers.Activation("tanh", name="dense_tanh")(x)
   else:  # The paper's CIFAR-10 head: 8x8 maps -> 4x4.
-    x = conv(x, 64, 1, "conv1")
+    x = conv(x, 64 * width, 1, "conv1")
     x = tf.keras.layers.MaxPooling2D(2, name="pool")(x)
-    x = conv(x, 64, 1, "conv2")
+    x = conv(x, 64 * width, 1, "conv2")
     x = tf.keras.layers.Flatten(name="flatten")(x)
   return tf.keras.layers.Dense(num_classes, name="logits")(x)
 
@@ -178,7 +179,12 @@ def scatter_linear(num_classes, input_shape, norm_groups=NORM_GROUPS, normalizat
 
 
 @registry.register("scatter_cnn")
-def scatter_cnn(num_classes, input_shape, norm_groups=NORM_GROUPS, normalization="group"):
-  """ScatterNet + the paper's small tanh CNN: [B, H, W, C] -> logits; H, W multiples of 4."""
-  return _scatter_model("scatter_cnn", num_classes, input_shape, _cnn_head, norm_groups,
+def scatter_cnn(num_classes, input_shape, norm_groups=NORM_GROUPS, normalization="group",
+                width=1):
+  """ScatterNet + the paper's small tanh CNN, its channels times `width` (a positive int):
+  [B, H, W, C] -> logits; H, W multiples of 4."""
+  if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+    raise ValueError(f"width must be a positive int (channels times width), got {width!r}.")
+  head = lambda x, classes, channels: _cnn_head(x, classes, channels, width)
+  return _scatter_model("scatter_cnn", num_classes, input_shape, head, norm_groups,
                         normalization)
