@@ -32,7 +32,7 @@ def _private(model, **overrides):
 @pytest.mark.parametrize("clip_groups", [None, 2])
 def test_one_fit_step_is_the_brute_force_clipped_sum_over_the_drawn_chunks(clip_groups):
   images, labels = ref.batch(size=12)
-  private = _private(ref.small_conv_model(), noise_multiplier=1e-6, clip_groups=clip_groups)
+  private = _private(ref.small_conv_model(), noise_multiplier=1e-9, clip_groups=clip_groups)
   before = [v.numpy() for v in private.trainable_variables]
   dataset = tfdp.data.poisson_dataset(images, labels, batch_size=6, physical_batch_size=2, seed=5)
   private.fit(dataset, epochs=1, steps_per_epoch=1, verbose=0,
@@ -209,7 +209,7 @@ def test_fit_refuses_a_poisson_dataset_of_another_plan():
 
 def test_shuffled_batch_in_chunks_is_the_brute_force_clipped_sum():
   images, labels = ref.batch(size=6)
-  private = _private(ref.small_conv_model(), noise_multiplier=1e-6, train_size=6, batch_size=6,
+  private = _private(ref.small_conv_model(), noise_multiplier=1e-9, train_size=6, batch_size=6,
                      sampling="shuffle", physical_batch_size=4)  # Chunks of 4 and 2 (+2 padding).
   before = [v.numpy() for v in private.trainable_variables]
   private.fit(images, labels, batch_size=6, epochs=1, shuffle=False, verbose=0,

@@ -114,7 +114,7 @@ def _brute_force(kind, model, images, labels, drawn, model_for_groups):
 def test_one_fit_step_is_the_brute_force_sum(name):
   options, kind = CASES[name]
   images, labels = ref.batch(size=N)
-  private = _keras(noise_multiplier=1e-6, **options)
+  private = _keras(noise_multiplier=1e-9, **options)
   before = [v.numpy() for v in private.trainable_variables]
   dataset = tfdp.data.poisson_dataset(images, labels, batch_size=BATCH, physical_batch_size=2,
                                       seed=5)
