@@ -6,9 +6,10 @@
 
 Runs `../shared/bench/opacus_resnet20.py` (PyTorch + Opacus, in a venv of its own: torch and opacus
 are never tfdp dependencies; set-up in that script's header) and `python -m tfdp.bench` twice, with
-the weight-standardized convolutions tfdp's models use and with plain ones like the peer's, then
-prints one markdown table: non-private and DP examples/s for both, and the ratio of tfdp's fast DP
-step to the best Opacus DP mode. The first line names the CPU; the last line is the JSON record.
+the weight-standardized convolutions tfdp's models use and with plain ones like the peer's, each in
+float32 and in mixed bfloat16 (`--precision=mixed_bfloat16`; skipped, with "-", on a CPU without
+bfloat16 arithmetic), then prints one markdown table: non-private and DP examples/s, and the ratio
+of tfdp's fast DP step to the best Opacus DP mode. The first line names the CPU; the last line is the JSON record.
 Run it from the repository root with the tfdp venv's python.
 """
 
@@ -25,6 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = os.path.join(ROOT, "..", "shared", "bench", "opacus_resnet20.py")
 OPACUS_LINE = re.compile(r"^opacus (\w+)\s+batch=(\d+) examples/s=([\d.]+)")
 OPACUS_DP_MODES = ("hooks", "ghost")
+# tfdp.bench's (non-private, DP) modes per precision.
+PRECISION_MODES = {"float32": ("nonprivate", "fast"),
+                   "mixed_bfloat16": ("nonprivate_bf16", "fast_bf16")}
 
 
 def run_opacus(python: str, batch_size: int, threads: int) -> Dict[str, float]:
@@ -45,7 +49,8 @@ def run_tfdp(batch_size: int, physical_batch_size: int, extra: List[str]) -> dic
     output = os.path.join(scratch, "bench.json")
     subprocess.run([sys.executable, "-m", "tfdp.bench", "--model=resnet20",
                     f"--batch_size={batch_size}", f"--physical_batch_size={physical_batch_size}",
-                    "--modes=nonprivate,fast", "--steps=4",
+                    "--modes=" + ",".join(mode for pair in PRECISION_MODES.values() for mode in pair),
+                    "--steps=4",
                     f"--output={output}", *extra],
                    cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -71,10 +76,11 @@ def table(opacus: Dict[str, float], tfdp_runs: Dict[str, dict]) -> List[str]:
                 f"{_ratio(nonprivate, dp)} | {_ratio(dp, best_opacus)} | - |")
   for label, record in tfdp_runs.items():
     speed, memory = record["examples_per_second"], record["peak_memory_mb"]
-    nonprivate, fast = speed["nonprivate"], speed["fast"]
-    rows.append(f"| tfdp fast, {label} | {_cell(nonprivate)} | {_cell(fast)} | "
-                f"{_ratio(nonprivate, fast)} | {_ratio(fast, best_opacus)} | "
-                f"{_ratio(memory['fast'], memory['nonprivate'])} |")
+    for precision, (nonprivate_mode, dp_mode) in PRECISION_MODES.items():
+      nonprivate, fast = speed.get(nonprivate_mode), speed.get(dp_mode)
+      rows.append(f"| tfdp fast, {label}, {precision} | {_cell(nonprivate)} | {_cell(fast)} | "
+                  f"{_ratio(nonprivate, fast)} | {_ratio(fast, best_opacus)} | "
+                  f"{_ratio(memory.get(dp_mode), memory.get(nonprivate_mode))} |")
   return rows
 
 

@@ -160,3 +160,20 @@ def test_poisson_chunks_per_step_matches_simulation(batch_size, chunk):
   draws = np.random.default_rng(0).poisson(batch_size, size=200_000)
   simulated = np.mean(np.maximum(1, np.ceil(draws / chunk)))
   assert bench.poisson_chunks_per_step(batch_size, chunk) == pytest.approx(simulated, rel=5e-3)
+
+
+@pytest.mark.parametrize("features, runs", [(["avx2", "fma", "avx512_bf16"], True),
+                                            (["avx2", "fma"], False)])
+def test_bfloat16_modes_run_where_the_cpu_has_bfloat16_and_are_skipped_with_why_elsewhere(
+    monkeypatch, features, runs):
+  if tf.config.list_physical_devices("GPU"):
+    pytest.skip("on a GPU machine the CPU's features do not decide")
+  monkeypatch.setattr(bench.precision.cpu, "cpu_features", lambda: features)
+  config = _tiny_config(("nonprivate_bf16", "fast_bf16"), memory=False)
+  results = bench.run_bench(config)
+  for mode in config.modes:
+    if runs:
+      assert results[mode].examples_per_second > 0, results[mode]
+    else:
+      assert results[mode].examples_per_second is None
+      assert any("no bfloat16 arithmetic" in note for note in results[mode].notes)

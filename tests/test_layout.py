@@ -78,6 +78,7 @@ LAYERS = [
     ("base", ("tfdp", "tfdp.atomic", "tfdp.cpu", "tfdp.names", "tfdp.run_lock", "tfdp.stack")),
     ("privacy", ("tfdp.privacy.",)),  # Accounting imports no TensorFlow, so nothing above it.
     ("compat", ("tfdp.compat.",)),  # Dependencies' modules on every TensorFlow (TF Privacy's).
+    ("precision", ("tfdp.precision",)),  # The dtype policy: models are built under it, dp casts.
     ("models", ("tfdp.models.",)),
     ("dp", ("tfdp.dp.",)),
     ("data", ("tfdp.data.",)),

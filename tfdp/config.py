@@ -22,6 +22,7 @@ from tfdp import models
 from tfdp.models import scatter
 from tfdp import names
 from tfdp import optimizers
+from tfdp import precision as precision_lib
 from tfdp.optimizers import lr_schedules
 from tfdp.privacy import mechanisms
 from tfdp.privacy.mechanisms import linear_probe
@@ -179,11 +180,18 @@ class ModelConfig:
       "-m tfdp.pretrain (its prior/ or the run folder) or a shipped one such as "
       "priors/resnet20_randp. Made from random-process images only, it costs no privacy; its card "
       "goes into the metrics and model card. The head starts fresh.")
+  precision: str = _flag(
+      "float32", "float32, or mixed_bfloat16: layers compute in bfloat16 (float32 variables); "
+      "per-example norms, clipping, the clipped sum, the noise and the update stay float32. "
+      "Refused on a CPU without bfloat16 arithmetic (AVX512_BF16 or AMX); slower than float32 on "
+      "the AVX512_BF16 CPU measured (docs/speed.md). mixed_float16 is refused: its dynamic loss "
+      "scale would follow the private data.", choices=lambda: list(precision_lib.PRECISIONS))
 
   def __post_init__(self):
     models.check_name(self.name)
     models.registry.check_options(self.name, dict(self.options))
     losses.check_name(self.loss)
+    precision_lib.check(self.precision)
 
   @property
   def kwargs(self) -> Dict[str, Any]:

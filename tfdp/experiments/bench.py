@@ -43,16 +43,21 @@ from tfdp import config as config_lib
 from tfdp import cpu
 from tfdp import models
 from tfdp import optimizers
+from tfdp import precision
 from tfdp import stack
 from tfdp.training import steps
 
-# Each mode is the keyword arguments it passes to tfdp.training.steps.TrainStep, unchanged.
+# Each mode is the keyword arguments it passes to tfdp.training.steps.TrainStep, unchanged, and
+# the precision (tfdp.precision) its model is built in, float32 where it names none.
 MODES: Dict[str, dict] = {
     "nonprivate": dict(private=False),
     "fast": dict(private=True, engine="fast"),  # Ghost / book-keeping clipping, one global norm.
     "fast_layer": dict(private=True, engine="fast", clip_groups="layer"),  # One norm per layer.
     "vectorized": dict(private=True, engine="vectorized"),  # Each example alone, vectorized_map.
+    "nonprivate_bf16": dict(private=False, precision=precision.MIXED_BFLOAT16),
+    "fast_bf16": dict(private=True, engine="fast", precision=precision.MIXED_BFLOAT16),
 }
+DEFAULT_MODES = ("nonprivate", "fast", "fast_layer", "vectorized")
 CHILD_STEPS = 2  # The first step traces, the second runs traced: the peak covers both.
 L2_NORM_CLIP = 1.0  # Clipping costs the same at any C.
 NOISE_MULTIPLIER = 1.0  # Noise is drawn every private step, so it is timed; σ changes no cost.
@@ -67,7 +72,7 @@ class BenchConfig:
   batch_size: int = 256  # Logical batch: examples per step.
   steps: int = 3  # Timed steps per mode per round.
   rounds: int = 2  # Round robin over the modes, so slow drift of the machine hits every mode.
-  modes: Tuple[str, ...] = tuple(MODES)
+  modes: Tuple[str, ...] = DEFAULT_MODES
   input_shape: Tuple[int, int, int] = (32, 32, 3)
   num_classes: int = 10
   physical_batch_size: Optional[int] = None  # Rows per chunk; None: the whole batch in one chunk.
@@ -135,10 +140,13 @@ def build_step(config: BenchConfig, mode: str) -> steps.TrainStep:
   Raises:
     ValueError, TypeError: TrainStep refuses the mode (unknown engine, unknown keyword).
   """
-  options = MODES[mode]
+  options = dict(MODES[mode])
+  built_in = options.pop("precision", precision.FLOAT32)
+  precision.check(built_in)  # A CPU without bfloat16 arithmetic: the mode is skipped, with why.
   tf.keras.utils.set_random_seed(config.seed)
-  model = models.build_model(config.model, config.num_classes, config.input_shape,
-                             **dict(config.model_options))
+  with precision.policy(built_in):
+    model = models.build_model(config.model, config.num_classes, config.input_shape,
+                               **dict(config.model_options))
   optimizer = (optimizers.build_optimizer("dp_sgd", LEARNING_RATE, l2_norm_clip=L2_NORM_CLIP,
                                           noise_multiplier=NOISE_MULTIPLIER)
                if options.get("private") else optimizers.build_optimizer("sgd", LEARNING_RATE))
@@ -391,7 +399,7 @@ def _define_flags() -> None:
       "steps": lambda: flags.DEFINE_integer("steps", 3, "Timed steps per mode per round."),
       "rounds": lambda: flags.DEFINE_integer("rounds", 2, "Round-robin rounds over the modes; "
                                              "the best counts."),
-      "modes": lambda: flags.DEFINE_list("modes", list(MODES),
+      "modes": lambda: flags.DEFINE_list("modes", list(DEFAULT_MODES),
                                          f"Modes to run, of: {', '.join(MODES)}."),
       "input_shape": lambda: flags.DEFINE_list("input_shape", ["32", "32", "3"],
                                                "Height,width,channels."),

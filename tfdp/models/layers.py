@@ -47,7 +47,8 @@ class WSConv2D(tf.keras.layers.Conv2D):
   """
 
   def convolution_op(self, inputs, kernel):
-    return super().convolution_op(inputs, standardize(kernel))
+    # In the input's dtype: under a mixed precision policy the kernel may arrive as float32.
+    return super().convolution_op(inputs, tf.cast(standardize(kernel), inputs.dtype))
 
 
 def _group_mean(per_channel, groups):

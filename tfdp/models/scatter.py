@@ -136,7 +136,8 @@ def _normalization(kind, norm_groups, channels):
 
 def _scatter_model(name, num_classes, input_shape, build_head, norm_groups, normalization):
   inputs = tf.keras.Input(shape=input_shape, name="image")
-  front = Scattering(name="scattering")
+  # float32 whatever the policy: the transform is frozen, its features cached (tfdp.precision).
+  front = Scattering(name="scattering", dtype="float32")
   features = front(inputs)
   head_inputs = tf.keras.Input(shape=features.shape[1:], name="scattering_features")
   x = _normalization(normalization, norm_groups, features.shape[-1])(head_inputs)

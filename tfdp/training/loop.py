@@ -31,6 +31,7 @@ from tfdp.dp import losses
 from tfdp.dp import randomness
 from tfdp import models
 from tfdp.models import scatter
+from tfdp import precision
 from tfdp.priors import prior_files
 from tfdp.privacy import ledger as ledger_lib
 from tfdp import recipes
@@ -297,8 +298,9 @@ def _train_and_evaluate(config: config_lib.Config, prepared, strategy, scratch,
   coins = randomness.make_coins(config.run.reproducible_noise, config.run.seed)
   dataset, ledger = prepared or prepare(config)
   with strategy.scope() if strategy else contextlib.nullcontext():  # Mirrored variables.
-    model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape,
-                               **config.model.kwargs)
+    with precision.policy(config.model.precision):  # Layers keep the policy they are built with.
+      model = models.build_model(config.model.name, dataset.num_classes, dataset.input_shape,
+                                 **config.model.kwargs)
     if config.model.init_from:  # A resumed run's checkpoint overwrites these weights below.
       prior_files.load_into(config.model.init_from, model, config.model.name, config.model.kwargs)
     loss_fn = losses.get(config.model.loss)

@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfdp.dp import clipping
 from tfdp.dp import groups as groups_lib
 from tfdp.dp import randomness
+from tfdp import precision
 from tfdp.serving import metrics
 from tfdp.training import distribution
 
@@ -60,7 +61,7 @@ class TrainStep:
     self._model = model
     self._optimizer = optimizer
     self._preprocess = preprocess
-    self._loss_fn = loss_fn
+    self._loss_fn = precision.float32_loss(loss_fn)  # Mixed precision: the loss in float32.
     self._private = private
     self._expected_batch_size = float(expected_batch_size)
     self._augmult = augmult
@@ -278,7 +279,7 @@ def make_evaluate(model: tf.keras.Model, preprocess: Callable, batch_size: int =
 
   @tf.function
   def batch_outputs(images, labels):
-    logits = model(preprocess(images), training=False)
+    logits = precision.to_float32(model(preprocess(images), training=False))
     return tf.reduce_sum(loss_fn(labels, logits)), tf.nn.softmax(logits)
 
   def evaluate(images: np.ndarray, labels: np.ndarray) -> Dict[str, Optional[float]]:

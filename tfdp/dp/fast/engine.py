@@ -16,6 +16,7 @@ from tfdp.dp.fast import graph
 from tfdp.dp.fast import rules
 from tfdp.dp import groups as groups_lib
 from tfdp.dp import per_example
+from tfdp import precision
 
 
 class FastEngine:
@@ -65,6 +66,10 @@ class FastEngine:
       total = tf.reduce_sum(tf.where(row_mask > 0, losses, tf.zeros_like(losses))) / self._augmult
     output_grads = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     del tape
+    # Under a mixed policy a and dz are bfloat16: every contraction from here on is float32, so
+    # nothing is rounded after the clip (tfdp.precision).
+    inputs = [graph.map_tensors(precision.to_float32, a) for a in inputs]
+    output_grads = [precision.to_float32(dz) for dz in output_grads]
     fallback_grads = self._fallback_gradients(loss_fn, images, labels)
     materialized = self._materialized_gradients(inputs, output_grads)
 

@@ -1,0 +1,147 @@
+"""Mixed precision (tfdp.precision): bfloat16 layers, a float32 private step, the bound after rounding.
+
+The privacy argument is in tfdp/precision.py: nothing is rounded to bfloat16 after the clip. These
+tests check its three claims: that rounding after the clip would break the bound (so the design
+matters), that the engines' sums under the policy are the brute-force clipped sums of the same
+bfloat16 model, and that removing any one example moves the sum by at most C on inputs where
+every example is clipped and the batch's sum is many times C.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfdp import models
+from tfdp import precision
+from tfdp.dp import clipping
+from tests import dp_reference as ref
+
+BF16 = precision.MIXED_BFLOAT16
+LOSS = precision.float32_loss(clipping.per_example_loss)
+
+
+def _in_bfloat16(build):
+  with precision.policy(BF16):
+    return build()
+
+
+def _resnet():
+  tf.keras.utils.set_random_seed(0)
+  return models.build_model("resnet20", 3, (8, 8, 3))
+
+
+MODELS = {"small_conv": ref.small_conv_model, "resnet20_ws_groupnorm": _resnet}
+
+
+def test_rounding_a_clipped_gradient_to_bfloat16_can_leave_it_above_the_clip():
+  # bfloat16 keeps 8 significant bits: in [2^-5, 2^-4) its spacing is 2^-12. A coordinate 0.6 of
+  # a spacing above a grid point rounds up, so every coordinate grows by 0.4 spacing.
+  clipped = np.full(1000, (1 + 0.6 * 2.0**-7) * 2.0**-5)
+  clip = float(np.linalg.norm(clipped))  # Clipped to norm C exactly.
+  rounded = tf.cast(tf.cast(clipped, tf.bfloat16), tf.float64).numpy()
+  assert np.linalg.norm(rounded) > clip * (1 + 2e-3)
+
+
+def test_the_policy_is_set_inside_the_block_only():
+  with precision.policy(BF16):
+    layer = tf.keras.layers.Dense(2)
+  assert tf.keras.mixed_precision.global_policy().name == "float32"
+  assert layer.compute_dtype == "bfloat16" and layer.variable_dtype == "float32"
+
+
+@pytest.mark.parametrize("engine_name", ["fast", "vectorized"])
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_bfloat16_clipped_sum_is_the_brute_force_sum_of_the_same_model(engine_name, model_name):
+  model = _in_bfloat16(MODELS[model_name])
+  shape = model.input_shape[1:]
+  images, labels = ref.batch(size=6, input_shape=shape, num_classes=3)
+  mask = np.array([1, 1, 0, 1, 1, 1], np.float32)
+  grads = [ref.per_example_gradient(model, tf.constant(x), tf.constant(y), LOSS)
+           for x, y in zip(images, labels)]
+  norms = sorted(ref.global_norm(g) for g, m in zip(grads, mask) if m)
+  clip = float(np.sqrt(norms[1] * norms[2]))  # Clips some examples and not others.
+  engine = clipping.make_engine(engine_name, model)
+  sums = engine(LOSS, tf.constant(images), tf.constant(labels), tf.constant(mask), clip)[0]
+  expected = ref.clipped_sum(model, images, labels, mask, clip, LOSS)
+  assert all(s.dtype == tf.float32 for s in sums)
+  # The batch and one example alone may take different bfloat16 kernels: both are the model's
+  # gradient to bfloat16 accuracy, not to float32 accuracy.
+  got, want = np.concatenate([np.ravel(s) for s in sums]), np.concatenate(
+      [np.ravel(e) for e in expected])
+  assert np.linalg.norm(got - want) <= 0.02 * np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("engine_name", ["fast", "vectorized"])
+def test_removing_any_one_example_moves_the_bfloat16_sum_by_at_most_the_clip(engine_name):
+  model = _in_bfloat16(_resnet)
+  # Twelve near-copies of one large image with one label: their gradients point the same way, so
+  # the sum is nearly 12 C, and a bfloat16 rounding of it would move it by about 12 C / 2^9.
+  base, _ = ref.batch(size=1, input_shape=(8, 8, 3), scale=30.0)
+  jitter, _ = ref.batch(size=12, input_shape=(8, 8, 3), scale=0.3, seed=2)
+  images, labels = (base + jitter).astype(np.float32), np.zeros(12, np.int64)
+  clip = 1e-3  # Far below every example's norm: each contributes C.
+  engine = clipping.make_engine(engine_name, model)
+  run = tf.function(lambda mask: engine(LOSS, tf.constant(images), tf.constant(labels), mask,
+                                        clip))
+  full_sums, _, _, norms = run(tf.ones(12))
+  assert float(tf.reduce_min(norms)) > 100 * clip
+  full = np.concatenate([np.ravel(s.numpy()).astype(np.float64) for s in full_sums])
+  assert np.linalg.norm(full) > 10 * clip
+  moved = []
+  for j in range(12):
+    mask = np.ones(12, np.float32)
+    mask[j] = 0
+    without = np.concatenate([np.ravel(s.numpy()).astype(np.float64)
+                              for s in run(tf.constant(mask))[0]])
+    moved.append(np.linalg.norm(full - without))
+  # Each example moves the sum by C (it is clipped), never more than float32 rounding above it.
+  np.testing.assert_allclose(moved, clip, rtol=1e-4)
+  assert max(moved) <= clip * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("features, allowed", [
+    (["avx2", "fma", "avx512f", "avx512_bf16"], True),
+    (["avx2", "fma", "amx_tile"], True),
+    (["avx2", "fma"], False),
+])
+def test_bfloat16_is_refused_on_a_cpu_without_bfloat16_arithmetic(features, allowed):
+  if tf.config.list_physical_devices("GPU"):
+    pytest.skip("on a GPU machine the CPU's features do not decide")
+  if allowed:
+    precision.check(BF16, features)
+  else:
+    with pytest.raises(ValueError, match="no bfloat16 arithmetic.*AVX512_BF16"):
+      precision.check(BF16, features)
+
+
+def test_float16_and_unknown_names_are_refused_with_the_reason():
+  with pytest.raises(ValueError, match="dynamic loss scale follows"):
+    precision.check(precision.MIXED_FLOAT16)
+  with pytest.raises(ValueError, match="precision"):
+    precision.check("bfloat16")
+  precision.check(precision.FLOAT32)
+
+
+def test_the_quickstart_in_bfloat16_trains_and_serves_float32_or_is_refused_with_the_reason(
+    tmp_path):
+  from tests import test_train_cli as cli
+  from tfdp import cpu
+  code, output = cli._run(*cli._quick_flags(tmp_path / "run", f"--precision={BF16}"))  # pylint: disable=protected-access
+  if not set(cpu.cpu_features()) & set(precision.BFLOAT16_FEATURES):  # The AVX2-only machine.
+    assert code != 0 and "no bfloat16 arithmetic" in output, output[-2000:]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    return
+  assert code == 0, output[-3000:]
+  metrics = cli._metrics(tmp_path / "run")  # pylint: disable=protected-access
+  assert metrics["precision"] == BF16 and metrics["epsilon"] <= 3.0
+  assert metrics["test_accuracy"] > 0.7, metrics  # Chance is 0.1; float32 measures about 0.9.
+  cli._assert_export_reproduces_accuracy(tmp_path / "run" / "saved_model",  # pylint: disable=protected-access
+                                         metrics["test_accuracy"])
+
+
+def test_a_scatternet_front_stays_float32_and_its_head_follows_the_policy():
+  from tfdp.models import scatter
+  model = _in_bfloat16(lambda: models.build_model("scatter_cnn", 10, (32, 32, 3)))
+  front, head = scatter.split(model)
+  assert front.compute_dtype == "float32"  # Complex transforms have no bfloat16 kernels.
+  assert head.get_layer("conv1").compute_dtype == "bfloat16"
