@@ -71,6 +71,7 @@ def test_bfloat16_clipped_sum_is_the_brute_force_sum_of_the_same_model(engine_na
   assert np.linalg.norm(got - want) <= 0.02 * np.linalg.norm(want)
 
 
+@pytest.mark.newest_stack
 @pytest.mark.parametrize("engine_name", ["fast", "vectorized"])
 def test_removing_any_one_example_moves_the_bfloat16_sum_by_at_most_the_clip(engine_name):
   model = _in_bfloat16(_resnet)
@@ -122,6 +123,7 @@ def test_float16_and_unknown_names_are_refused_with_the_reason():
   precision.check(precision.FLOAT32)
 
 
+@pytest.mark.newest_stack
 def test_the_quickstart_in_bfloat16_trains_and_serves_float32_or_is_refused_with_the_reason(
     tmp_path):
   from tests import test_train_cli as cli
@@ -147,6 +149,7 @@ def test_a_scatternet_front_stays_float32_and_its_head_follows_the_policy():
   assert head.get_layer("conv1").compute_dtype == "bfloat16"
 
 
+@pytest.mark.newest_stack
 def test_a_keras_users_mixed_bfloat16_model_trains_through_make_private():
   """As Keras's mixed precision guide writes it: the global policy, a float32 softmax output."""
   import tfdp  # pylint: disable=import-outside-toplevel
