@@ -76,7 +76,8 @@ def standardized(parts_train, parts_test):
 
 def cnn_head(input_shape, num_classes):
   inputs = tf.keras.Input(input_shape)
-  return tf.keras.Model(inputs, scatter._cnn_head(inputs, num_classes, 3))  # pylint: disable=protected-access
+  logits = scatter._cnn_head(inputs, num_classes, 3)  # pylint: disable=protected-access
+  return tf.keras.Model(inputs, logits)
 
 
 class TestEvery5(tf.keras.callbacks.Callback):

@@ -9,7 +9,8 @@ are never tfdp dependencies; set-up in that script's header) and `python -m tfdp
 the weight-standardized convolutions tfdp's models use and with plain ones like the peer's, each in
 float32 and in mixed bfloat16 (`--precision=mixed_bfloat16`; skipped, with "-", on a CPU without
 bfloat16 arithmetic), then prints one markdown table: non-private and DP examples/s, and the ratio
-of tfdp's fast DP step to the best Opacus DP mode. The first line names the CPU; the last line is the JSON record.
+of tfdp's fast DP step to the best Opacus DP mode. The first line names the CPU; the last line is
+the JSON record.
 Run it from the repository root with the tfdp venv's python.
 """
 
@@ -49,7 +50,7 @@ def run_tfdp(batch_size: int, physical_batch_size: int, extra: List[str]) -> dic
     output = os.path.join(scratch, "bench.json")
     subprocess.run([sys.executable, "-m", "tfdp.bench", "--model=resnet20",
                     f"--batch_size={batch_size}", f"--physical_batch_size={physical_batch_size}",
-                    "--modes=" + ",".join(mode for pair in PRECISION_MODES.values() for mode in pair),
+                    "--modes=" + ",".join(m for pair in PRECISION_MODES.values() for m in pair),
                     "--steps=4",
                     f"--output={output}", *extra],
                    cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), check=True,

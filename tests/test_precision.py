@@ -1,4 +1,5 @@
-"""Mixed precision (tfdp.precision): bfloat16 layers, a float32 private step, the bound after rounding.
+"""Mixed precision (tfdp.precision): bfloat16 layers, a float32 private step, the bound after
+rounding.
 
 The privacy argument is in tfdp/precision.py: nothing is rounded to bfloat16 after the clip. These
 tests check its three claims: that rounding after the clip would break the bound (so the design
@@ -128,16 +129,17 @@ def test_the_quickstart_in_bfloat16_trains_and_serves_float32_or_is_refused_with
     tmp_path):
   from tests import test_train_cli as cli
   from tfdp import cpu
-  code, output = cli._run(*cli._quick_flags(tmp_path / "run", f"--precision={BF16}"))  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  code, output = cli._run(*cli._quick_flags(tmp_path / "run", f"--precision={BF16}"))
   if not set(cpu.cpu_features()) & set(precision.BFLOAT16_FEATURES):  # The AVX2-only machine.
     assert code != 0 and "no bfloat16 arithmetic" in output, output[-2000:]
     assert not (tmp_path / "run" / "metrics.json").exists()
     return
   assert code == 0, output[-3000:]
-  metrics = cli._metrics(tmp_path / "run")  # pylint: disable=protected-access
+  metrics = cli._metrics(tmp_path / "run")
   assert metrics["precision"] == BF16 and metrics["epsilon"] <= 3.0
   assert metrics["test_accuracy"] > 0.7, metrics  # Chance is 0.1; float32 measures about 0.9.
-  cli._assert_export_reproduces_accuracy(tmp_path / "run" / "saved_model",  # pylint: disable=protected-access
+  cli._assert_export_reproduces_accuracy(tmp_path / "run" / "saved_model",
                                          metrics["test_accuracy"])
 
 
