@@ -205,13 +205,14 @@ def test_dilated_conv2d_matches_brute_force(name, monkeypatch):
   taken = []
   ghost = fast_conv._ghost_kernel_squared_norms  # pylint: disable=protected-access
   rule_class = fast_conv.Conv2DRule
-  materialized = rule_class._materialized_kernel_squared_norms  # pylint: disable=protected-access
+  # Both materialized paths (kept parts, and the copies of augmult) end in _kernel_squared_norms_of.
+  materialized = rule_class._kernel_squared_norms_of  # pylint: disable=protected-access
   monkeypatch.setattr(fast_conv, "_ghost_kernel_squared_norms",
                       lambda lay, a, dz, *copies: taken.append((lay.name, "ghost"))
                       or ghost(lay, a, dz, *copies))
-  monkeypatch.setattr(rule_class, "_materialized_kernel_squared_norms",
-                      lambda self, lay, a, dz, *copies: taken.append((lay.name, "materialized"))
-                      or materialized(self, lay, a, dz, *copies))
+  monkeypatch.setattr(rule_class, "_kernel_squared_norms_of",
+                      lambda self, lay, grads: taken.append((lay.name, "materialized"))
+                      or materialized(self, lay, grads))
 
   groups, grads, clip, engine = _fast_case(model, images, labels, mask)
   assert not engine.fallback_layers

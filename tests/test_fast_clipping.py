@@ -215,3 +215,18 @@ def test_clip_groups_validation():
   model = models.build_model("linear", 10, (8, 8, 1))
   with pytest.raises(ValueError, match="clip_groups"):
     groups_lib.variable_groups(model, 5)
+
+
+def test_engine_takes_group_norm_gradients_recorded_in_the_backward_pass(monkeypatch):
+  """tfdp's GroupNormalization records its per-example gradients in the backward pass; the engine
+  takes those (the rule's own computation is never called) and its sum still matches brute force."""
+  model, images, labels = _case("groupnorm_tfdp")
+  mask = np.array([1, 0, 1, 1, 1], np.float32)
+
+  def refuse(*unused):
+    raise AssertionError("the GroupNorm rule was asked for what the backward pass recorded")
+
+  monkeypatch.setattr(type(rules.rule_for(model.layers[3])), "per_example_gradients", refuse)
+  engine, sums = _fast(model, images, labels, mask, 0.05, use_function=True)
+  assert model.layers[3] in engine.fast_layers
+  _assert_close(sums, ref.clipped_sum(model, images, labels, mask, 0.05))

@@ -93,3 +93,21 @@ def test_serializes_by_name():
   config = tf.keras.layers.serialize(layer)
   rebuilt = tf.keras.layers.deserialize(config)
   assert type(rebuilt) is layers.GroupNormalization and rebuilt.groups == 8 and rebuilt.name == "gn"
+
+
+def test_backward_records_each_examples_affine_gradients():
+  """Within recording_example_gradients, the backward pass leaves each example's (gamma, beta)
+  gradients, equal to those of that example's loss alone; outside the block it records nothing."""
+  _, layer = _pair(groups=2, channels=4)
+  x = tf.constant(np.random.default_rng(0).normal(size=(3, 5, 5, 4)), tf.float32)
+  weights = tf.constant(np.random.default_rng(1).normal(size=(3, 5, 5, 4)), tf.float32)
+  with tf.GradientTape(persistent=True) as tape:
+    loss = tf.reduce_sum(layer(x) * weights)
+  with layers.recording_example_gradients() as recorded:
+    tape.gradient(loss, x)
+  tape.gradient(loss, x)  # Outside the block: the record is left as it was.
+  assert list(recorded) == [id(layer)]
+  for i in range(3):
+    _, _, gamma, beta = _output_and_gradients(layer, x[i:i + 1], weights[i:i + 1])
+    np.testing.assert_allclose(recorded[id(layer)][0][i], gamma, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(recorded[id(layer)][1][i], beta, rtol=1e-5, atol=1e-6)

@@ -7,6 +7,9 @@ Batch-Channel Normalization and Weight Standardization"; De et al. 2022, "Unlock
 Differentially Private Image Classification through Scale").
 """
 
+import contextlib
+from typing import Dict, List
+
 import tensorflow as tf
 
 # The variance of a He-normal 3x3 kernel is 2 / fan_in, about 3.5e-3 at fan_in = 576 (3x3x64), so
@@ -109,7 +112,29 @@ def _affine_gradients(flat, dy, mean, inv_std):
   return inv_std * (_channel_dots(dy, flat) - mean * dy_sum), dy_sum
 
 
-def _group_norm(x, gamma, beta, groups, epsilon):
+# Open records of per-example gradients (`recording_example_gradients`), innermost last.
+_RECORDS: List[Dict[int, List[tf.Tensor]]] = []
+
+
+@contextlib.contextmanager
+def recording_example_gradients():
+  """Within the block, a gradient computed through this module's GroupNormalization records that
+  layer's per-example (gamma, beta) gradients, [B, C] each, which its backward pass forms anyway.
+
+  Yields {id(layer): [gamma gradients, beta gradients]}, filled as gradients are taken in the block
+  (while a tf.function is traced, or eagerly). Row i is example i's gradient of the summed loss:
+  the layer normalizes each example alone. A layer whose gradient was not taken (or that ran on
+  the parent's path: a mask, another axis or dtype) is absent; one called twice holds its last call.
+  """
+  record = {}
+  _RECORDS.append(record)
+  try:
+    yield record
+  finally:
+    _RECORDS.pop()
+
+
+def _group_norm(x, gamma, beta, groups, epsilon, layer_id=None):
   """y = gamma * (x - mean) / std + beta per example and group, with a hand-written gradient.
 
   Keras' GroupNormalization goes through weighted moments with an all-ones mask and autodiff of
@@ -127,6 +152,8 @@ def _group_norm(x, gamma, beta, groups, epsilon):
     dy = tf.reshape(dy, [shape[0], -1, channels])
     count = tf.cast(tf.shape(flat)[1], tf.float32)
     dy_xhat, dy_sum = _affine_gradients(flat, dy, mean, inv_std)  # [B, C] each
+    if _RECORDS and layer_id is not None:
+      _RECORDS[-1][layer_id] = [dy_xhat, dy_sum]
     # dx = inv_std * (dxh - mean_g(dxh) - x_hat * mean_g(dxh * x_hat)), dxh = dy * gamma,
     # written as an affine map of dy and x with per-example, per-channel coefficients.
     mean_dxh = _group_mean(dy_sum * gamma, groups) / count
@@ -157,7 +184,7 @@ class GroupNormalization(tf.keras.layers.GroupNormalization):
     if not self._fast(inputs, mask):
       return super().call(inputs, mask=mask)
     return tf.custom_gradient(
-        lambda x, gamma, beta: _group_norm(x, gamma, beta, self.groups, self.epsilon))(
+        lambda x, gamma, beta: _group_norm(x, gamma, beta, self.groups, self.epsilon, id(self)))(
             inputs, tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta))
 
 

@@ -108,14 +108,20 @@ def _ghost_kernel_squared_norms(layer, a, dz, copies: int = 1):
   per_channel = tf.reduce_sum(tf.linalg.matmul(gram, d) * d, axis=1)  # [B, C] = ||G[:, c]||^2
   if not isinstance(layer, model_layers.WSConv2D):
     return tf.reduce_sum(per_channel, axis=1)
-  patches = _example_patches(layer, a, copies)
   kernel = layer.kernel
   mean, var = tf.nn.moments(kernel, axes=[0, 1, 2], keepdims=True)
   inv_var = 1.0 / (var + model_layers.WS_EPSILON)
-  w_hat = tf.reshape((kernel - mean) * tf.sqrt(inv_var), [-1, kernel.shape[-1]])  # [K, C]
-  n = float(w_hat.shape[0])
-  m1 = tf.einsum("bt,btc->bc", tf.reduce_sum(patches, axis=2), d) / n
-  m2 = tf.reduce_sum(tf.linalg.matmul(patches, w_hat) * d, axis=1) / n
+  w_hat = (kernel - mean) * tf.sqrt(inv_var)  # [kh, kw, cin, C]
+  n = float(np.prod(w_hat.shape[:3]))
+  # Each position's patch summed (P 1) and projected on w_hat (P w_hat), as one convolution of the
+  # input with [w_hat, 1]: the layer's own strides, padding and dilation make its patches.
+  ones = tf.ones([*w_hat.shape[:3], 1], w_hat.dtype)
+  projected = tf.nn.conv2d(a, tf.concat([w_hat, ones], axis=-1), strides=layer.strides,
+                           padding=layer.padding.upper(), dilations=layer.dilation_rate)
+  projected = tf.reshape(projected, [-1, d.shape[1], w_hat.shape[-1] + 1])  # [B, T', C + 1]
+  m1 = tf.einsum("bt,btc->bc", projected[:, :, -1], d) / n
+  m2 = tf.reduce_sum(projected[:, :, :-1] * d, axis=1) / n
+  w_hat = tf.reshape(w_hat, [-1, w_hat.shape[-1]])  # [K, C]
   ratio = tf.reduce_mean(tf.square(w_hat), axis=0)
   corrected = per_channel - n * tf.square(m1) - n * tf.square(m2) * (2.0 - ratio)
   return tf.reduce_sum(corrected * tf.reshape(inv_var, [-1]), axis=1)
@@ -157,6 +163,13 @@ def _patch_gram_from_inputs(layer, a, out_h: int, out_w: int, copies: int):
   return tf.reshape(total, [-1, outputs, outputs])
 
 
+def _ghost_is_cheaper(layer, dz, copies: int) -> bool:
+  """Whether T'^2 (an example's output positions, its copies' together, squared) is below K*C:
+  the Gram matrices then cost less than the materialized kernel gradients."""
+  positions = copies * dz.shape[1] * dz.shape[2]
+  return positions * positions < np.prod(layer.kernel.shape)
+
+
 def _bias_squared_norms(dz, copies: int = 1):
   """[B] squared norms of each example's bias gradient: its rows' dz summed over positions."""
   per_row = tf.reduce_sum(dz, axis=[1, 2])  # [R, C]
@@ -180,8 +193,7 @@ class Conv2DRule(rules.LayerRule):
     return self.squared_norms_of_copies(layer, a, dz, 1)
 
   def squared_norms_of_copies(self, layer, a, dz, copies: int):
-    positions = copies * dz.shape[1] * dz.shape[2]  # Of one example, all its copies together.
-    if positions * positions < np.prod(layer.kernel.shape):
+    if _ghost_is_cheaper(layer, dz, copies):
       kernel = _ghost_kernel_squared_norms(layer, a, dz, copies)
     else:
       kernel = self._materialized_kernel_squared_norms(layer, a, dz, copies)
@@ -194,15 +206,39 @@ class Conv2DRule(rules.LayerRule):
     kernel_grads = _per_example_kernel_grads(layer, a, dz)
     if copies > 1:
       kernel_grads = rules._copy_sums(kernel_grads, copies)  # pylint: disable=protected-access
+    return self._kernel_squared_norms_of(layer, kernel_grads)
+
+  def _kernel_squared_norms_of(self, layer, kernel_grads):
+    """[B] squared norms of the raw-kernel gradients, given those w.r.t. the kernel used."""
     if isinstance(layer, model_layers.WSConv2D):
       return standardized_vjp_squared_norms(layer.kernel, kernel_grads)
     return rules._row_squared_norms(kernel_grads)  # pylint: disable=protected-access
 
   def per_example_gradients(self, layer, a, dz):
-    grads = [self._to_raw(layer, _per_example_kernel_grads(layer, a, dz))]
+    return [self._to_raw(layer, g) if k == 0 else g
+            for k, g in enumerate(self.per_example_parts(layer, a, dz))]
+
+  def keeps_per_example(self, layer, a, dz) -> bool:
+    """Where the norms come from materialized kernel gradients anyway, the weighted sum is a
+    contraction of those ([B] x [B, K*C]) instead of a second filter-gradient pass over a and dz."""
+    return not _ghost_is_cheaper(layer, dz, 1)
+
+  def per_example_parts(self, layer, a, dz):
+    """Kernel gradients w.r.t. the kernel the convolution used (the standardized one for
+    WSConv2D: the vjp to the raw kernel is linear, so it is applied to the sum alone), and bias
+    gradients."""
+    parts = [_per_example_kernel_grads(layer, a, dz)]
     if layer.use_bias:
-      grads.append(tf.reduce_sum(dz, axis=[1, 2]))
-    return grads
+      parts.append(tf.reduce_sum(dz, axis=[1, 2]))
+    return parts
+
+  def squared_norms_of_parts(self, layer, parts):
+    return [self._kernel_squared_norms_of(layer, parts[0])] + [
+        rules._row_squared_norms(g) for g in parts[1:]]  # pylint: disable=protected-access
+
+  def sum_of_parts(self, layer, parts, weights):
+    sums = [tf.tensordot(weights, g, axes=1) for g in parts]
+    return [self._to_raw(layer, sums[0])] + sums[1:]
 
   def weighted_sum(self, layer, a, dz, weights):
     weighted = dz * weights[:, None, None, None]

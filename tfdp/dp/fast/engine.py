@@ -5,6 +5,15 @@ comes from example i alone, and each rule's squared norms read row i alone. The 
 contract over rows, so before them the rows of weight 0 (padding, or an example whose gradient norm
 is not finite) are zeroed in `a` and `dz` by selection: a zero weight times an inf or NaN would
 still be NaN. A dropped example thus contributes exactly 0 (tfdp.dp.groups); the sensitivity is C.
+
+Where a layer's per-example parts are kept (materialized kernel gradients of a convolution, the
+(gamma, beta) gradients of a normalization layer), the norms and the weighted sum are both taken
+from those same [B, ...] tensors, so the sum is the sum of exactly the gradients whose norms set
+the clip factors; their rows of weight 0 are zeroed the same way. The (gamma, beta) gradients that
+tfdp's GroupNormalization forms in its own backward pass (recorded there, by layer) are that
+layer's per-example gradients by the same formula as its rule's: row i reads example i's input and
+output gradient alone. The order in which layers are processed (one at a time, for memory) changes
+no value. Nothing here is released but the noised sum (the optimizers add the noise).
 """
 
 from typing import List
@@ -17,6 +26,7 @@ from tfdp.dp.fast import rules
 from tfdp.dp import groups as groups_lib
 from tfdp.dp import per_example
 from tfdp import precision
+from tfdp.models import layers as model_layers
 
 
 class FastEngine:
@@ -64,16 +74,20 @@ class FastEngine:
       losses = loss_fn(labels, logits)
       # Σ_i mask_i * mean_k loss_ik, padding selected out (its loss is never multiplied).
       total = tf.reduce_sum(tf.where(row_mask > 0, losses, tf.zeros_like(losses))) / self._augmult
-    output_grads = tape.gradient(total, outputs, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    with model_layers.recording_example_gradients() as recorded:
+      output_grads = tape.gradient(total, outputs,
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
     del tape
     # Under a mixed policy a and dz are bfloat16: every contraction from here on is float32, so
     # nothing is rounded after the clip (tfdp.precision).
     inputs = [graph.map_tensors(precision.to_float32, a) for a in inputs]
     output_grads = [precision.to_float32(dz) for dz in output_grads]
     fallback_grads = self._fallback_gradients(loss_fn, images, labels)
-    materialized = self._materialized_gradients(inputs, output_grads)
+    materialized, layer_norms = self._layer_norms(inputs, output_grads, recorded)
 
-    squared = self._squared_norms(inputs, output_grads, fallback_grads, materialized)
+    squared = self._in_model_order(
+        [n for norms in layer_norms for n in norms],
+        [rules._row_squared_norms(g) for g in fallback_grads])  # pylint: disable=protected-access
     weights = groups_lib.clip_weights(squared, self._groups, l2_norm_clip, mask, self._scaling)
     sums = self._weighted_sums(inputs, output_grads, fallback_grads, weights, materialized)
     return sums, losses, logits, groups_lib.whole_norms(squared)
@@ -90,15 +104,30 @@ class FastEngine:
                                                             self._fallback_variables)
     return [groups_lib.example_means(g, self._augmult) for g in grads]
 
-  def _materialized_gradients(self, inputs, output_grads):
-    """{layer index: per-example gradients [B, ...] per variable} for the rules without closed
-    forms (normalization and embedding layers, whose per-example gradients are small), computed
-    once and used for both the norms and the weighted sum. Empty with augmult > 1."""
-    if self._augmult != 1:
-      return {}
-    return {i: rules.rule_for(layer).per_example_gradients(layer, a, dz)
-            for i, (layer, a, dz) in enumerate(zip(self.fast_layers, inputs, output_grads))
-            if rules.rule_for(layer).materializes}
+  def _layer_norms(self, inputs, output_grads, recorded):
+    """({layer index: per-example parts}, per layer its variables' [B] squared norms).
+
+    A layer whose rule keeps its per-example parts (rules.LayerRule.keeps_per_example: normalization
+    and embedding layers, whose per-example gradients are small; convolutions where the norms
+    materialize the kernel gradients anyway) has them computed once here, for both its norms and
+    its weighted sum; none are kept with augmult > 1. Parts that the backward pass recorded (the
+    per-example gradients tfdp's GroupNormalization forms there anyway: `recorded`, by layer id)
+    are taken as they are.
+    The layers go one after another, last first (the order the backward pass yields their dz), so
+    one layer's intermediates are alive at a time and a layer's dz can be freed as soon as its
+    parts are computed, instead of every layer's at once.
+    """
+    kept, norms, previous = {}, [None] * len(self.fast_layers), []
+    for i in reversed(range(len(self.fast_layers))):
+      layer, rule = self.fast_layers[i], rules.rule_for(self.fast_layers[i])
+      a, dz = _after(previous, inputs[i], output_grads[i])
+      if self._augmult == 1 and rule.keeps_per_example(layer, a, dz):
+        kept[i] = recorded.get(id(layer)) or rule.per_example_parts(layer, a, dz)
+        norms[i] = rule.squared_norms_of_parts(layer, kept[i])
+      else:
+        norms[i] = self._layer_squared_norms(layer, a, dz)
+      previous = norms[i]
+    return kept, norms
 
   def _in_model_order(self, per_layer_values, fallback_values) -> List[tf.Tensor]:
     ordered = [None] * len(self._position)
@@ -115,34 +144,39 @@ class FastEngine:
     # dz already carries the 1/augmult of the mean, so an example's gradient is its rows' sum.
     return rule.squared_norms_of_copies(layer, a, dz, self._augmult)
 
-  def _squared_norms(self, inputs, output_grads, fallback_grads, materialized):
-    per_layer = []
-    for i, (layer, a, dz) in enumerate(zip(self.fast_layers, inputs, output_grads)):
-      if i in materialized:
-        per_layer.extend(rules._row_squared_norms(g) for g in materialized[i])  # pylint: disable=protected-access
-      else:
-        per_layer.extend(self._layer_squared_norms(layer, a, dz))
-    fallback = [rules._row_squared_norms(g) for g in fallback_grads]  # pylint: disable=protected-access
-    return self._in_model_order(per_layer, fallback)
-
   def _weighted_sums(self, inputs, output_grads, fallback_grads, weights, materialized):
     weight_of = {v.ref(): weights[i] for v, i in
                  ((v, self._position[v.ref()]) for v in self._model.trainable_variables)}
-    per_layer = []
-    for i, (layer, a, dz) in enumerate(zip(self.fast_layers, inputs, output_grads)):
-      if i in materialized:  # weighted_sum zeroes the rows of weight 0 (inf or NaN) first.
-        per_layer.extend(groups_lib.weighted_sum(weight_of[v.ref()], g)
-                         for v, g in zip(layer.trainable_weights, materialized[i]))
-        continue
-      layer_weights = groups_lib.repeat_rows(weight_of[layer.trainable_weights[0].ref()],
-                                             self._augmult)  # One group per layer.
-      kept = tf.not_equal(layer_weights, 0)
-      a = graph.map_tensors(lambda t: groups_lib.zero_rows(t, kept), a)
-      dz = groups_lib.zero_rows(dz, kept)
-      per_layer.extend(rules.rule_for(layer).weighted_sum(layer, a, dz, layer_weights))
+    per_layer, previous = [None] * len(self.fast_layers), []
+    for i in reversed(range(len(self.fast_layers))):  # One layer at a time, as _layer_norms.
+      layer = self.fast_layers[i]
+      layer_weights = weight_of[layer.trainable_weights[0].ref()]  # One group per layer.
+      if i in materialized:  # Rows of weight 0 (inf or NaN) zeroed first.
+        kept = tf.not_equal(layer_weights, 0)
+        parts = [groups_lib.zero_rows(g, kept) for g in _after(previous, *materialized[i])]
+        per_layer[i] = rules.rule_for(layer).sum_of_parts(layer, parts, layer_weights)
+      else:
+        layer_weights = groups_lib.repeat_rows(layer_weights, self._augmult)
+        kept = tf.not_equal(layer_weights, 0)
+        a, dz = _after(previous, inputs[i], output_grads[i])
+        a = graph.map_tensors(lambda t, kept=kept: groups_lib.zero_rows(t, kept), a)
+        dz = groups_lib.zero_rows(dz, kept)
+        per_layer[i] = rules.rule_for(layer).weighted_sum(layer, a, dz, layer_weights)
+      previous = per_layer[i]
+    per_layer = [value for sums in per_layer for value in sums]
     fallback = [groups_lib.weighted_sum(weight_of[v.ref()], g)
                 for v, g in zip(self._fallback_variables, fallback_grads)]
     return self._in_model_order(per_layer, fallback)
+
+
+def _after(previous: List[tf.Tensor], *values):
+  """`values` (tensors or CallInputs), read only once every tensor of `previous` is computed.
+
+  In a graph this orders the per-layer work, which would otherwise all become ready together at
+  the end of the backward pass and hold every layer's intermediates at once; eagerly it is a no-op.
+  """
+  with tf.control_dependencies(previous):
+    return [graph.map_tensors(tf.identity, v) for v in values]
 
 
 def fallback_warning(layers) -> str:

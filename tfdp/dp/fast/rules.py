@@ -14,6 +14,9 @@ model has no BatchNorm, so row i of dz is example i's own output gradient):
 A rule that overrides neither (it only gives `per_example_gradients`, small for normalization and
 embedding layers) is `materializes`: the engine computes its per-example gradients once, takes the
 norms from them, and zeroes the rows of weight 0 in them before the weighted sum.
+A rule with closed forms may still say, per layer shape, that keeping its per-example parts is
+cheaper (`keeps_per_example`): the engine then computes `per_example_parts` once and takes the norms
+(`squared_norms_of_parts`) and the sum (`sum_of_parts`) from them, as for a rule that materializes.
 """
 
 from typing import Callable, Dict, List, Optional, Type
@@ -39,6 +42,25 @@ class LayerRule:
 
   def weighted_sum(self, layer, a, dz, weights) -> List[tf.Tensor]:
     return [tf.tensordot(weights, g, axes=1) for g in self.per_example_gradients(layer, a, dz)]
+
+  def keeps_per_example(self, layer, a, dz) -> bool:  # pylint: disable=unused-argument
+    """Whether, for this layer and these shapes, the engine should compute the per-example parts
+    once and take both the norms and the weighted sum from them."""
+    return self.materializes
+
+  def per_example_parts(self, layer, a, dz) -> List[tf.Tensor]:
+    """[B, ...] tensors from which `squared_norms_of_parts` and `sum_of_parts` answer; row i is
+    example i's alone. Default: the per-example gradients of the layer's variables."""
+    return self.per_example_gradients(layer, a, dz)
+
+  def squared_norms_of_parts(self, layer, parts) -> List[tf.Tensor]:  # pylint: disable=unused-argument
+    """Per variable, [B] squared norms of each example's gradient, from `per_example_parts`."""
+    return [_row_squared_norms(g) for g in parts]
+
+  def sum_of_parts(self, layer, parts, weights) -> List[tf.Tensor]:  # pylint: disable=unused-argument
+    """Per variable, sum_i weights[i] * (example i's gradient), from `per_example_parts` whose rows
+    of weight 0 the engine has zeroed."""
+    return [tf.tensordot(weights, g, axes=1) for g in parts]
 
   @property
   def materializes(self) -> bool:
