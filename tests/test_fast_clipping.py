@@ -230,3 +230,25 @@ def test_engine_takes_group_norm_gradients_recorded_in_the_backward_pass(monkeyp
   engine, sums = _fast(model, images, labels, mask, 0.05, use_function=True)
   assert model.layers[3] in engine.fast_layers
   _assert_close(sums, ref.clipped_sum(model, images, labels, mask, 0.05))
+
+
+@pytest.mark.parametrize("name", ["wsconv_ghost", "wsconv_ghost_strided"])
+def test_ws_ghost_norms_read_the_layers_output_or_recompute_it_alike(name):
+  """The Gram path of a WS convolution takes P w_hat from the layer's float32 output z (minus the
+  bias) or, without z (a bfloat16 model), from its own convolution: both give each example's
+  squared norms of brute force, and a changed z changes them (z is read, not ignored)."""
+  model, images, labels = _case(name, size=3)
+  layer = model.layers[3]
+  a, dz = ref.layer_input_and_output_gradient(model, layer, images, labels)
+  z = layer(a)  # No activation: the pre-activation output.
+  rule = rules.rule_for(layer)
+  position = [i for i, v in enumerate(model.trainable_variables) if v is layer.kernel][0]
+  expected = [np.sum(np.square(ref.per_example_gradient(model, tf.constant(images[i]),
+                                                        tf.constant(labels[i]))[position]))
+              for i in range(len(images))]
+  from_output = rule.squared_norms_given_output(layer, a, dz, z, 1)[0]
+  recomputed = rule.squared_norms_given_output(layer, a, dz, None, 1)[0]
+  np.testing.assert_allclose(from_output, expected, rtol=1e-3, atol=1e-8)
+  np.testing.assert_allclose(recomputed, expected, rtol=1e-3, atol=1e-8)
+  shifted = rule.squared_norms_given_output(layer, a, dz, z + 1.0, 1)[0]
+  assert not np.allclose(shifted, expected, rtol=1e-3)

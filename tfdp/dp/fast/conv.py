@@ -7,9 +7,12 @@ For weight-standardized convolutions the gradient with respect to the standardiz
 back to the raw kernel through the standardization's (linear) vector-Jacobian product.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
+from tfdp import cpu
 from tfdp.dp.fast import rules
 from tfdp.models import layers as model_layers
 
@@ -46,8 +49,48 @@ def _shifted_kernel_grads(layer, a, dz):
   return tf.reshape(tf.stack(rows, axis=1), [-1, *layer.kernel.shape])
 
 
+# Examples per grouped filter-gradient call (_grouped_kernel_grads). ResNet-20, 64 rows, AMD EPYC
+# (AVX-512), against the nine shifted matmuls: 32x32x16 layers about 1.7x faster with 16 (8: 1.5x,
+# 64 in one call: 1.1x, 2 or 4: slower), 16x16x32 about 1.15x; 8x8x64 slower (those take the
+# Gram path anyway). benchmarks/fast_engine_parts.py measures the whole engine.
+EXAMPLES_PER_GROUPED_CALL = 16
+
+
+@functools.lru_cache(maxsize=None)
+def grouped_filter_gradients() -> bool:
+  """Whether this TensorFlow computes grouped filter gradients: with oneDNN's kernels on (which
+  tfdp sets by default). TensorFlow's own CPU kernel refuses a grouped Conv2DBackpropFilter."""
+  return cpu.onednn_enabled()
+
+
+def _grouped_kernel_grads(layer, a, dz):
+  """[B, kh, kw, cin, cout] as grouped filter gradients, EXAMPLES_PER_GROUPED_CALL at a time.
+
+  n examples side by side on the channel axis ([1, H, W, n * cin], example-major) are one image
+  whose convolution with n groups is each example's own convolution; the filter gradient of that
+  grouped convolution is [kh, kw, cin, n * cout], group g's block example g's kernel gradient.
+  One oneDNN call per n examples instead of B small matmuls per kernel offset. Needs a static B.
+  """
+  per_call, grads = EXAMPLES_PER_GROUPED_CALL, []
+  for start in range(0, a.shape[0], per_call):
+    a_part, dz_part = a[start:start + per_call], dz[start:start + per_call]
+    count = a_part.shape[0]
+    image = tf.reshape(tf.transpose(a_part, [1, 2, 0, 3]), [1, *a.shape[1:3], count * a.shape[3]])
+    grad = tf.reshape(tf.transpose(dz_part, [1, 2, 0, 3]),
+                      [1, *dz.shape[1:3], count * dz.shape[3]])
+    kernel = tf.compat.v1.nn.conv2d_backprop_filter(
+        image, [*layer.kernel.shape[:3], count * dz.shape[3]], grad,
+        strides=[1, *layer.strides, 1], padding=layer.padding.upper(),
+        dilations=[1, *layer.dilation_rate, 1])
+    grads.append(tf.transpose(tf.reshape(kernel, [*layer.kernel.shape[:3], count, dz.shape[3]]),
+                              [3, 0, 1, 2, 4]))
+  return tf.concat(grads, axis=0)
+
+
 def _per_example_kernel_grads(layer, a, dz):
   """[B, kh, kw, cin, cout]: each example's gradient w.r.t. the kernel used in the convolution."""
+  if grouped_filter_gradients() and a.shape[0] is not None:
+    return _grouped_kernel_grads(layer, a, dz)
   if tuple(layer.strides) == (1, 1):
     return _shifted_kernel_grads(layer, a, dz)
   dz_tokens = tf.reshape(dz, [tf.shape(dz)[0], -1, dz.shape[-1]])
@@ -89,7 +132,7 @@ def standardized_vjp_squared_norms(kernel: tf.Tensor, grads: tf.Tensor) -> tf.Te
   return tf.reduce_sum(per_channel * tf.reshape(inv_var, [-1]), axis=1)
 
 
-def _ghost_kernel_squared_norms(layer, a, dz, copies: int = 1):
+def _ghost_kernel_squared_norms(layer, a, dz, copies: int = 1, z=None):
   """[B] squared kernel-gradient norms from T x T Gram matrices, never forming the gradient.
 
   With P_i = patches(a_i) [T, K] and D_i = dz_i [T, C], example i's gradient is G_i = P_i^T D_i and
@@ -98,7 +141,8 @@ def _ghost_kernel_squared_norms(layer, a, dz, copies: int = 1):
   `standardized_vjp_squared_norms` needs only per-channel means of G and of G * w_hat, which are
   (sum_k P) D / n and (P w_hat) . D / n. With `copies` > 1, rows i*copies .. i*copies + copies - 1
   of `a` and `dz` are example i's copies, whose gradient is the sum of theirs: their T positions
-  each are concatenated into example i's copies * T.
+  each are concatenated into example i's copies * T. P w_hat is the convolution the layer computed:
+  read from its pre-activation output `z` (minus the bias) where z is float32, else recomputed.
   """
   d = tf.reshape(dz, [-1, copies * dz.shape[1] * dz.shape[2], dz.shape[-1]])  # [B, T', C]
   if tuple(layer.strides) == (1, 1):
@@ -113,18 +157,28 @@ def _ghost_kernel_squared_norms(layer, a, dz, copies: int = 1):
   inv_var = 1.0 / (var + model_layers.WS_EPSILON)
   w_hat = (kernel - mean) * tf.sqrt(inv_var)  # [kh, kw, cin, C]
   n = float(np.prod(w_hat.shape[:3]))
-  # Each position's patch summed (P 1) and projected on w_hat (P w_hat), as one convolution of the
-  # input with [w_hat, 1]: the layer's own strides, padding and dilation make its patches.
-  ones = tf.ones([*w_hat.shape[:3], 1], w_hat.dtype)
-  projected = tf.nn.conv2d(a, tf.concat([w_hat, ones], axis=-1), strides=layer.strides,
-                           padding=layer.padding.upper(), dilations=layer.dilation_rate)
-  projected = tf.reshape(projected, [-1, d.shape[1], w_hat.shape[-1] + 1])  # [B, T', C + 1]
-  m1 = tf.einsum("bt,btc->bc", projected[:, :, -1], d) / n
-  m2 = tf.reduce_sum(projected[:, :, :-1] * d, axis=1) / n
+  patch_sums, projected = _patch_sums_and_projections(layer, a, w_hat, z)
+  m1 = tf.einsum("bt,btc->bc", tf.reshape(patch_sums, [-1, d.shape[1]]), d) / n
+  m2 = tf.reduce_sum(tf.reshape(projected, tf.shape(d)) * d, axis=1) / n
   w_hat = tf.reshape(w_hat, [-1, w_hat.shape[-1]])  # [K, C]
   ratio = tf.reduce_mean(tf.square(w_hat), axis=0)
   corrected = per_channel - n * tf.square(m1) - n * tf.square(m2) * (2.0 - ratio)
   return tf.reduce_sum(corrected * tf.reshape(inv_var, [-1]), axis=1)
+
+
+def _patch_sums_and_projections(layer, a, w_hat, z):
+  """Each output position's patch summed (P 1, [R, oh, ow]) and projected on w_hat (P w_hat,
+  [R, oh, ow, C]): convolutions of the input, the layer's own strides, padding and dilation making
+  its patches. P 1 convolves the channel sum with ones. P w_hat is z minus the bias when the
+  layer's output z is float32 (not rounded), else it is recomputed."""
+  conv = lambda x, kernel: tf.nn.conv2d(x, kernel, strides=layer.strides,
+                                        padding=layer.padding.upper(),
+                                        dilations=layer.dilation_rate)
+  patch_sums = conv(tf.reduce_sum(a, axis=-1, keepdims=True),
+                    tf.ones([*w_hat.shape[:2], 1, 1], w_hat.dtype))[..., 0]
+  if z is not None and z.dtype == tf.float32:
+    return patch_sums, (z - layer.bias if layer.use_bias else z)
+  return patch_sums, conv(a, w_hat)
 
 
 def _example_patches(layer, a, copies: int):
@@ -143,7 +197,7 @@ def _patch_gram_from_inputs(layer, a, out_h: int, out_w: int, copies: int):
   A patch is the concatenation over kernel offsets o of the padded input at t + o, so
   (P P^T)[t, s] = sum_o G[t + o, s + o] with G the Gram of the padded input positions (all of an
   example's copies together; a copy's positions never reach another's). That costs Tp^2 cin for G
-  (Tp padded positions) instead of T'^2 kh kw cin, then kh kw slices of T'^2 entries.
+  (Tp padded positions) instead of T'^2 kh kw cin, then kh + kw slices.
   """
   (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation_rate
   if layer.padding == "same":
@@ -153,12 +207,12 @@ def _patch_gram_from_inputs(layer, a, out_h: int, out_w: int, copies: int):
   tokens = tf.reshape(a, [-1, copies * height * width, channels])
   gram = tf.reshape(tf.linalg.matmul(tokens, tokens, transpose_b=True),
                     [-1, copies, height, width, copies, height, width])
-  total = None
-  for u in range(kh):
-    for v in range(kw):
-      rows, cols = slice(u * dh, u * dh + out_h), slice(v * dw, v * dw + out_w)
-      part = gram[:, :, rows, cols, :, rows, cols]  # [B, copies, out_h, out_w, copies, ...]
-      total = part if total is None else total + part
+  # The sum over offsets (u, v) taken as a sum over v, then one over u: 2 (kh + kw) slices and
+  # adds instead of kh * kw, the first kw of them over out_w of the width only.
+  cols = [slice(v * dw, v * dw + out_w) for v in range(kw)]
+  by_column = tf.add_n([gram[:, :, :, c, :, :, c] for c in cols])  # [B, K, H, out_w, K, H, out_w]
+  rows = [slice(u * dh, u * dh + out_h) for u in range(kh)]
+  total = tf.add_n([by_column[:, :, r, :, :, r, :] for r in rows])  # [B, K, oh, ow, K, oh, ow]
   outputs = copies * out_h * out_w
   return tf.reshape(total, [-1, outputs, outputs])
 
@@ -193,8 +247,11 @@ class Conv2DRule(rules.LayerRule):
     return self.squared_norms_of_copies(layer, a, dz, 1)
 
   def squared_norms_of_copies(self, layer, a, dz, copies: int):
+    return self.squared_norms_given_output(layer, a, dz, None, copies)
+
+  def squared_norms_given_output(self, layer, a, dz, z, copies: int):
     if _ghost_is_cheaper(layer, dz, copies):
-      kernel = _ghost_kernel_squared_norms(layer, a, dz, copies)
+      kernel = _ghost_kernel_squared_norms(layer, a, dz, copies, z)
     else:
       kernel = self._materialized_kernel_squared_norms(layer, a, dz, copies)
     norms = [kernel]

@@ -83,7 +83,7 @@ class FastEngine:
     inputs = [graph.map_tensors(precision.to_float32, a) for a in inputs]
     output_grads = [precision.to_float32(dz) for dz in output_grads]
     fallback_grads = self._fallback_gradients(loss_fn, images, labels)
-    materialized, layer_norms = self._layer_norms(inputs, output_grads, recorded)
+    materialized, layer_norms = self._layer_norms(inputs, output_grads, outputs, recorded)
 
     squared = self._in_model_order(
         [n for norms in layer_norms for n in norms],
@@ -104,7 +104,7 @@ class FastEngine:
                                                             self._fallback_variables)
     return [groups_lib.example_means(g, self._augmult) for g in grads]
 
-  def _layer_norms(self, inputs, output_grads, recorded):
+  def _layer_norms(self, inputs, output_grads, outputs, recorded):
     """({layer index: per-example parts}, per layer its variables' [B] squared norms).
 
     A layer whose rule keeps its per-example parts (rules.LayerRule.keeps_per_example: normalization
@@ -120,12 +120,13 @@ class FastEngine:
     kept, norms, previous = {}, [None] * len(self.fast_layers), []
     for i in reversed(range(len(self.fast_layers))):
       layer, rule = self.fast_layers[i], rules.rule_for(self.fast_layers[i])
-      a, dz = _after(previous, inputs[i], output_grads[i])
+      a, dz, z = _after(previous, inputs[i], output_grads[i], outputs[i])
       if self._augmult == 1 and rule.keeps_per_example(layer, a, dz):
         kept[i] = recorded.get(id(layer)) or rule.per_example_parts(layer, a, dz)
         norms[i] = rule.squared_norms_of_parts(layer, kept[i])
       else:
-        norms[i] = self._layer_squared_norms(layer, a, dz)
+        # dz already carries the 1/augmult of the mean: an example's gradient is its rows' sum.
+        norms[i] = rule.squared_norms_given_output(layer, a, dz, z, self._augmult)
       previous = norms[i]
     return kept, norms
 
@@ -136,13 +137,6 @@ class FastEngine:
                                per_layer_values + list(fallback_values)):
       ordered[self._position[variable.ref()]] = value
     return ordered
-
-  def _layer_squared_norms(self, layer, a, dz):
-    rule = rules.rule_for(layer)
-    if self._augmult == 1:
-      return rule.squared_norms(layer, a, dz)
-    # dz already carries the 1/augmult of the mean, so an example's gradient is its rows' sum.
-    return rule.squared_norms_of_copies(layer, a, dz, self._augmult)
 
   def _weighted_sums(self, inputs, output_grads, fallback_grads, weights, materialized):
     weight_of = {v.ref(): weights[i] for v, i in

@@ -43,6 +43,15 @@ class LayerRule:
   def weighted_sum(self, layer, a, dz, weights) -> List[tf.Tensor]:
     return [tf.tensordot(weights, g, axes=1) for g in self.per_example_gradients(layer, a, dz)]
 
+  def squared_norms_given_output(self, layer, a, dz, z, copies: int) -> List[tf.Tensor]:
+    """`squared_norms` (copies == 1) or `squared_norms_of_copies`, for a rule that can also read
+    the layer's pre-activation output z (rows as dz's, in the model's compute dtype) instead of
+    recomputing it. The engine calls this one."""
+    del z
+    if copies == 1:
+      return self.squared_norms(layer, a, dz)
+    return self.squared_norms_of_copies(layer, a, dz, copies)
+
   def keeps_per_example(self, layer, a, dz) -> bool:  # pylint: disable=unused-argument
     """Whether, for this layer and these shapes, the engine should compute the per-example parts
     once and take both the norms and the weighted sum from them."""
