@@ -252,3 +252,31 @@ def test_ws_ghost_norms_read_the_layers_output_or_recompute_it_alike(name):
   np.testing.assert_allclose(recomputed, expected, rtol=1e-3, atol=1e-8)
   shifted = rule.squared_norms_given_output(layer, a, dz, z + 1.0, 1)[0]
   assert not np.allclose(shifted, expected, rtol=1e-3)
+
+
+CONV_CASES = ["conv_3x3_same", "conv_strided_valid", "conv_1x1_strided", "conv_5x3_even",
+              "wsconv_same", "wsconv_strided_bias"]
+
+
+@pytest.mark.parametrize("name", CONV_CASES)
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "matmuls"])
+def test_both_ways_to_per_example_kernel_gradients_match_brute_force(name, grouped, monkeypatch):
+  """Per-example kernel gradients as grouped filter gradients (oneDNN) or as shifted / patch
+  matmuls (TensorFlow's own kernels, which refuse grouped filter gradients): the engine's sum and
+  the rule's per-example gradients match brute force either way."""
+  from tfdp.dp.fast import conv as fast_conv  # pylint: disable=import-outside-toplevel
+  if grouped and not fast_conv.grouped_filter_gradients():
+    pytest.skip("this TensorFlow runs without oneDNN: no grouped filter gradients")
+  monkeypatch.setattr(fast_conv, "grouped_filter_gradients", lambda: grouped)
+  model, images, labels = _case(name)
+  mask = np.array([1, 0, 1, 1, 1], np.float32)
+  engine, sums = _fast(model, images, labels, mask, 0.05)
+  assert not engine.fallback_layers
+  _assert_close(sums, ref.clipped_sum(model, images, labels, mask, 0.05))
+  layer = model.layers[3]
+  a, dz = ref.layer_input_and_output_gradient(model, layer, images, labels)
+  kernel_grads = rules.rule_for(layer).per_example_gradients(layer, a, dz)[0]
+  position = [i for i, v in enumerate(model.trainable_variables) if v is layer.kernel][0]
+  for i in range(len(images)):
+    reference = ref.per_example_gradient(model, tf.constant(images[i]), tf.constant(labels[i]))
+    np.testing.assert_allclose(kernel_grads[i], reference[position], rtol=2e-4, atol=2e-6)
