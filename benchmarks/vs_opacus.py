@@ -8,9 +8,10 @@ Runs `../shared/bench/opacus_resnet20.py` (PyTorch + Opacus, in a venv of its ow
 are never tfdp dependencies; set-up in that script's header) and `python -m tfdp.bench` twice, with
 the weight-standardized convolutions tfdp's models use and with plain ones like the peer's, each in
 float32 and in mixed bfloat16 (`--precision=mixed_bfloat16`; skipped, with "-", on a CPU without
-bfloat16 arithmetic), then prints one markdown table: non-private and DP examples/s, and the ratio
-of tfdp's fast DP step to the best Opacus DP mode. The first line names the CPU; the last line is
-the JSON record.
+bfloat16 arithmetic), one step of each mode per round for 12 rounds (`--rounds`; best round each,
+so a noisy machine's slow spells hit every mode alike), then prints one markdown table: non-private
+and DP examples/s, and the ratio of tfdp's fast DP step to the best Opacus DP mode. The first line
+names the CPU; the last line is the JSON record.
 Run it from the repository root with the tfdp venv's python.
 """
 
@@ -44,14 +45,14 @@ def run_opacus(python: str, batch_size: int, threads: int) -> Dict[str, float]:
   return speeds
 
 
-def run_tfdp(batch_size: int, physical_batch_size: int, extra: List[str]) -> dict:
+def run_tfdp(batch_size: int, physical_batch_size: int, rounds: int, extra: List[str]) -> dict:
   """The JSON record of `python -m tfdp.bench` on ResNet-20, non-private and fast DP."""
   with tempfile.TemporaryDirectory() as scratch:
     output = os.path.join(scratch, "bench.json")
     subprocess.run([sys.executable, "-m", "tfdp.bench", "--model=resnet20",
                     f"--batch_size={batch_size}", f"--physical_batch_size={physical_batch_size}",
                     "--modes=" + ",".join(m for pair in PRECISION_MODES.values() for m in pair),
-                    "--steps=4",
+                    "--steps=1", f"--rounds={rounds}",
                     f"--output={output}", *extra],
                    cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -92,6 +93,9 @@ def main() -> None:
                       help="tfdp's rows per chunk; 64 is tfdp.train's default for the fast engine, "
                       "the batch size runs it in one chunk as the peer does.")
   parser.add_argument("--threads", type=int, default=2, help="PyTorch threads (cores here).")
+  parser.add_argument("--rounds", type=int, default=12,
+                      help="tfdp's timed rounds, one step of each mode per round (round robin), so "
+                      "that a noisy machine's slow spells hit every mode alike; best round each.")
   parser.add_argument("--opacus_python", default=os.path.join(ROOT, "..", "venv-opacus", "bin",
                                                               "python"))
   args = parser.parse_args()
@@ -103,8 +107,9 @@ def main() -> None:
         f"{args.physical_batch_size}); PyTorch threads {args.threads}")
   opacus = run_opacus(args.opacus_python, args.batch_size, args.threads)
   chunk = args.physical_batch_size
-  tfdp_runs = {"WS convolutions (tfdp default)": run_tfdp(args.batch_size, chunk, []),
-               "plain convolutions (as the peer)": run_tfdp(args.batch_size, chunk,
+  tfdp_runs = {"WS convolutions (tfdp default)": run_tfdp(args.batch_size, chunk, args.rounds,
+                                                         []),
+               "plain convolutions (as the peer)": run_tfdp(args.batch_size, chunk, args.rounds,
                                                             ["--noweight_standardization"])}
   print("\n".join(table(opacus, tfdp_runs)))
   print(json.dumps({"cpu": cpu.cpu_model(), "cpu_features": cpu.cpu_features(),

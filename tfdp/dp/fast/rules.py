@@ -62,13 +62,15 @@ class LayerRule:
     example i's alone. Default: the per-example gradients of the layer's variables."""
     return self.per_example_gradients(layer, a, dz)
 
-  def squared_norms_of_parts(self, layer, parts) -> List[tf.Tensor]:  # pylint: disable=unused-argument
+  def squared_norms_of_parts(self, layer, parts) -> List[tf.Tensor]:
     """Per variable, [B] squared norms of each example's gradient, from `per_example_parts`."""
+    del layer
     return [_row_squared_norms(g) for g in parts]
 
-  def sum_of_parts(self, layer, parts, weights) -> List[tf.Tensor]:  # pylint: disable=unused-argument
+  def sum_of_parts(self, layer, parts, weights) -> List[tf.Tensor]:
     """Per variable, sum_i weights[i] * (example i's gradient), from `per_example_parts` whose rows
     of weight 0 the engine has zeroed."""
+    del layer
     return [tf.tensordot(weights, g, axes=1) for g in parts]
 
   @property
