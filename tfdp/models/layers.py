@@ -8,6 +8,7 @@ Differentially Private Image Classification through Scale").
 """
 
 import contextlib
+import threading
 from typing import Dict, List
 
 import tensorflow as tf
@@ -112,8 +113,16 @@ def _affine_gradients(flat, dy, mean, inv_std):
   return inv_std * (_channel_dots(dy, flat) - mean * dy_sum), dy_sum
 
 
-# Open records of per-example gradients (`recording_example_gradients`), innermost last.
-_RECORDS: List[Dict[int, List[tf.Tensor]]] = []
+# Open records of per-example gradients (`recording_example_gradients`), innermost last, per
+# thread: a distribution strategy traces its replicas' steps in threads of their own, each with its
+# own tensors of the same layers.
+_LOCAL = threading.local()
+
+
+def _open_records() -> List[Dict[int, List[tf.Tensor]]]:
+  if not hasattr(_LOCAL, "records"):
+    _LOCAL.records = []
+  return _LOCAL.records
 
 
 @contextlib.contextmanager
@@ -126,12 +135,12 @@ def recording_example_gradients():
   the layer normalizes each example alone. A layer whose gradient was not taken (or that ran on
   the parent's path: a mask, another axis or dtype) is absent; one called twice holds its last call.
   """
-  record = {}
-  _RECORDS.append(record)
+  record, records = {}, _open_records()
+  records.append(record)
   try:
     yield record
   finally:
-    _RECORDS.pop()
+    records.pop()
 
 
 def _group_norm(x, gamma, beta, groups, epsilon, layer_id=None):
@@ -152,8 +161,9 @@ def _group_norm(x, gamma, beta, groups, epsilon, layer_id=None):
     dy = tf.reshape(dy, [shape[0], -1, channels])
     count = tf.cast(tf.shape(flat)[1], tf.float32)
     dy_xhat, dy_sum = _affine_gradients(flat, dy, mean, inv_std)  # [B, C] each
-    if _RECORDS and layer_id is not None:
-      _RECORDS[-1][layer_id] = [dy_xhat, dy_sum]
+    records = _open_records()
+    if records and layer_id is not None:
+      records[-1][layer_id] = [dy_xhat, dy_sum]
     # dx = inv_std * (dxh - mean_g(dxh) - x_hat * mean_g(dxh * x_hat)), dxh = dy * gamma,
     # written as an affine map of dy and x with per-example, per-channel coefficients.
     mean_dxh = _group_mean(dy_sum * gamma, groups) / count

@@ -207,8 +207,8 @@ def _patch_gram_from_inputs(layer, a, out_h: int, out_w: int, copies: int):
   tokens = tf.reshape(a, [-1, copies * height * width, channels])
   gram = tf.reshape(tf.linalg.matmul(tokens, tokens, transpose_b=True),
                     [-1, copies, height, width, copies, height, width])
-  # The sum over offsets (u, v) taken as a sum over v, then one over u: 2 (kh + kw) slices and
-  # adds instead of kh * kw, the first kw of them over out_w of the width only.
+  # The sum over offsets (u, v) taken as a sum over v, then one over u: kh + kw slices instead of
+  # kh * kw, the last kh of them over out_w of the width only.
   cols = [slice(v * dw, v * dw + out_w) for v in range(kw)]
   by_column = tf.add_n([gram[:, :, :, c, :, :, c] for c in cols])  # [B, K, H, out_w, K, H, out_w]
   rows = [slice(u * dh, u * dh + out_h) for u in range(kh)]
