@@ -73,6 +73,10 @@ def test_cpu_features_read_from_cpuinfo(tmp_path):
   assert cpu.cpu_model(str(cpuinfo)) == "Example CPU 9000"
   assert cpu.cpu_features(str(cpuinfo)) == ["avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"]
   assert cpu.cpu_features(str(tmp_path / "missing")) == []
+  # A virtual machine's brand alone; the numbers are the first processor's.
+  cpuinfo.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+                     "\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: Other\n")
+  assert cpu.cpu_model(str(cpuinfo)) == "AMD EPYC (cpu family 25, model 17)"
   assert cpu.cpu_model(str(tmp_path / "missing")) == "unknown CPU"
   assert "oneDNN o" in cpu.describe()
 

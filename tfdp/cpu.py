@@ -125,13 +125,31 @@ def onednn_status() -> str:
 
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-  """The CPU's model name, or 'unknown CPU'."""
+  """The CPU's model name with its family and model numbers, or 'unknown CPU'.
+
+  A virtual machine may show only a brand ("AMD EPYC"); the family and model numbers still tell
+  its generations apart (AMD family 25 holds both AVX2-only and AVX-512 parts).
+  """
   try:
     with open(cpuinfo) as f:
-      return next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")),
-                  "unknown CPU")
+      fields = _first_processor(f)
   except OSError:
     return "unknown CPU"
+  name = fields.get("model name", "unknown CPU")
+  numbers = [f"{key} {fields[key]}" for key in ("cpu family", "model") if key in fields]
+  return f"{name} ({', '.join(numbers)})" if numbers and "model name" in fields else name
+
+
+def _first_processor(lines) -> dict:
+  """{key: value} of the first processor's block of /proc/cpuinfo (blocks end at a blank line)."""
+  fields = {}
+  for line in lines:
+    if not line.strip() and fields:
+      break
+    if ":" in line:
+      key, value = line.split(":", 1)
+      fields[key.strip()] = value.strip()
+  return fields
 
 
 def cpu_features(cpuinfo: str = "/proc/cpuinfo") -> List[str]:
