@@ -181,17 +181,25 @@ class ModelConfig:
       "priors/resnet20_randp. Made from random-process images only, it costs no privacy; its card "
       "goes into the metrics and model card. The head starts fresh.")
   precision: str = _flag(
-      "float32", "float32, or mixed_bfloat16: layers compute in bfloat16 (float32 variables); "
-      "per-example norms, clipping, the clipped sum, the noise and the update stay float32. "
-      "Refused on a CPU without bfloat16 arithmetic (AVX512_BF16 or AMX); slower than float32 on "
-      "the AVX512_BF16 CPU measured (docs/speed.md). mixed_float16 is refused: its dynamic loss "
-      "scale would follow the private data.", choices=lambda: list(precision_lib.PRECISIONS))
+      "float32", "float32, mixed_bfloat16 or mixed_float16: layers compute in 16 bits (float32 "
+      "variables); per-example norms, clipping, the clipped sum, the noise and the update stay "
+      "float32. mixed_bfloat16 is refused on a CPU without bfloat16 arithmetic (AVX512_BF16 or "
+      "AMX) and was slower than float32 on the AVX512_BF16 CPUs measured (docs/speed.md); "
+      "mixed_float16 is for GPUs and refused on a CPU.",
+      choices=lambda: list(precision_lib.PRECISIONS))
+  loss_scale: float = _flag(
+      1.0, "With --precision=mixed_float16: a fixed, public loss scale S (a power of two). Each "
+      "example's loss is multiplied by S before the float16 backward pass and its gradient divided "
+      "by S after, in float32, so small gradients do not flush to zero; an example whose gradient "
+      "overflows is dropped (it adds 0). Keras's dynamic loss scale is refused: it would follow "
+      "the private data.")
 
   def __post_init__(self):
     models.check_name(self.name)
     models.registry.check_options(self.name, dict(self.options))
     losses.check_name(self.loss)
     precision_lib.check(self.precision)
+    precision_lib.check_loss_scale(self.precision, self.loss_scale)
 
   @property
   def kwargs(self) -> Dict[str, Any]:

@@ -48,6 +48,7 @@ from tfdp.keras import plan as plan_lib
 from tfdp.keras import validation
 from tfdp.keras import weights_ledger
 from tfdp import optimizers
+from tfdp import precision
 from tfdp.privacy import mechanisms
 from tfdp.privacy import ledger as ledger_lib
 from tfdp import config as config_lib
@@ -68,6 +69,7 @@ class _StepSettings:
   physical_batch_size: Optional[int]
   scaling: object = None  # tfdp.dp.groups.Scaling: clip, or normalize.
   norm: str = "l2"  # "l1" for Laplace noise.
+  loss_scale: float = 1.0  # A fixed, public power of two, for a mixed_float16 model.
 
 
 class PrivateModel(tf.keras.Model):
@@ -82,11 +84,12 @@ class PrivateModel(tf.keras.Model):
 
   def _set_up_privacy(self, plan: plan_lib.PrivacyPlan, optimizer, ledger, *, engine: str,
                       clip_groups, augmult: int, augment: Optional[Callable], jit_compile: bool,
-                      physical_batch_size: Optional[int], scaling=None, norm: str = "l2"):
+                      physical_batch_size: Optional[int], scaling=None, norm: str = "l2",
+                      loss_scale: float = 1.0):
     self._plan = plan
     self._dp = _StepSettings(optimizer, engine, clip_groups, augmult,
                              augment or (lambda images: images), jit_compile,
-                             physical_batch_size, scaling, norm)
+                             physical_batch_size, scaling, norm, loss_scale)
     self._ledger = ledger
     self._max_steps = ledger.max_steps()
     # T, the noisy steps taken: a model variable, so every checkpoint of the model carries it.
@@ -128,7 +131,8 @@ class PrivateModel(tf.keras.Model):
         self, dp.optimizer, dp.augment, private=True,
         expected_batch_size=self._plan.batch_size, engine=dp.engine,
         clip_groups=dp.clip_groups, scaling=dp.scaling, norm=dp.norm, augmult=dp.augmult,
-        jit_compile=dp.jit_compile, loss_fn=losses_lib.per_example_loss(loss))]
+        jit_compile=dp.jit_compile, loss_fn=losses_lib.per_example_loss(loss),
+        loss_scale=dp.loss_scale)]
 
   def apply_noise_schedule(self) -> None:
     """Sets the next step's noise std to the ledger's schedule (no-op for a constant σ)."""
@@ -362,7 +366,8 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
                  discrete_rounding_inflation: float = 0.01,
                  noise_schedule: str = "constant",
                  noise_schedule_end_factor: float = 0.5, noise_schedule_step_epochs: int = 1,
-                 noise_schedule_step_gamma: float = 0.9) -> PrivateModel:
+                 noise_schedule_step_gamma: float = 0.9,
+                 loss_scale: float = 1.0) -> PrivateModel:
   """A private copy of `model` (same layers and weights) whose `fit` runs DP-SGD.
 
   σ is calibrated to `target_epsilon` over `epochs` epochs before anything trains (or taken as
@@ -406,6 +411,10 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
       'vectorized', PLD), 'discrete_gaussian', per-group noise (layer_noise with clip_groups),
       adaptive clipping (adaptive_clip_quantile), automatic clipping (clipping_mode='normalize'),
       and a noise schedule over the epochs.
+    loss_scale: for a model built under Keras's mixed_float16 policy, a fixed, public power of
+      two S: each example's loss is scaled by S before the float16 backward pass and its gradient
+      divided by S after, in float32 (tfdp.precision). Keras's dynamic loss scale would follow
+      the private data; an example whose gradient overflows is dropped (it adds 0).
 
   Weights trained privately before (by a PrivateModel, in memory, or saved and loaded back:
   tfdp.keras.weights_ledger) continue their ledger: its phases are composed ahead of the new
@@ -418,6 +427,8 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
   if keras_3_model is not None:  # Trained through its Keras 2 twin (tfdp.keras.keras3).
     model = keras3.twin(keras_3_model)
   validation.check(model)  # Before anything else: every layer per-example, no BatchNorm.
+  precision.check_loss_scale(getattr(getattr(model, "dtype_policy", None), "name", "float32"),
+                             loss_scale)
   plan = plan_lib.PrivacyPlan(l2_norm_clip=l2_norm_clip, target_delta=target_delta,
                               epochs=epochs, train_size=train_size, batch_size=batch_size,
                               target_epsilon=target_epsilon, noise_multiplier=noise_multiplier,
@@ -446,7 +457,7 @@ def make_private(model: tf.keras.Model, *, optimizer, l2_norm_clip: float, targe
   private._set_up_privacy(plan, dp_optimizer, ledger, engine=engine, clip_groups=clip_groups,  # pylint: disable=protected-access
                           augmult=augmult, augment=augment, jit_compile=jit_compile,
                           physical_batch_size=physical_batch_size, scaling=privacy.scaling,
-                          norm=privacy.norm)
+                          norm=privacy.norm, loss_scale=loss_scale)
   weights_ledger.track(private)  # A later make_private of these variables sees its live ledger.
   if keras_3_model is not None:
     private._mirrors.append(keras3.MirrorWeights(keras_3_model))  # pylint: disable=protected-access

@@ -594,7 +594,8 @@ def _make_step(config, model, optimizer, preprocess, weight_average, loss_fn, co
                              augmult=config.data.augmult,
                              weight_decay=config.optimizer.weight_decay,
                              weight_average=weight_average, jit_compile=config.run.jit_compile,
-                             loss_fn=loss_fn, coins=coins, strategy=strategy)
+                             loss_fn=loss_fn, coins=coins, strategy=strategy,
+                             loss_scale=config.model.loss_scale)
 
 
 def _export(config, model, preprocess, class_names, weight_average, card) -> dict:

@@ -11,6 +11,7 @@ The accumulators hold one step's clipped sums only: they are zeroed when the ste
 applied, and when a step fails part-way, so nothing of one step's examples reaches another's update.
 """
 
+import dataclasses
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
@@ -49,6 +50,9 @@ class TrainStep:
     strategy: a tf.distribute strategy whose scope built the model and optimizer, or None (one
       device). Each step's chunks are dealt out to its replicas, their clipped sums all-reduced,
       and every replica applies the same noised update (tfdp.training.distribution).
+    loss_scale: S, a public power of two (tfdp.precision): the engines differentiate S times each
+      loss and clip at S C, and the sums, losses and norms are divided by S, which gives the
+      unscaled values while a float16 backward pass keeps small gradients from flushing to zero.
   """
 
   def __init__(self, model: tf.keras.Model, optimizer, preprocess: Callable, *, private: bool,
@@ -57,11 +61,16 @@ class TrainStep:
                weight_average=None, jit_compile: bool = False,
                loss_fn: Callable = clipping.per_example_loss,
                coins: Optional[randomness.Coins] = None,
-               strategy: Optional[tf.distribute.Strategy] = None):
+               strategy: Optional[tf.distribute.Strategy] = None, loss_scale: float = 1.0):
     self._model = model
     self._optimizer = optimizer
     self._preprocess = preprocess
     self._loss_fn = precision.float32_loss(loss_fn)  # Mixed precision: the loss in float32.
+    self._loss_scale = float(loss_scale)
+    self._scaled_loss_fn = precision.scaled_loss(self._loss_fn, self._loss_scale)
+    # Overflow under float16 is expected now and then: a non-private chunk whose gradient is not
+    # finite is skipped, as Keras's loss-scale optimizer skips such a step.
+    self._skip_non_finite = precision.computes_in_float16(model)
     self._private = private
     self._expected_batch_size = float(expected_batch_size)
     self._augmult = augmult
@@ -72,8 +81,9 @@ class TrainStep:
     self._strategy = strategy
     self.engine = None
     if private:
-      self.engine = clipping.make_engine(engine, model, clip_groups,
-                                         scaling or groups_lib.Scaling(), norm, augmult)
+      self.engine = clipping.make_engine(
+          engine, model, clip_groups, _scaled(scaling or groups_lib.Scaling(), loss_scale), norm,
+          augmult)
       optimizer.track_variables(model.trainable_variables)
     # The update rule's slots exist before the first trace: a tf.function whose first trace
     # creates variables is traced a second time, which doubles the compile time of a step.
@@ -109,18 +119,33 @@ class TrainStep:
     extras = {}
     if self._private:
       clip = self._optimizer.clip_norm()
-      sums, losses, logits, norms = self.engine(self._loss_fn, inputs, labels, mask, clip)
+      sums, losses, logits, norms = self._unscaled(*self.engine(
+          self._scaled_loss_fn, inputs, labels, mask, clip * self._loss_scale))
       if self._optimizer.adaptive:  # Each example adds 1/2 or -1/2: sensitivity 1/2.
         extras["centered_unclipped_count"] = tf.reduce_sum(
             (tf.cast(norms <= clip, tf.float32) - 0.5) * mask)
       if self._optimizer.needs_plain_sum:
-        extras["plain_sum"] = clipping.plain_sum(self._model, self._loss_fn, inputs, labels,
-                                                 row_weight)[0]
+        extras["plain_sum"] = self._plain_sum(inputs, labels, row_weight)[0]
     else:
-      sums, losses, logits = clipping.plain_sum(self._model, self._loss_fn, inputs, labels,
-                                                row_weight)
+      sums, losses, logits = self._plain_sum(inputs, labels, row_weight)
     correct = tf.cast(tf.equal(tf.argmax(logits, axis=1), _class_indices(labels)), tf.float32)
     return sums, extras, tf.reduce_sum(losses * row_weight), tf.reduce_sum(correct * row_weight)
+
+  def _unscaled(self, sums, losses, logits, *norms):
+    """An engine's or plain_sum's results with the loss scale divided out (exact: a power of 2)."""
+    if self._loss_scale == 1:
+      return (sums, losses, logits, *norms)
+    scale = self._loss_scale
+    return ([s / scale for s in sums], losses / scale, logits, *(n / scale for n in norms))
+
+  def _plain_sum(self, inputs, labels, row_weight):
+    """Non-private gradient sum, loss and logits (a non-finite one skipped under float16)."""
+    sums, losses, logits = self._unscaled(*clipping.plain_sum(
+        self._model, self._scaled_loss_fn, inputs, labels, row_weight))
+    if self._skip_non_finite:
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(s)) for s in sums])
+      sums = [tf.where(finite, s, tf.zeros_like(s)) for s in sums]
+    return sums, losses, logits
 
   def _chunk_add(self, images, labels, mask):
     sums, extras, loss_sum, correct = self._chunk_sum(images, labels, mask)
@@ -259,6 +284,12 @@ class TrainStep:
     self._steps_taken += 1
     loss_sum, correct, count = (float(v) for v in monitored.numpy())  # The step's one host read.
     return loss_sum, correct, count
+
+
+def _scaled(scaling: groups_lib.Scaling, loss_scale: float) -> groups_lib.Scaling:
+  """The per-example rule for gradients S times larger: normalize's gamma times S, so that its
+  factor C S / (S n + S gamma) is the unscaled one; clip needs nothing."""
+  return dataclasses.replace(scaling, gamma=scaling.gamma * loss_scale)
 
 
 def _class_indices(labels):
