@@ -62,7 +62,7 @@ def main(_):
   first = best[_POLICIES.value[0]]
   for policy, seconds in best.items():
     print(f"{policy}: {1e3 * seconds:.1f} ms per chunk of {_CHUNK.value}, "
-          f"{seconds / first:.2f}x {_POLICIES.value[0]}")
+          f"{seconds / first:.2f}x the time of {_POLICIES.value[0]}")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ def _flat(arrays):
   return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in arrays])
 
 
+@pytest.mark.newest_stack
 @pytest.mark.parametrize("engine_name", ["fast", "vectorized"])
 @pytest.mark.parametrize("mode", ["clip", "normalize"])
 def test_float16_with_a_loss_scale_gives_the_brute_force_sum_of_the_unscaled_losses(
@@ -282,6 +283,7 @@ def test_a_keras_users_mixed_bfloat16_model_trains_through_make_private():
   assert private.evaluate(x, y, verbose=0)[1] > 0.4  # Chance is 0.1; one run measured 0.80.
 
 
+@pytest.mark.newest_stack
 @pytest.mark.parametrize("loss_scale", [1.0, 2.0**8])
 def test_a_keras_users_mixed_float16_model_trains_through_make_private(loss_scale):
   """As Keras's mixed precision guide writes it for GPUs: the global policy, a float32 softmax
@@ -307,6 +309,17 @@ def test_a_keras_users_mixed_float16_model_trains_through_make_private(loss_scal
   history = private.fit(tfdp.data.poisson_dataset(x, y, batch_size=128), epochs=3, verbose=0)
   assert history.history["epsilon"][-1] <= 3.0
   assert private.evaluate(x, y, verbose=0)[1] > 0.4  # Chance is 0.1.
+
+
+def test_make_private_refuses_keras_dynamic_loss_scale_optimizer_with_the_reason():
+  import tfdp  # pylint: disable=import-outside-toplevel
+  with precision.policy(F16):
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+  wrapped = tf.keras.mixed_precision.LossScaleOptimizer(
+      optimizers.build_optimizer("dp_sgd", 0.1, l2_norm_clip=1.0, noise_multiplier=1.0))
+  with pytest.raises(ValueError, match="LossScaleOptimizer is refused: its dynamic loss scale"):
+    tfdp.keras.make_private(model, optimizer=wrapped, l2_norm_clip=1.0, noise_multiplier=1.0,
+                            target_delta=1e-5, epochs=1, train_size=100, batch_size=10)
 
 
 def test_make_private_refuses_a_loss_scale_for_a_float32_model():

@@ -334,6 +334,11 @@ def _dp_optimizer(optimizer, learning_rate, momentum, settings, sigma, model):
     return optimizers.build_optimizer(
         optimizer, learning_rate or optimizers.default_learning_rate(optimizer),
         momentum=momentum, dp_query=query)
+  if any("LossScaleOptimizer" in cls.__name__ for cls in type(optimizer).__mro__):
+    raise ValueError("Keras's LossScaleOptimizer is refused: its dynamic loss scale changes after "
+                     "any step whose gradients overflowed, a function of the private data carried "
+                     "from step to step. Pass the DP optimizer's name and make_private(..., "
+                     "loss_scale=S), a fixed power of two, for a mixed_float16 model")
   if not hasattr(optimizer, "noised_mean") or getattr(optimizer, "needs_plain_sum", False):
     raise ValueError("optimizer must be a DP optimizer name or an instance built by "
                      f"tfdp.optimizers.build_optimizer, got {type(optimizer).__name__}")
