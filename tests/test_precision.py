@@ -138,7 +138,8 @@ def test_float16_is_refused_on_a_cpu_and_unknown_names_with_the_reason():
 
 @pytest.mark.parametrize("policy, scale, allowed", [
     (F16, 1.0, True), (F16, 2.0**12, True), (F16, 3.0, False), (F16, 0.5, False),
-    (F16, float("inf"), False), (BF16, 1.0, True), (BF16, 256.0, False),
+    (F16, float("inf"), False), (F16, 2.0**24, True), (F16, 2.0**25, False),
+    (BF16, 1.0, True), (BF16, 256.0, False),
     (precision.FLOAT32, 2.0, False)])
 def test_a_loss_scale_is_a_power_of_two_and_for_float16_only(policy, scale, allowed):
   if allowed:

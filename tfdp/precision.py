@@ -30,9 +30,12 @@ clipped per-example gradients, a float32 tensor, and the update computed from it
   clean ones, so it would carry a function of the private data from step to step, unaccounted.
   With a fixed S the engines differentiate S times each example's loss and clip at S C (for the
   normalize rule, its gamma times S too); both rules are homogeneous, so the factor is the one
-  of the unscaled gradient, and the clipped sum divided by S is the float32 step's clipped sum.
-  Division by a power of two is exact in float32, so the bound survives it. The
-  per-example losses and norms are divided by S too (monitoring, adaptive clipping).
+  of the unscaled gradient, and the clipped sum divided by S is the clipped sum of the unscaled
+  gradients. Division by a power of two is exact in float32 unless the quotient falls below
+  float32's normal range (1e-38), where its error is under 1e-45 per coordinate, within the
+  float32 rounding of the sum allowed for above; so the bound survives it. S is at most 2^24, so
+  S C and the scaled norms stay far inside float32's range. The per-example losses and norms are
+  divided by S too (monitoring, adaptive clipping).
 - The same σ, q and steps: the accountant applies the same theorem to the same mechanism.
 
 Why S = 1 serves most runs: tfdp differentiates the *sum* of the per-example losses, so example
@@ -60,6 +63,9 @@ PRECISIONS = (FLOAT32, MIXED_BFLOAT16, MIXED_FLOAT16)
 # CPU features with bfloat16 arithmetic in hardware; without them oneDNN emulates it.
 BFLOAT16_FEATURES = ("avx512_bf16", "amx_tile")
 _LOW = (tf.bfloat16, tf.float16)
+# float16's own range ends at 2^16; a larger scale only overflows examples, and S C, S ||g|| stay
+# far inside float32's range below this.
+MAX_LOSS_SCALE = 2.0**24
 
 
 def check(precision: str, features=None, gpus=None) -> None:
@@ -91,12 +97,13 @@ def check(precision: str, features=None, gpus=None) -> None:
 
 
 def check_loss_scale(precision: str, loss_scale: float) -> None:
-  """Raises ValueError unless `loss_scale` is a power of two >= 1, and 1 unless `precision` is
-  mixed_float16 (the only policy whose gradients can flush to zero for want of exponent range)."""
+  """Raises ValueError unless `loss_scale` is a power of two in [1, MAX_LOSS_SCALE], and 1 unless
+  `precision` is mixed_float16 (the only policy whose gradients can flush to zero for want of
+  exponent range)."""
   mantissa, _ = math.frexp(loss_scale) if math.isfinite(loss_scale) else (0.0, 0)
-  if not (loss_scale >= 1 and mantissa == 0.5):
-    raise ValueError(f"loss_scale must be a power of two >= 1 (division by it is then exact in "
-                     f"float32), got {loss_scale}")
+  if not (1 <= loss_scale <= MAX_LOSS_SCALE and mantissa == 0.5):
+    raise ValueError(f"loss_scale must be a power of two from 1 to 2^24 (division by it is then "
+                     f"exact in float32), got {loss_scale}")
   if loss_scale != 1 and precision != MIXED_FLOAT16:
     raise ValueError(f"loss_scale={loss_scale:g} applies to the mixed_float16 policy only; "
                      f"{precision} needs none")
